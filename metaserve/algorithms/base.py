@@ -1,0 +1,130 @@
+"""The one interface every meta-learner implements, and the batching the runtime relies on.
+
+An algorithm maps (meta-parameters, task) to a *contribution* (a meta-gradient, or a Reptile-style
+parameter delta). The learner only sums and averages contributions, then calls `outer_step`, so the
+same code runs in one process or on many Ray workers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.func import vmap
+
+from metaserve.algorithms import outer
+from metaserve.algorithms.params import Params, detach, scale
+from metaserve.models.functional import forward_fn
+from metaserve.tasks.base import Task, stack_tasks
+
+Metrics = dict[str, Tensor]
+
+
+@dataclass
+class TaskUpdate:
+    """The summed contribution of `count` tasks and their summed metrics."""
+
+    contribution: Params
+    metrics: dict[str, float] = field(default_factory=dict)
+    count: int = 1
+
+    def mean_metrics(self) -> dict[str, float]:
+        return {k: v / self.count for k, v in self.metrics.items()}
+
+
+def merge(updates: list[TaskUpdate]) -> TaskUpdate:
+    """Sum several updates (e.g. one per worker) into one."""
+    contribution = {k: sum(u.contribution[k] for u in updates) for k in updates[0].contribution}
+    metrics = {k: sum(u.metrics[k] for u in updates) for k in updates[0].metrics}
+    return TaskUpdate(contribution, metrics, sum(u.count for u in updates))
+
+
+@dataclass(frozen=True)
+class OuterConfig:
+    """How the mean contribution moves the meta-parameters."""
+
+    lr: float = 1e-3
+    optimizer: str = "adam"  # "adam" | "sgd"
+
+
+class Algorithm:
+    """Base class: subclasses implement `contribute` (one task, pure, vmappable) and `adapt`."""
+
+    #: True when the contribution is a meta-gradient (descend on it), False when it is a parameter
+    #: delta to move along (Reptile-style).
+    contribution_is_gradient: bool = True
+    #: False for metric learners that use the model's embedding only.
+    uses_head: bool = True
+
+    def __init__(self, model: nn.Module, kind: str, outer_cfg: OuterConfig, vectorize: bool = True):
+        self.model = model
+        self.kind = kind
+        self.outer_cfg = outer_cfg
+        self.vectorize = vectorize
+        self.forward: Callable[[Params, Tensor], Tensor] = forward_fn(model)
+
+    # --- per-task maths (subclasses) -------------------------------------------------------------
+    def contribute(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Params, Metrics]:
+        """Contribution and metrics (as 0-d tensors) of one task. Pure, so it can be vmapped."""
+        raise NotImplementedError
+
+    def adapt(self, params: Params, x: Tensor, y: Tensor, steps: int | None = None) -> Params:
+        """Task-specific parameters after adapting to a support set (no meta-gradient graph)."""
+        raise NotImplementedError
+
+    def predict(self, adapted: Params, x: Tensor) -> Tensor:
+        """Outputs of the adapted model: regression values or class logits."""
+        return self.forward(adapted, x)
+
+    # --- shared helpers --------------------------------------------------------------------------
+    def loss(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
+        return self.measure(params, x, y)[0]
+
+    def measure(self, params: Params, x: Tensor, y: Tensor) -> tuple[Tensor, Metrics]:
+        """Loss (MSE or cross-entropy) and its metrics from one forward pass."""
+        return self.score(self.forward(params, x), y)
+
+    def pre_metrics(self, params: Params, qx: Tensor, qy: Tensor) -> Metrics:
+        """Query metrics before adaptation, suffixed `_pre`."""
+        return {f"{k}_pre": v for k, v in self.measure(detach(params), qx, qy)[1].items()}
+
+    def before_after(self, params: Params, adapted: Params, qx: Tensor, qy: Tensor) -> Metrics:
+        """Query metrics after adaptation, plus the `_pre` ones before it."""
+        return {**self.measure(detach(adapted), qx, qy)[1], **self.pre_metrics(params, qx, qy)}
+
+    def score(self, out: Tensor, y: Tensor) -> tuple[Tensor, Metrics]:
+        if self.kind == "regression":
+            loss = torch.nn.functional.mse_loss(out, y)
+            return loss, {"loss": loss.detach()}
+        loss = torch.nn.functional.cross_entropy(out, y)
+        acc = (out.argmax(-1) == y).to(out.dtype).mean()
+        return loss, {"loss": loss.detach(), "acc": acc.detach()}
+
+    # --- the interface the runtime uses ----------------------------------------------------------
+    def task_update(self, params: Params, task: Task) -> TaskUpdate:
+        """The contribution of one task."""
+        c, m = self.contribute(params, task.support_x, task.support_y, task.query_x, task.query_y)
+        return TaskUpdate(detach(c), {k: float(v) for k, v in m.items()}, 1)
+
+    def batch_update(self, params: Params, tasks: list[Task]) -> TaskUpdate:
+        """The summed contribution of several tasks: vmapped when enabled, else a per-task loop."""
+        if not self.vectorize or len(tasks) == 1:
+            return merge([self.task_update(params, t) for t in tasks])
+        b = stack_tasks(tasks)
+        c, m = vmap(self.contribute, in_dims=(None, 0, 0, 0, 0), randomness="error")(
+            params, b.support_x, b.support_y, b.query_x, b.query_y
+        )
+        return TaskUpdate(
+            {k: v.detach().sum(0) for k, v in c.items()}, {k: float(v.sum()) for k, v in m.items()}, len(tasks)
+        )
+
+    def init_outer_state(self, params: Params) -> dict:
+        return outer.adam_init(params) if self.outer_cfg.optimizer == "adam" else {}
+
+    def outer_step(self, params: Params, mean_contribution: Params, state: dict) -> tuple[Params, dict]:
+        """Move the meta-parameters by the batch-mean contribution."""
+        direction = mean_contribution if self.contribution_is_gradient else scale(mean_contribution, -1.0)
+        if self.outer_cfg.optimizer == "adam":
+            return outer.adam_update(params, direction, state, self.outer_cfg.lr)
+        return outer.sgd_update(params, direction, state, self.outer_cfg.lr)

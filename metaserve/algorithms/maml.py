@@ -1,0 +1,46 @@
+"""MAML and first-order MAML (Finn, Abbeel & Levine, ICML 2017).
+
+MAML (Algorithm 2, eq. 1-2): theta' = theta - alpha * grad L_S(theta), iterated k times; the task's
+contribution is the meta-gradient grad_theta L_Q(theta'), differentiated through all k inner steps
+(second order). FOMAML (section 5.2) drops the second-order terms: contribution = grad L_Q at theta'.
+The outer step descends on the batch mean: theta <- theta - beta * mean_i contribution_i.
+"""
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torch.func import grad
+
+from metaserve.algorithms.base import Algorithm, Metrics, OuterConfig
+from metaserve.algorithms.inner import sgd_adapt
+from metaserve.algorithms.params import Params, detach
+
+
+class MAML(Algorithm):
+    """Second-order MAML: the meta-gradient flows through the k inner SGD steps."""
+
+    def __init__(self, model: nn.Module, kind: str, outer_cfg: OuterConfig, *, inner_lr: float, inner_steps: int, eval_inner_steps: int | None = None, vectorize: bool = True):
+        super().__init__(model, kind, outer_cfg, vectorize)
+        self.inner_lr = inner_lr
+        self.inner_steps = inner_steps
+        self.eval_inner_steps = eval_inner_steps or inner_steps
+
+    def adapt(self, params: Params, x: Tensor, y: Tensor, steps: int | None = None) -> Params:
+        steps = self.eval_inner_steps if steps is None else steps
+        return sgd_adapt(self.loss, detach(params), x, y, self.inner_lr, steps, first_order=True)
+
+    def contribute(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Params, Metrics]:
+        def query_loss_after_adaptation(p: Params) -> tuple[Tensor, Metrics]:
+            adapted = sgd_adapt(self.loss, p, sx, sy, self.inner_lr, self.inner_steps)
+            return self.measure(adapted, qx, qy)
+
+        g, post = grad(query_loss_after_adaptation, has_aux=True)(params)
+        return g, {**post, **self.pre_metrics(params, qx, qy)}
+
+
+class FOMAML(MAML):
+    """First-order MAML: the contribution is grad L_Q evaluated at the adapted parameters."""
+
+    def contribute(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Params, Metrics]:
+        adapted = detach(sgd_adapt(self.loss, detach(params), sx, sy, self.inner_lr, self.inner_steps, first_order=True))
+        g, post = grad(self.measure, has_aux=True)(adapted, qx, qy)
+        return g, {**post, **self.pre_metrics(params, qx, qy)}

@@ -1,0 +1,50 @@
+"""Parameter dicts and the functional view of a model.
+
+Meta-parameters are plain `dict[str, Tensor]`; a model is only a structure evaluated with
+`torch.func.functional_call`, so adapted parameters never touch the meta-parameters.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+Params = dict[str, Tensor]
+LossFn = Callable[[Params, Tensor, Tensor], Tensor]
+
+
+def init_params(model: nn.Module, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Params:
+    """Detached copies of the model's parameters: the initial meta-parameters."""
+    return {k: v.detach().to(device=device, dtype=dtype).clone() for k, v in model.named_parameters()}
+
+
+class _MethodAsForward(nn.Module):
+    """Exposes `model.<method>` as `forward`, so functional_call can evaluate it."""
+
+    def __init__(self, model: nn.Module, method: str):
+        super().__init__()
+        self.inner = model
+        self.method = method
+
+    def forward(self, x: Tensor) -> Tensor:
+        return getattr(self.inner, self.method)(x)
+
+
+def forward_fn(model: nn.Module, method: str = "forward") -> Callable[[Params, Tensor], Tensor]:
+    """A pure function params, x -> model output (or another method's output, e.g. 'embed')."""
+    if method == "forward":
+        return lambda params, x: functional_call(model, params, (x,))
+    bound = _MethodAsForward(model, method)
+    return lambda params, x: functional_call(bound, {f"inner.{k}": v for k, v in params.items()}, (x,))
+
+
+def loss_fn(model: nn.Module, kind: str) -> LossFn:
+    """Mean-squared error for regression, cross-entropy for classification."""
+    f = forward_fn(model)
+    if kind == "regression":
+        return lambda params, x, y: torch.nn.functional.mse_loss(f(params, x), y)
+    if kind == "classification":
+        return lambda params, x, y: torch.nn.functional.cross_entropy(f(params, x), y)
+    raise ValueError(f"task kind={kind!r} is not one of ['regression', 'classification']")

@@ -1,0 +1,161 @@
+"""The central learner loop: one function for every backend and entry point.
+
+Per meta-step: the executor returns the summed contributions of the meta-batch, the learner
+averages them and takes the algorithm's outer step. `metaserve train` calls `train_loop` directly;
+the Tune trainable wraps it, passing `on_log` to report metrics and checkpoints.
+"""
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from metaserve.algorithms.params import scale
+from metaserve.config import Config, config_to_dict
+from metaserve.evaluation import EvalResult, evaluate
+from metaserve.experiment import Learner, build_distribution, build_learner
+from metaserve.models.functional import Params
+from metaserve.runtime.work import NonFiniteUpdate
+from metaserve.store.checkpoint import latest_good_state, save_checkpoint
+from metaserve.store.metrics import write_metrics
+from metaserve.store.rundir import new_run_dir
+
+LogHook = Callable[[dict, "Path | None"], None]
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint holds: enough to continue exactly where the run stopped."""
+
+    params: Params
+    outer_state: dict
+    step: int = 0
+    rows: list[dict] = field(default_factory=list)
+    skipped: int = 0
+
+    def to_dict(self, config: Config) -> dict:
+        return {"params": self.params, "outer_state": self.outer_state, "step": self.step, "rows": self.rows,
+                "skipped": self.skipped, "rng": torch.get_rng_state(), "config": config_to_dict(config)}
+
+    @classmethod
+    def from_dict(cls, d: dict, device: torch.device) -> "TrainState":
+        torch.set_rng_state(d["rng"])
+        move = lambda t: t.to(device) if isinstance(t, torch.Tensor) and t.dim() > 0 else t  # noqa: E731
+        outer = {k: ({n: move(v) for n, v in s.items()} if isinstance(s, dict) else s) for k, s in d["outer_state"].items()}
+        return cls({k: v.to(device) for k, v in d["params"].items()}, outer, d["step"], list(d.get("rows", [])), d.get("skipped", 0))
+
+
+@dataclass
+class TrainResult:
+    """What a finished run leaves: where it is, its final parameters and its final metrics."""
+
+    run_dir: Path
+    params: Params
+    metrics: dict[str, float]
+    test: EvalResult | None = None
+
+
+def make_executor(config: Config, learner: Learner, distribution):
+    """The executor of `runtime.backend`."""
+    if config.runtime.backend == "ray":
+        from metaserve.runtime.ray_executor import RayExecutor
+
+        return RayExecutor(config)
+    from metaserve.runtime.local import LocalExecutor
+
+    return LocalExecutor(learner, distribution)
+
+
+def train_loop(config: Config, *, run_dir: Path | None = None, resume: bool = False, on_log: LogHook | None = None,
+               progress: Callable[[str], None] | None = None, final_eval: bool = True) -> TrainResult:
+    """Meta-train `config` to `train.steps`, writing the run directory; resume from its latest good checkpoint."""
+    distribution = build_distribution(config)  # reads and validates data before any worker starts
+    learner = build_learner(config)
+    run_dir = Path(run_dir) if run_dir is not None else new_run_dir(config)
+    state = _initial_state(config, learner, run_dir if resume else None)
+    say = progress or (lambda _msg: None)
+    say(f"run directory: {run_dir}" + (f" (resumed at step {state.step})" if state.step else ""))
+    executor = make_executor(config, learner, distribution)
+    try:
+        _loop(config, learner, distribution, executor, state, run_dir, on_log, say)
+    finally:
+        executor.close()
+    metrics = dict(state.rows[-1]) if state.rows else {}
+    test = None
+    if final_eval:
+        test = evaluate(learner.algorithm, state.params, distribution, seed=config.seed, episodes=config.eval.episodes,
+                        steps=config.eval.inner_steps, device=learner.device, dtype=learner.dtype)
+        metrics |= {f"test_{test.metric}": test.mean, f"test_{test.metric}_ci95": test.ci95}
+        (run_dir / "test.json").write_text(json.dumps({"metric": test.metric, "mean": test.mean, "ci95": test.ci95,
+                                                        "episodes": test.episodes, "curve": test.curve}, indent=2))
+        say(str(test))
+    return TrainResult(run_dir, state.params, metrics, test)
+
+
+def _initial_state(config: Config, learner: Learner, resume_dir: Path | None) -> TrainState:
+    if resume_dir is not None:
+        saved = latest_good_state(resume_dir, learner.device)
+        if saved is not None:
+            return TrainState.from_dict(saved, learner.device)
+        warnings.warn(f"no checkpoint in {str(resume_dir)!r}: starting from step 0", stacklevel=3)
+    params = learner.initial_params()
+    return TrainState(params, learner.algorithm.init_outer_state(params))
+
+
+def _loop(config: Config, learner: Learner, distribution, executor, state: TrainState, run_dir: Path, on_log: LogHook | None, say) -> None:
+    algo, tc = learner.algorithm, config.train
+    window: list[dict] = []
+    while state.step < tc.steps:
+        t0 = time.perf_counter()
+        try:
+            update, timing = executor.compute(state.params, state.step, range(tc.meta_batch))
+        except NonFiniteUpdate as err:
+            if config.runtime.on_nonfinite == "stop":
+                raise NonFiniteUpdate(f"{err}; the run stopped, its last good checkpoint is in {run_dir / 'checkpoints'}") from None
+            warnings.warn(f"skipping step: {err}", stacklevel=2)
+            state.step, state.skipped = state.step + 1, state.skipped + 1
+            continue
+        t1 = time.perf_counter()
+        state.params, state.outer_state = algo.outer_step(state.params, scale(update.contribution, 1.0 / update.count), state.outer_state)
+        state.step += 1
+        t2 = time.perf_counter()
+        window.append({**update.mean_metrics(), **timing, "learner_time": t2 - t1, "step_time": t2 - t0})
+        if state.step % tc.log_every == 0 or state.step == tc.steps:
+            _log(config, learner, distribution, state, window, run_dir, on_log, say)
+            window = []
+
+
+def _log(config: Config, learner: Learner, distribution, state: TrainState, window: list[dict], run_dir: Path, on_log, say) -> None:
+    tc = config.train
+    row = {"step": state.step, **{k: sum(w[k] for w in window) / len(window) for k in window[0]}}
+    row["tasks_per_s"] = tc.meta_batch / row["step_time"]
+    if tc.val_tasks:
+        val = evaluate(learner.algorithm, state.params, distribution, seed=config.seed, episodes=tc.val_tasks,
+                       stream="val", device=learner.device, dtype=learner.dtype)
+        row |= {f"val_{k}": v for k, v in val.curve[-1].items() if k != "inner_step"}
+        row |= {f"val_{k}_pre": v for k, v in val.curve[0].items() if k != "inner_step"}
+    state.rows.append(row)
+    ckpt = None
+    if state.step % tc.checkpoint_every == 0 or state.step == tc.steps:
+        ckpt = save_checkpoint(run_dir, state.step, state.to_dict(config), keep=tc.keep_checkpoints)
+    write_metrics(run_dir, state.rows)
+    say(_progress_line(row, tc.steps))
+    if on_log is not None:
+        on_log(row, ckpt)
+
+
+def _progress_line(row: dict, steps: int) -> str:
+    parts = [f"step {row['step']:>{len(str(steps))}}/{steps}", f"loss {row['loss']:.4f}"]
+    if "acc" in row:
+        parts.append(f"acc {100 * row['acc']:.1f}%")
+    if "val_loss" in row:
+        parts.append(f"val loss {row['val_loss']:.4f}")
+    if "val_acc" in row:
+        parts.append(f"val acc {100 * row['val_acc']:.1f}%")
+    parts.append(f"{row['tasks_per_s']:.0f} tasks/s")
+    return " | ".join(parts)

@@ -1,0 +1,30 @@
+"""The local backend: the whole meta-batch in this process. The reference the Ray backend must match."""
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+from metaserve.algorithms.base import TaskUpdate
+from metaserve.experiment import Learner
+from metaserve.models.functional import Params
+from metaserve.runtime.work import check_finite, compute_slice
+
+
+class LocalExecutor:
+    """Computes every task of a meta-step in the learner's own process."""
+
+    name = "local"
+
+    def __init__(self, learner: Learner, distribution):
+        self.learner = learner
+        self.distribution = distribution
+
+    def compute(self, params: Params, step: int, indices: Sequence[int], space=None) -> tuple[TaskUpdate, dict[str, float]]:
+        """Summed update of the meta-batch, and timings (worker compute, communication)."""
+        start = time.perf_counter()
+        update = compute_slice(self.learner, self.distribution, params, step, indices, space)
+        check_finite(update, "the local process", step, indices)
+        return update, {"worker_time": time.perf_counter() - start, "comm_time": 0.0}
+
+    def close(self) -> None:
+        pass

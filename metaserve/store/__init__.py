@@ -1,0 +1,1 @@
+"""The run directory: config.yaml, checkpoints/<step>/state.pt, metrics.parquet."""

@@ -1,0 +1,88 @@
+"""Atomic checkpoints that resume a run exactly.
+
+A checkpoint is `checkpoints/<step>/state.pt`, holding only tensors and plain Python values, so it
+loads with `torch.load(..., weights_only=True)`. It is written into a temporary directory and renamed
+into place, so a crash mid-write never leaves a checkpoint that loads wrong; a damaged one found
+later is skipped, with a warning, for the previous good one.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+STATE_FILE = "state.pt"
+REQUIRED = ("params", "outer_state", "step", "config")
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int = 3) -> Path:
+    """Write `state` as the checkpoint of `step` atomically, then prune to the newest `keep`."""
+    root = checkpoint_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{step:08d}"
+    tmp = root / f".tmp-{step:08d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    with open(tmp / STATE_FILE, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Finished checkpoint directories, oldest first."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def load_state(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load one checkpoint (a state.pt file or its directory); raises ValueError if it is damaged."""
+    path = Path(path)
+    file = path / STATE_FILE if path.is_dir() else path
+    try:
+        state = torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated or corrupt files raise a variety of errors
+        raise ValueError(f"checkpoint {str(file)!r} cannot be loaded: {err}") from err
+    missing = [k for k in REQUIRED if k not in state]
+    if missing:
+        raise ValueError(f"checkpoint {str(file)!r} lacks {missing}")
+    return state
+
+
+def latest_good_state(run_dir: Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+    """The newest checkpoint that loads, skipping damaged ones with a warning; None if none exist."""
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return load_state(path, map_location)
+        except ValueError as err:
+            warnings.warn(f"skipping damaged checkpoint: {err}", stacklevel=2)
+    return None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run directory, checkpoint directory or state.pt file -> the state file to load."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if (path / STATE_FILE).is_file():
+        return path / STATE_FILE
+    found = list_checkpoints(path)
+    if not found:
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r}: give a run directory, a checkpoints/<step> directory or a state.pt file")
+    return found[-1] / STATE_FILE

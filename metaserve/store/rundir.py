@@ -1,0 +1,30 @@
+"""Creating and reading run directories."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import yaml
+
+from metaserve.config import Config, config_to_dict, parse_config
+
+CONFIG_FILE = "config.yaml"
+
+
+def new_run_dir(config: Config) -> Path:
+    """`<output_dir>/<name>-<timestamp>/`, made unique, with the whole config saved in it."""
+    base = Path(config.output_dir) / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        path, n = Path(f"{base}-{n}"), n + 1
+    path.mkdir(parents=True)
+    (path / CONFIG_FILE).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    return path
+
+
+def read_run_config(run_dir: Path) -> Config:
+    """The config a run directory was made with."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(run_dir)!r} is not a run directory: it has no {CONFIG_FILE}")
+    return parse_config(yaml.safe_load(path.read_text()))

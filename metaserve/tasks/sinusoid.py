@@ -1,0 +1,79 @@
+"""Sinusoid regression (Finn et al. 2017, section 5.1) and its families (Devos & Dandi, MALTML).
+
+y = A sin(x - phi), A ~ U[amplitude], phi ~ U[phase], x ~ U[x_range]; K support and Q query points.
+In `sinusoid-families` a family fixes phi and its tasks vary A only.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from metaserve.tasks.base import Stream, Task, task_rng
+
+Range = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class SinusoidSpace:
+    """Task-space parameters of the sinusoid distribution (what a teacher may move)."""
+
+    amplitude: Range = (0.1, 5.0)
+    phase: Range = (0.0, math.pi)
+
+    def __post_init__(self) -> None:
+        for name in ("amplitude", "phase"):
+            lo, hi = getattr(self, name)
+            if not lo <= hi:
+                raise ValueError(f"task space {name}={[lo, hi]} is empty: need low <= high")
+
+
+def _points(rng: np.random.Generator, amp: float, phase: float, n: int, x_range: Range) -> tuple[torch.Tensor, torch.Tensor]:
+    x = rng.uniform(x_range[0], x_range[1], size=(n, 1))
+    return torch.from_numpy(x).float(), torch.from_numpy(amp * np.sin(x - phase)).float()
+
+
+@dataclass(frozen=True)
+class Sinusoid:
+    """Sinusoid regression tasks with `shots` support and `query` query points."""
+
+    shots: int = 10
+    query: int = 10
+    x_range: Range = (-5.0, 5.0)
+    space: SinusoidSpace = SinusoidSpace()
+    kind: str = "regression"
+
+    def sample(self, seed: int, step: int, index: int, space: SinusoidSpace | None = None, stream: Stream = "train") -> Task:
+        space = space or self.space
+        rng = task_rng(seed, stream, step, index)
+        amp = rng.uniform(*space.amplitude)
+        phase = rng.uniform(*space.phase)
+        return self.task_for(rng, amp, phase)
+
+    def task_for(self, rng: np.random.Generator, amp: float, phase: float) -> Task:
+        """A task with known amplitude and phase (the oracle baseline uses them)."""
+        sx, sy = _points(rng, amp, phase, self.shots, self.x_range)
+        qx, qy = _points(rng, amp, phase, self.query, self.x_range)
+        return Task(sx, sy, qx, qy)
+
+
+@dataclass(frozen=True)
+class SinusoidFamilies(Sinusoid):
+    """Families of sinusoid tasks: family `index` draws one phase, each of its tasks an amplitude.
+
+    `sample` returns one task of a random family (so every algorithm can train on it); `family`
+    returns a family's `tasks_per_family` tasks, the unit that family-level learners consume.
+    """
+
+    tasks_per_family: int = 5
+
+    def family(self, seed: int, step: int, index: int, space: SinusoidSpace | None = None, stream: Stream = "train") -> list[Task]:
+        space = space or self.space
+        rng = task_rng(seed, stream, step, index)
+        phase = rng.uniform(*space.phase)
+        return [self.task_for(rng, rng.uniform(*space.amplitude), phase) for _ in range(self.tasks_per_family)]
+
+    def sample(self, seed: int, step: int, index: int, space: SinusoidSpace | None = None, stream: Stream = "train") -> Task:
+        return self.family(seed, step, index, space, stream)[0]
