@@ -16,7 +16,7 @@ lazy-reptile contribution: theta_T - theta = gamma * (phi - theta), applied as i
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torch.func import grad, jvp
+from torch.func import grad, vjp
 
 from metaserve.algorithms.base import Algorithm, Metrics, OuterConfig
 from metaserve.algorithms.params import Params, add, detach, interpolate, scale, sgd_step, subtract, total
@@ -52,8 +52,9 @@ class LazyMAML(Algorithm):
         """sum_{j<k} H_S(phi_j) v, replaying the student trajectory from theta."""
         phi, acc = theta, None
         for _ in range(self.inner_steps):
-            # forward-over-reverse: one pass gives both grad L_S(phi_j) and H_S(phi_j) v.
-            g, hv = jvp(lambda p: grad(self.loss)(p, sx, sy), (phi,), (v,))
+            # reverse-over-reverse: one pass gives grad L_S(phi_j), and H_S(phi_j) v since H is symmetric.
+            g, vjp_fn = vjp(lambda p: grad(self.loss)(p, sx, sy), phi)
+            (hv,) = vjp_fn(v)
             acc = hv if acc is None else total([acc, hv])
             phi = sgd_step(phi, g, self.inner_lr)
         return acc

@@ -72,19 +72,25 @@ def make_executor(config: Config, learner: Learner, distribution):
 
 
 def train_loop(config: Config, *, run_dir: Path | None = None, resume: bool = False, on_log: LogHook | None = None,
-               progress: Callable[[str], None] | None = None, final_eval: bool = True) -> TrainResult:
-    """Meta-train `config` to `train.steps`, writing the run directory; resume from its latest good checkpoint."""
+               progress: Callable[[str], None] | None = None, final_eval: bool = True, executor=None) -> TrainResult:
+    """Meta-train `config` to `train.steps`, writing the run directory; resume from its latest good checkpoint.
+
+    `executor` lends an already running executor (the caller keeps and closes it); by default one is
+    made for `runtime.backend` and closed at the end.
+    """
     distribution = build_distribution(config)  # reads and validates data before any worker starts
     learner = build_learner(config)
     run_dir = Path(run_dir) if run_dir is not None else new_run_dir(config)
     state = _initial_state(config, learner, run_dir if resume else None)
     say = progress or (lambda _msg: None)
     say(f"run directory: {run_dir}" + (f" (resumed at step {state.step})" if state.step else ""))
-    executor = make_executor(config, learner, distribution)
+    owned = executor is None
+    executor = make_executor(config, learner, distribution) if owned else executor
     try:
         _loop(config, learner, distribution, executor, state, run_dir, on_log, say)
     finally:
-        executor.close()
+        if owned:
+            executor.close()
     metrics = dict(state.rows[-1]) if state.rows else {}
     test = None
     if final_eval:

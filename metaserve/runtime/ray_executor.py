@@ -1,0 +1,129 @@
+"""The Ray backend: a placement group of adaptation workers and the learner's side of each round trip.
+
+Per meta-step the meta-parameters go to the object store once; each worker gets (params ref, step,
+its slice of task indices) and returns the sum of its slice's contributions. Slices are summed in
+slice order, so the result does not depend on which worker computed which slice; a slice whose
+worker died is re-sent to another (or the restarted) worker, giving exactly the fault-free result.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Sequence
+
+import numpy as np
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from metaserve.algorithms.base import TaskUpdate, merge
+from metaserve.config import Config, config_to_dict
+from metaserve.models.functional import Params
+from metaserve.runtime.work import check_finite
+from metaserve.runtime.workers import AdaptationWorker
+
+
+class WorkersUnavailable(RuntimeError):
+    """No adaptation worker could be had for `runtime.worker_wait_s` seconds."""
+
+
+def ensure_ray(config: Config) -> None:
+    """Connect to `runtime.address` / RAY_ADDRESS, or start an embedded local Ray sized for the workers."""
+    if ray.is_initialized():
+        return
+    rc = config.runtime
+    address = rc.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    needed = int(np.ceil(rc.num_workers * rc.cpus_per_worker))
+    ray.init(num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False, log_to_driver=True)
+    print("Ray: embedded local instance (dashboard off; `ray start --head --dashboard-host 127.0.0.1` then "
+          "--address auto serves it at http://127.0.0.1:8265)")
+
+
+def worker_slices(indices: Sequence[int], n: int) -> list[list[int]]:
+    """Split task indices into at most n contiguous, non-empty slices."""
+    return [[int(i) for i in s] for s in np.array_split(np.asarray(list(indices)), min(n, len(indices))) if len(s)]
+
+
+class RayExecutor:
+    """Runs each meta-step's tasks on `runtime.num_workers` Ray actors."""
+
+    name = "ray"
+
+    def __init__(self, config: Config, group: PlacementGroup | None = None, bundle_offset: int = 0):
+        ensure_ray(config)
+        rc = config.runtime
+        self.config = config
+        self.wait_s = rc.worker_wait_s
+        self._own_group = group is None
+        bundle = {"CPU": rc.cpus_per_worker, **({"GPU": rc.gpus_per_worker} if rc.gpus_per_worker else {})}
+        self.group = group or placement_group([bundle] * rc.num_workers, strategy=rc.placement_strategy)
+        try:
+            ray.get(self.group.ready(), timeout=self.wait_s)
+        except GetTimeoutError:
+            self.close()
+            raise WorkersUnavailable(
+                f"could not reserve {rc.num_workers} workers x {bundle} within runtime.worker_wait_s={self.wait_s}s; "
+                f"the cluster has {ray.cluster_resources()}"
+            ) from None
+        remote = ray.remote(AdaptationWorker).options
+        cfg = config_to_dict(config)
+        self.workers = [
+            remote(num_cpus=rc.cpus_per_worker, num_gpus=rc.gpus_per_worker, max_restarts=-1, max_task_retries=0,
+                   scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=bundle_offset + i)
+                   ).remote(cfg, i, max(1, int(rc.cpus_per_worker)))
+            for i in range(rc.num_workers)
+        ]
+        self.worker_info()  # wait until every worker has built its learner and loaded its data
+
+    def reconfigure(self, config: Config) -> None:
+        """Rebuild every worker's learner and tasks for another config with the same resources."""
+        ray.get([w.configure.remote(config_to_dict(config)) for w in self.workers], timeout=self.wait_s)
+        self.config = config
+
+    def compute(self, params: Params, step: int, indices: Sequence[int], space=None) -> tuple[TaskUpdate, dict[str, float]]:
+        """Summed update of the meta-batch, and timings (max worker compute, communication overhead)."""
+        start = time.perf_counter()
+        ref = ray.put({k: v.detach().cpu() for k, v in params.items()})
+        slices = worker_slices(indices, len(self.workers))
+        pending = {self._send(s, ref, step, sl, space, attempt=0): (s, 0) for s, sl in enumerate(slices)}
+        results: dict[int, tuple[TaskUpdate, float]] = {}
+        deadline = time.monotonic() + self.wait_s
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not done:
+                raise WorkersUnavailable(f"no adaptation worker answered for runtime.worker_wait_s={self.wait_s}s at step {step}")
+            s, attempt = pending.pop(done[0])
+            try:
+                update, seconds = ray.get(done[0])
+            except RayActorError:  # the worker died: re-send the slice to the next worker (Ray restarts the dead one)
+                time.sleep(min(2.0, 0.05 * 2**attempt))
+                pending[self._send(s, ref, step, slices[s], space, attempt + 1)] = (s, attempt + 1)
+                continue
+            check_finite(update, f"worker {self._worker_for(s, attempt)}", step, slices[s])
+            results.setdefault(s, (update, seconds))  # keep one result per slice
+            deadline = time.monotonic() + self.wait_s
+        worker_time = max(t for _, t in results.values())
+        update = merge([results[s][0] for s in range(len(slices))])
+        return update, {"worker_time": worker_time, "comm_time": time.perf_counter() - start - worker_time}
+
+    def _worker_for(self, slice_index: int, attempt: int) -> int:
+        return (slice_index + attempt) % len(self.workers)
+
+    def _send(self, s: int, ref, step: int, sl: list[int], space, attempt: int):
+        return self.workers[self._worker_for(s, attempt)].compute.remote(ref, step, sl, space)
+
+    def worker_info(self) -> list[dict]:
+        """Node, device and pid of every worker."""
+        return ray.get([w.info.remote() for w in self.workers], timeout=self.wait_s)
+
+    def close(self) -> None:
+        for w in getattr(self, "workers", []):
+            ray.kill(w, no_restart=True)
+        self.workers = []
+        if self._own_group and self.group is not None:
+            remove_placement_group(self.group)
+            self.group = None

@@ -1,0 +1,22 @@
+"""Shared fixtures: one embedded Ray instance for the whole test session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """An embedded local Ray (4 logical CPUs so 3 one-CPU workers fit on a 2-core machine)."""
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
