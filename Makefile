@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(VENV)/bin/metaserve train configs/sinusoid-maml.yaml --set train.steps=300
+	$(VENV)/bin/metaserve train configs/sinusoid-maml-ray.yaml --set train.steps=1000
 
 test: setup
 	$(PY) -m pytest -q tests

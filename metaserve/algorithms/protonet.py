@@ -18,7 +18,8 @@ from metaserve.models.functional import forward_fn
 
 def prototypes(embeddings: Tensor, labels: Tensor, ways: int) -> Tensor:
     """Class means of support embeddings: [support, dim], [support] -> [ways, dim]."""
-    onehot = torch.nn.functional.one_hot(labels, ways).to(embeddings.dtype)  # [support, ways]
+    # Not F.one_hot: it checks the label range with .item(), which vmap over tasks cannot do.
+    onehot = (labels.unsqueeze(-1) == torch.arange(ways, device=labels.device)).to(embeddings.dtype)  # [support, ways]
     return (onehot.T @ embeddings) / onehot.sum(0).unsqueeze(1)
 
 

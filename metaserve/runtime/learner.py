@@ -63,9 +63,10 @@ class TrainResult:
 def make_executor(config: Config, learner: Learner, distribution):
     """The executor of `runtime.backend`."""
     if config.runtime.backend == "ray":
-        from metaserve.runtime.ray_executor import RayExecutor
+        from metaserve.runtime.ray_executor import RayExecutor, trial_group
 
-        return RayExecutor(config)
+        group = trial_group(config)  # inside a Tune trial: the workers' bundles were reserved with it
+        return RayExecutor(config, group=group, bundle_offset=1) if group is not None else RayExecutor(config)
     from metaserve.runtime.local import LocalExecutor
 
     return LocalExecutor(learner, distribution)
@@ -108,7 +109,8 @@ def _initial_state(config: Config, learner: Learner, resume_dir: Path | None) ->
         saved = latest_good_state(resume_dir, learner.device)
         if saved is not None:
             return TrainState.from_dict(saved, learner.device)
-        warnings.warn(f"no checkpoint in {str(resume_dir)!r}: starting from step 0", stacklevel=3)
+        if any(resume_dir.glob("checkpoints/*")):
+            warnings.warn(f"no loadable checkpoint in {str(resume_dir)!r}: starting from step 0", stacklevel=3)
     params = learner.initial_params()
     return TrainState(params, learner.algorithm.init_outer_state(params))
 

@@ -43,6 +43,16 @@ def ensure_ray(config: Config) -> None:
           "--address auto serves it at http://127.0.0.1:8265)")
 
 
+def trial_group(config: Config) -> PlacementGroup | None:
+    """The placement group this process runs in when it holds a learner bundle plus one per worker."""
+    if not ray.is_initialized():
+        return None
+    group = ray.util.get_current_placement_group()
+    if group is None or len(group.bundle_specs) != 1 + config.runtime.num_workers:
+        return None
+    return group
+
+
 def worker_slices(indices: Sequence[int], n: int) -> list[list[int]]:
     """Split task indices into at most n contiguous, non-empty slices."""
     return [[int(i) for i in s] for s in np.array_split(np.asarray(list(indices)), min(n, len(indices))) if len(s)]
