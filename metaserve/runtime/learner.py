@@ -23,7 +23,7 @@ from metaserve.models.functional import Params
 from metaserve.runtime.work import NonFiniteUpdate
 from metaserve.store.checkpoint import latest_good_state, save_checkpoint
 from metaserve.store.metrics import write_metrics
-from metaserve.store.rundir import new_run_dir
+from metaserve.store.rundir import init_run_dir, new_run_dir
 
 LogHook = Callable[[dict, "Path | None"], None]
 
@@ -81,7 +81,7 @@ def train_loop(config: Config, *, run_dir: Path | None = None, resume: bool = Fa
     """
     distribution = build_distribution(config)  # reads and validates data before any worker starts
     learner = build_learner(config)
-    run_dir = Path(run_dir) if run_dir is not None else new_run_dir(config)
+    run_dir = new_run_dir(config) if run_dir is None else init_run_dir(run_dir, config)
     state = _initial_state(config, learner, run_dir if resume else None)
     say = progress or (lambda _msg: None)
     say(f"run directory: {run_dir}" + (f" (resumed at step {state.step})" if state.step else ""))

@@ -12,14 +12,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import yaml
 from ray import tune
 from ray.tune import Checkpoint
 
-from metaserve.config import Config, config_to_dict, parse_config
+from metaserve.config import Config, parse_config
 from metaserve.runtime.learner import train_loop
 from metaserve.store.checkpoint import checkpoint_dir, load_state
-from metaserve.store.rundir import CONFIG_FILE
 
 LEARNER_BUNDLE = {"CPU": 1.0}
 
@@ -37,8 +35,7 @@ def metaserve_trainable(params: dict[str, Any]) -> None:
     """Tune function trainable: `params` is a whole metaserve config (search values already resolved)."""
     config = parse_config(params)
     run_dir = Path(tune.get_context().get_trial_dir()) / "run"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    checkpoint_dir(run_dir).mkdir(parents=True, exist_ok=True)
     _restore_from_tune(run_dir)
 
     def on_log(row: dict, ckpt: Path | None) -> None:

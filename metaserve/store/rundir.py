@@ -17,7 +17,13 @@ def new_run_dir(config: Config) -> Path:
     path, n = base, 1
     while path.exists():
         path, n = Path(f"{base}-{n}"), n + 1
-    path.mkdir(parents=True)
+    return init_run_dir(path, config)
+
+
+def init_run_dir(path: Path, config: Config) -> Path:
+    """Create `path` (if needed) and save the whole config in it."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
     (path / CONFIG_FILE).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
     return path
 

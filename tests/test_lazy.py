@@ -1,0 +1,185 @@
+"""Lazy teacher-student MAML / Reptile against closed forms, MAML, finite differences, and in memory.
+
+On a linear model with squared loss everything is closed form: L_S(w) = mean((Xs w - ys)^2) has the
+constant Hessian H_S = 2 Xs^T Xs / n and gradient H_S w - b_S with b_S = 2 Xs^T ys / n, so the
+student's iterates are phi_j = w* + (I - alpha H_S)^j (theta - w*), w* = H_S^{-1} b_S, and
+sum_{j<k} H_S(phi_j) v = k H_S v.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.profiler import ProfilerActivity, profile
+
+from metaserve.algorithms import MAML, LazyMAML, LazyReptile
+from metaserve.algorithms.base import OuterConfig
+from metaserve.models.mlp import MLP
+from metaserve.tasks.base import Task
+from metaserve.tasks.sinusoid import Sinusoid
+
+DT = torch.float64
+D, N = 4, 12  # input dimension, points per set
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # The test machine has 2 shared cores: with 2 intra-op threads, contention makes torch spin-wait
+    # and these tiny ops 10-40x slower. One thread is faster and steadier; restored afterwards.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --- the quadratic problem -----------------------------------------------------------------------
+def linear_problem(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    model = nn.Linear(D, 1, bias=False).to(DT)
+    theta = {"weight": torch.randn(1, D, generator=gen, dtype=DT)}
+    rand = lambda *s: torch.randn(*s, generator=gen, dtype=DT)  # noqa: E731
+    task = Task(rand(N, D), rand(N, 1), rand(N, D), rand(N, 1))
+    return model, theta, task
+
+
+def quadratic(x, y):
+    """(H, b) with L(w) = mean((x w - y)^2): grad L = H w - b, H = 2 x^T x / n, b = 2 x^T y / n."""
+    n = x.shape[0]
+    return 2 * x.T @ x / n, 2 * x.T @ y / n
+
+
+def closed_form_teacher(theta_col, task, alpha, k, gamma, target):
+    """theta_T from the explicit iterates phi_j = w* + (I - alpha H)^j (theta - w*)."""
+    h, b = quadratic(task.support_x, task.support_y)
+    w_star = torch.linalg.solve(h, b)
+    contraction = torch.eye(D, dtype=DT) - alpha * h
+    phis = [w_star + torch.linalg.matrix_power(contraction, j) @ (theta_col - w_star) for j in range(1, k + 1)]
+    phi = phis[-1] if target == "last" else sum(phis) / k
+    return theta_col + gamma * (phi - theta_col)
+
+
+CASES = [(1, 1.0, "last"), (5, 0.5, "last"), (5, 0.7, "mean"), (20, 1.0, "mean"), (20, 0.3, "last")]
+
+
+@pytest.mark.parametrize("k,gamma,target", CASES)
+def test_teacher_leap_matches_closed_form_iterates(k, gamma, target):
+    model, theta, task = linear_problem()
+    alpha = 0.1
+    lazy = LazyMAML(model, "regression", OuterConfig(), inner_lr=alpha, inner_steps=k, leap=gamma, leap_target=target)
+    want = closed_form_teacher(theta["weight"].T, task, alpha, k, gamma, target)
+    got = lazy.teacher(theta, task.support_x, task.support_y)["weight"].T
+    torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("k,gamma,target", CASES)
+def test_lazy_maml_meta_gradient_matches_closed_form(k, gamma, target):
+    model, theta, task = linear_problem(seed=1)
+    alpha = 0.1
+    lazy = LazyMAML(model, "regression", OuterConfig(), inner_lr=alpha, inner_steps=k, leap=gamma, leap_target=target)
+    theta_t = closed_form_teacher(theta["weight"].T, task, alpha, k, gamma, target)
+    h_s, _ = quadratic(task.support_x, task.support_y)
+    h_q, b_q = quadratic(task.query_x, task.query_y)
+    v = h_q @ theta_t - b_q  # grad L_Q(theta_T)
+    want = v - gamma * alpha * k * (h_s @ v)
+
+    update = lazy.task_update(theta, task)
+    torch.testing.assert_close(update.contribution["weight"].T, want, rtol=1e-10, atol=1e-12)
+    query_loss = float(((task.query_x @ theta_t - task.query_y) ** 2).mean())
+    assert update.metrics["loss"] == pytest.approx(query_loss, rel=1e-10)
+
+
+@pytest.mark.parametrize("k,gamma,target", CASES)
+def test_lazy_reptile_contribution_is_the_leap(k, gamma, target):
+    model, theta, task = linear_problem(seed=2)
+    alpha = 0.1
+    reptile = LazyReptile(model, "regression", OuterConfig(optimizer="sgd"), inner_lr=alpha, inner_steps=k, leap=gamma, leap_target=target)
+    want = closed_form_teacher(theta["weight"].T, task, alpha, k, gamma, target) - theta["weight"].T
+    got = reptile.task_update(theta, task).contribution["weight"].T
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_unknown_leap_target_is_rejected():
+    with pytest.raises(ValueError, match="leap_target"):
+        LazyMAML(nn.Linear(2, 1), "regression", OuterConfig(), inner_lr=0.1, inner_steps=1, leap_target="first")
+
+
+# --- k = 1, gamma = 1: lazy-maml is MAML ---------------------------------------------------------
+def mse(model, params, x, y):
+    return ((functional_call(model, params, (x,)) - y) ** 2).mean()
+
+
+def one_step_query_loss(model, theta, task, alpha):
+    """L_Q(theta - alpha grad L_S(theta)), by hand, without keeping a graph."""
+    leaves = {n: t.clone().requires_grad_(True) for n, t in theta.items()}
+    grads = torch.autograd.grad(mse(model, leaves, task.support_x, task.support_y), list(leaves.values()))
+    phi = {n: (leaves[n] - alpha * g).detach() for n, g in zip(leaves, grads)}
+    return float(mse(model, phi, task.query_x, task.query_y))
+
+
+def test_one_step_full_leap_equals_maml_and_finite_differences():
+    torch.manual_seed(0)
+    model = MLP(1, 1, (8, 8)).to(DT)
+    theta = {k: v.detach().clone() for k, v in model.named_parameters()}
+    task = Sinusoid().sample(0, 0, 4).to("cpu", DT)
+    alpha = 0.1
+    lazy = LazyMAML(model, "regression", OuterConfig(), inner_lr=alpha, inner_steps=1, leap=1.0, vectorize=False)
+    maml = MAML(model, "regression", OuterConfig(), inner_lr=alpha, inner_steps=1, vectorize=False)
+    got = lazy.task_update(theta, task).contribution
+    ref = maml.task_update(theta, task).contribution
+    for name in theta:
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-10, atol=1e-10)
+
+    # and the independent value: directional derivatives along random unit vectors by central differences
+    gen = torch.Generator().manual_seed(0)
+    eps = 1e-6
+    for _ in range(6):
+        u = {n: torch.randn(t.shape, generator=gen, dtype=DT) for n, t in theta.items()}
+        norm = sum(float((x**2).sum()) for x in u.values()) ** 0.5
+        u = {n: x / norm for n, x in u.items()}
+        plus = {n: theta[n] + eps * u[n] for n in theta}
+        minus = {n: theta[n] - eps * u[n] for n in theta}
+        fd = (one_step_query_loss(model, plus, task, alpha) - one_step_query_loss(model, minus, task, alpha)) / (2 * eps)
+        analytic = sum(float((got[n] * u[n]).sum()) for n in theta)
+        assert analytic == pytest.approx(fd, rel=1e-5, abs=1e-8)
+
+
+# --- memory does not grow with k ----------------------------------------------------------------
+def peak_allocated_bytes(fn) -> int:
+    """Peak of live CPU-allocator bytes during fn(), from the profiler's allocation/free events.
+
+    The profiler records every allocation (+nbytes) and free (-nbytes) made by torch's CPU allocator;
+    their running sum in time order is the bytes live beyond what existed before fn() ran.
+    """
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    events.sort(key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def test_lazy_maml_memory_does_not_grow_with_inner_steps():
+    torch.manual_seed(0)
+    model = MLP(1, 1, (256, 256)).to(DT)
+    theta = {k: v.detach().clone() for k, v in model.named_parameters()}
+    gen = torch.Generator().manual_seed(0)
+    x = lambda: torch.rand(50, 1, generator=gen, dtype=DT) * 10 - 5  # noqa: E731
+    task = Task(x(), torch.sin(x()), x(), torch.sin(x()))
+
+    def peak(cls, k):
+        algo = cls(model, "regression", OuterConfig(), inner_lr=0.01, inner_steps=k, vectorize=False)
+        return peak_allocated_bytes(lambda: algo.task_update(theta, task))
+
+    peak(LazyMAML, 1), peak(MAML, 1)  # warm-up: one-time allocations of torch.func are not the method's
+    lazy5, lazy50 = peak(LazyMAML, 5), peak(LazyMAML, 50)
+    maml5, maml50 = peak(MAML, 5), peak(MAML, 50)
+    params_bytes = sum(v.numel() * v.element_size() for v in theta.values())
+    assert lazy5 > params_bytes  # the measurement sees the method's tensors at all
+    # second-order MAML keeps every inner step's graph: the measurement detects growth with k ...
+    assert maml50 > 3 * maml5, (maml5, maml50)
+    # ... and lazy-maml, which replays the student instead of storing it, does not grow.
+    assert lazy50 <= 1.3 * lazy5, (lazy5, lazy50)
