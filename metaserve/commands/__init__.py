@@ -1,0 +1,1 @@
+"""One module per `metaserve` subcommand; each exposes `register(subparsers)`."""
