@@ -7,7 +7,7 @@ import sys
 
 from metaserve.config import ConfigError
 
-COMMANDS = ["train", "eval"]
+COMMANDS = ["train", "eval", "tune", "report", "submit", "jobs"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -34,7 +34,10 @@ class SinusoidTaskConfig(_Section):
     amplitude: Range = (0.1, 5.0)
     phase: Range = (0.0, math.pi)
     x_range: Range = (-5.0, 5.0)
-    tasks_per_family: PositiveInt = 5  # sinusoid-families only
+    tasks_per_family: PositiveInt = 5  # families: L tasks to meta-finetune on per family draw
+    goal_tasks: PositiveInt = 1  # families: goal tasks per family draw
+    unit: Literal["family", "task"] = "family"  # families: a sample is a whole family, or one task of a family (baselines)
+    oracle: bool = False  # inputs (x, amplitude, phase): the oracle baseline of MALTML's sinusoid experiment
 
     @model_validator(mode="after")
     def _ranges(self) -> "SinusoidTaskConfig":
@@ -54,9 +57,9 @@ class SplitConfig(_Section):
 
 
 class ImageTaskConfig(_Section):
-    """N-way K-shot classification over Omniglot or any `root/<class>/<image>` tree."""
+    """N-way K-shot classification over Omniglot or any `root/<class>/<image>` tree; omniglot-families: families = alphabets."""
 
-    name: Literal["omniglot", "image-folder"] = "omniglot"
+    name: Literal["omniglot", "image-folder", "omniglot-families"] = "omniglot"
     root: str = "../shared/data/omniglot"
     ways: PositiveInt = 5
     shots: PositiveInt = 1
@@ -65,6 +68,9 @@ class ImageTaskConfig(_Section):
     channels: Literal[1, 3] = 1
     rotations: bool = True  # omniglot: x90 degree rotations as new classes (the standard protocol)
     cache_dir: str | None = None  # decoded-image cache (default: ~/.cache/metaserve)
+    tasks_per_family: PositiveInt = 5  # omniglot-families: L tasks (N-way within one alphabet) per family draw
+    goal_tasks: PositiveInt = 1  # omniglot-families: goal tasks per family draw
+    unit: Literal["family", "task"] = "family"  # omniglot-families: a sample is a whole family, or one task of one
     train: SplitConfig = SplitConfig(sources=["images_background_small1.zip"])
     val: SplitConfig | None = None  # None: validation tasks come from the train split, another seed stream
     test: SplitConfig = SplitConfig(
@@ -114,9 +120,58 @@ class ProtoNetConfig(_Section):
     outer: OuterSection = OuterSection()
 
 
+class MatchingConfig(_Section):
+    """Matching networks (Vinyals et al. 2016): cosine attention over support embeddings."""
+
+    name: Literal["matching"] = "matching"
+    fce: bool = False  # full-context embeddings (appendix A.2): bidirectional LSTM over the support, attention LSTM for queries
+    fce_steps: PositiveInt = 2  # fce: processing steps K of the attention LSTM
+    outer: OuterSection = OuterSection()
+
+
+class MetricConfig(_Section):
+    """relation (Sung et al. 2018) or siamese (Koch et al. 2015): a learned comparison of embeddings."""
+
+    name: Literal["relation", "siamese"] = "relation"
+    outer: OuterSection = OuterSection()
+
+
+class PretrainConfig(_Section):
+    """Joint training on all tasks, then SGD finetuning at meta-test (MALTML's pretraining baseline)."""
+
+    name: Literal["pretrain"] = "pretrain"
+    inner_lr: PositiveFloat = 0.01  # finetuning step at meta-test
+    eval_inner_steps: PositiveInt = 10  # finetuning steps at meta-test
+    outer: OuterSection = OuterSection()
+
+
+class MALTML2ndConfig(_Section):
+    """maltml-2nd: MALTML's Algorithm 1 with single steps, differentiated through both levels."""
+
+    name: Literal["maltml-2nd"] = "maltml-2nd"
+    task_lr: PositiveFloat = 0.01  # alpha: SGD on a task's K examples
+    meta_lr: PositiveFloat = 0.01  # beta: meta-step over the family's L tasks (their Q examples)
+    finetune_lr: PositiveFloat = 0.01  # gamma: SGD on the goal task's K examples
+    finetune_steps: PositiveInt = 10  # goal finetuning steps at meta-test (training takes one)
+    outer: OuterSection = OuterSection()
+
+
+class MALTMLConfig(MALTML2ndConfig):
+    """maltml (first order): m meta-steps (fomaml or reptile) on each family's L tasks; contribution theta'_j - theta."""
+
+    name: Literal["maltml"] = "maltml"  # type: ignore[assignment]
+    meta_learner: Literal["fomaml", "reptile"] = "fomaml"  # the first-order meta-step taken on the family
+    task_steps: PositiveInt = 1  # SGD steps per task inside a meta-step
+    meta_steps: Annotated[int, Field(ge=2)] = 5  # m > 1 meta-steps per family (one would be a plain first-order step)
+
+
 AlgorithmConfig = Annotated[
-    Union[GradientAlgorithmConfig, LazyAlgorithmConfig, ProtoNetConfig], Field(discriminator="name")
+    Union[GradientAlgorithmConfig, LazyAlgorithmConfig, ProtoNetConfig, MatchingConfig, MetricConfig, PretrainConfig,
+          MALTMLConfig, MALTML2ndConfig],
+    Field(discriminator="name"),
 ]
+METRIC_LEARNERS = ("protonet", "matching", "relation", "siamese")  # classification only, no inner loop
+FAMILY_LEARNERS = ("maltml", "maltml-2nd")  # learn from whole task families
 
 
 class TrainConfig(_Section):
@@ -132,6 +187,11 @@ class TrainConfig(_Section):
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:N"
     vectorize: Literal["auto", "on", "off"] = "auto"  # vmap over tasks; auto: on, except conv4 on CPU
 
+    @field_validator("vectorize", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: Any) -> Any:
+        # YAML reads a bare on/off as a boolean.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _aligned(self) -> "TrainConfig":
@@ -161,6 +221,96 @@ class RuntimeConfig(_Section):
     on_nonfinite: Literal["stop", "skip"] = "stop"
 
 
+SINUSOID_OMEGA = ("amplitude_low", "amplitude_high", "phase_low", "phase_high")  # sinusoid task-space parameters
+IMAGE_OMEGA = ("ways", "shots", "query")  # few-shot image task-space parameters (integers)
+
+
+class OmegaParam(_Section):
+    """One task-space parameter the adaptive teacher moves (Shevchuk, "Teaching Your MAML", IV.B)."""
+
+    low: float  # lower bound
+    high: float  # upper bound
+    start: float | None = None  # where the teacher starts (default: low)
+    step: PositiveFloat | None = None  # fixed move per teacher update (default: curriculum.step)
+    noise: PositiveFloat | None = None  # half-width of the uniform perturbation (default: step / 2)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "OmegaParam":
+        if not self.low <= self.high:
+            raise ValueError(f"low={self.low} > high={self.high}: need low <= high")
+        if self.start is not None and not self.low <= self.start <= self.high:
+            raise ValueError(f"start={self.start} is outside [low, high] = [{self.low}, {self.high}]")
+        return self
+
+
+class CurriculumConfig(_Section):
+    """The teacher that moves the task space omega between meta-steps (Shevchuk, "Teaching Your MAML")."""
+
+    teacher: Literal["none", "static", "adaptive"] = "none"
+    every: PositiveInt = 4  # teacher update rate (Table I): meta-steps between teacher updates
+    val_tasks: PositiveInt = 20  # meta-validation tasks (the same ones every update) behind each update
+    stages: list[dict[str, float]] = Field(default_factory=list)  # static: omega of each stage, easy to hard
+    threshold: float | list[float] | None = None  # static: val loss to stay below (one, or one per stage transition)
+    patience: PositiveInt = 2  # static: consecutive updates below the threshold before advancing
+    params: dict[str, OmegaParam] = Field(default_factory=dict)  # adaptive: the parameters it moves
+    step: PositiveFloat = 2.0  # adaptive: teacher gradient step (Table I), the fixed move per update
+    window: PositiveInt = 3  # adaptive: teacher steps the finite-difference gradient spans
+    grad_threshold: Annotated[float, Field(ge=0)] = 0.0  # adaptive: move only where |gradient estimate| exceeds it
+    target_loss: PositiveFloat | None = None  # adaptive: val loss below it = over-performing (harder tasks), above = easier
+
+
+def _check_curriculum(c: CurriculumConfig, task: Any, algorithm: str) -> None:
+    """Raise ValueError naming the curriculum key, its value and what is allowed for this task."""
+    if c.teacher == "none":
+        return
+    image = isinstance(task, ImageTaskConfig)
+    allowed = IMAGE_OMEGA if image else SINUSOID_OMEGA
+    if c.teacher == "static":
+        if not c.stages:
+            raise ValueError("curriculum.teacher='static' needs curriculum.stages: a list of task-space settings, easy to hard")
+        if c.threshold is None:
+            raise ValueError("curriculum.teacher='static' needs curriculum.threshold: the meta-validation loss to stay below")
+        if isinstance(c.threshold, list) and len(c.threshold) != len(c.stages) - 1:
+            raise ValueError(f"curriculum.threshold has {len(c.threshold)} values for {len(c.stages)} stages: "
+                             f"give one number, or one per stage transition ({len(c.stages) - 1})")
+        corners = [(f"curriculum.stages[{i}]", dict(s)) for i, s in enumerate(c.stages)]
+    else:
+        if not c.params:
+            raise ValueError("curriculum.teacher='adaptive' needs curriculum.params: the task-space parameters to move, with bounds")
+        if c.target_loss is None:
+            raise ValueError("curriculum.teacher='adaptive' needs curriculum.target_loss: the meta-validation loss that "
+                             "separates over-performing (harder tasks) from under-performing (easier tasks)")
+        for name, p in c.params.items():
+            noise = p.noise if p.noise is not None else (p.step if p.step is not None else c.step) / 2
+            if image and name in allowed and (any(v != int(v) for v in (p.low, p.high, p.start or p.low)) or noise < 1):
+                raise ValueError(f"curriculum.params.{name}={p.model_dump()} moves an integer: low, high and start must be "
+                                 f"integers and the noise (here {noise}) at least 1, or rounding removes the perturbation")
+        # the smallest highs against the largest lows: every omega in the bounds must be a valid space
+        corners = [("curriculum.params (lows)", {n: p.low for n, p in c.params.items()}),
+                   ("curriculum.params (highs)", {n: p.high for n, p in c.params.items()}),
+                   ("curriculum.params (narrowest)", {n: (p.high if n.endswith("_low") else p.low) for n, p in c.params.items()})]
+    for where, omega in corners:
+        unknown = sorted(set(omega) - set(allowed))
+        if unknown:
+            raise ValueError(f"{where.split(' ')[0]} names {unknown}, which task.name={task.name!r} does not have; "
+                             f"allowed: {', '.join(allowed)}")
+        if image:
+            if "ways" in omega and algorithm == "protonet":
+                raise ValueError(f"{where} moves 'ways' but algorithm.name='protonet' builds prototypes for task.ways classes: "
+                                 "keep ways fixed (move shots or query), or use a gradient-based algorithm")
+            for name, v in omega.items():
+                if v != int(v) or v < 1:
+                    raise ValueError(f"{where}.{name}={v} is not allowed: need an integer >= 1")
+            if omega.get("ways", 1) > task.ways:
+                raise ValueError(f"{where}.ways={omega['ways']} exceeds task.ways={task.ways}, the size of the classifier "
+                                 "head: a curriculum may lower the ways (labels stay < task.ways) but not raise them")
+        else:
+            for key in ("amplitude", "phase"):
+                lo, hi = omega.get(f"{key}_low", getattr(task, key)[0]), omega.get(f"{key}_high", getattr(task, key)[1])
+                if not lo <= hi:
+                    raise ValueError(f"{where} gives {key} range [{lo}, {hi}], which is empty: need {key}_low <= {key}_high")
+
+
 class Config(_Section):
     """A whole run: what to learn from, with what, how, and where."""
 
@@ -173,6 +323,7 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    curriculum: CurriculumConfig = CurriculumConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -186,14 +337,37 @@ class Config(_Section):
         return data
 
     @model_validator(mode="after")
+    def _storage(self) -> "Config":
+        from metaserve.store.storage import check_output_dir  # a path, or s3://, gs://, ... (form only, no network)
+
+        check_output_dir(self.output_dir)
+        return self
+
+    @model_validator(mode="after")
     def _compatible(self) -> "Config":
         image = isinstance(self.task, ImageTaskConfig)
         wanted = "conv4" if image else "mlp"
         if self.model.name != wanted:
             raise ValueError(f"model.name={self.model.name!r} does not fit task.name={self.task.name!r}: use {wanted!r}")
-        if self.algorithm.name == "protonet" and not image:
-            raise ValueError(f"algorithm.name='protonet' needs a classification task, not task.name={self.task.name!r}")
+        if self.algorithm.name in METRIC_LEARNERS and not image:
+            raise ValueError(f"algorithm.name={self.algorithm.name!r} needs a classification task, not task.name={self.task.name!r}")
+        _check_families(self.task, self.algorithm.name)
+        _check_curriculum(self.curriculum, self.task, self.algorithm.name)
         return self
+
+
+def _check_families(task: Any, algorithm: str) -> None:
+    """Family learners need whole families; every other learner one task per sample."""
+    families = task.name in ("sinusoid-families", "omniglot-families")
+    if algorithm in FAMILY_LEARNERS:
+        if not families:
+            raise ValueError(f"algorithm.name={algorithm!r} learns from task families: use task.name='sinusoid-families' "
+                             f"or 'omniglot-families', not {task.name!r}")
+        if task.unit != "family":
+            raise ValueError(f"algorithm.name={algorithm!r} learns from whole families: set task.unit='family', not {task.unit!r}")
+    elif families and task.unit == "family":
+        raise ValueError(f"algorithm.name={algorithm!r} learns from single tasks: with task.name={task.name!r} set "
+                         "task.unit='task' (one task per family draw, the baseline that ignores families)")
 
 
 def _format(err: ValidationError, model: type[BaseModel]) -> str:
@@ -209,13 +383,18 @@ def _format(err: ValidationError, model: type[BaseModel]) -> str:
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
-_TAGS = {"sinusoid", "sinusoid-families", "omniglot", "image-folder", "maml", "fomaml", "reptile", "lazy-maml", "lazy-reptile", "protonet"}
+_TAGS = {"sinusoid", "sinusoid-families", "omniglot", "image-folder", "maml", "fomaml", "reptile", "lazy-maml", "lazy-reptile", "protonet",
+         "omniglot-families", "matching", "relation", "siamese", "pretrain", "maltml", "maltml-2nd"}
 
 
 def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     """The allowed keys at the parent of `loc` (following tagged unions by their tag)."""
     section: Any = model
+    dict_key = False  # the next part is a key of a dict of sections (curriculum.params.<name>)
     for part in loc[:-1]:
+        if dict_key:
+            dict_key = False
+            continue
         if isinstance(part, str) and part in _TAGS:
             section = _TAG_MODELS[part]
             continue
@@ -223,6 +402,9 @@ def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
         if field is None:
             break
         ann = field.annotation
+        if get_origin(ann) is dict and isinstance(get_args(ann)[1], type) and issubclass(get_args(ann)[1], BaseModel):
+            section, dict_key = get_args(ann)[1], True
+            continue
         section = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else section
     return sorted(section.model_fields)
 
@@ -232,6 +414,8 @@ _TAG_MODELS: dict[str, type[BaseModel]] = {
     "omniglot": ImageTaskConfig, "image-folder": ImageTaskConfig,
     "maml": GradientAlgorithmConfig, "fomaml": GradientAlgorithmConfig, "reptile": GradientAlgorithmConfig,
     "lazy-maml": LazyAlgorithmConfig, "lazy-reptile": LazyAlgorithmConfig, "protonet": ProtoNetConfig,
+    "omniglot-families": ImageTaskConfig, "matching": MatchingConfig, "relation": MetricConfig, "siamese": MetricConfig,
+    "pretrain": PretrainConfig, "maltml": MALTMLConfig, "maltml-2nd": MALTML2ndConfig,
 }
 
 

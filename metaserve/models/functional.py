@@ -28,16 +28,17 @@ class _MethodAsForward(nn.Module):
         self.inner = model
         self.method = method
 
-    def forward(self, x: Tensor) -> Tensor:
-        return getattr(self.inner, self.method)(x)
+    def forward(self, *args) -> Tensor:
+        return getattr(self.inner, self.method)(*args)
 
 
 def forward_fn(model: nn.Module, method: str = "forward") -> Callable[[Params, Tensor], Tensor]:
-    """A pure function params, x -> model output (or another method's output, e.g. 'embed')."""
+    """A pure function params, x -> model output (or another method's output, e.g. 'embed'; extra
+    positional arguments are passed on to the method)."""
     if method == "forward":
         return lambda params, x: functional_call(model, params, (x,))
     bound = _MethodAsForward(model, method)
-    return lambda params, x: functional_call(bound, {f"inner.{k}": v for k, v in params.items()}, (x,))
+    return lambda params, *args: functional_call(bound, {f"inner.{k}": v for k, v in params.items()}, args)
 
 
 def loss_fn(model: nn.Module, kind: str) -> LossFn:

@@ -17,6 +17,7 @@ import torch
 
 from metaserve.algorithms.params import scale
 from metaserve.config import Config, config_to_dict
+from metaserve.curriculum import Teacher, build_teacher
 from metaserve.evaluation import EvalResult, evaluate
 from metaserve.experiment import Learner, build_distribution, build_learner
 from metaserve.models.functional import Params
@@ -24,6 +25,7 @@ from metaserve.runtime.work import NonFiniteUpdate
 from metaserve.store.checkpoint import latest_good_state, save_checkpoint
 from metaserve.store.metrics import write_metrics
 from metaserve.store.rundir import init_run_dir, new_run_dir
+from metaserve.store.storage import location, publish
 
 LogHook = Callable[[dict, "Path | None"], None]
 
@@ -37,17 +39,19 @@ class TrainState:
     step: int = 0
     rows: list[dict] = field(default_factory=list)
     skipped: int = 0
+    teacher: dict = field(default_factory=dict)  # the curriculum teacher's state (plain values; {} without one)
 
     def to_dict(self, config: Config) -> dict:
         return {"params": self.params, "outer_state": self.outer_state, "step": self.step, "rows": self.rows,
-                "skipped": self.skipped, "rng": torch.get_rng_state(), "config": config_to_dict(config)}
+                "skipped": self.skipped, "rng": torch.get_rng_state(), "config": config_to_dict(config), "teacher": self.teacher}
 
     @classmethod
     def from_dict(cls, d: dict, device: torch.device) -> "TrainState":
         torch.set_rng_state(d["rng"])
         move = lambda t: t.to(device) if isinstance(t, torch.Tensor) and t.dim() > 0 else t  # noqa: E731
         outer = {k: ({n: move(v) for n, v in s.items()} if isinstance(s, dict) else s) for k, s in d["outer_state"].items()}
-        return cls({k: v.to(device) for k, v in d["params"].items()}, outer, d["step"], list(d.get("rows", [])), d.get("skipped", 0))
+        return cls({k: v.to(device) for k, v in d["params"].items()}, outer, d["step"], list(d.get("rows", [])), d.get("skipped", 0),
+                   dict(d.get("teacher", {})))
 
 
 @dataclass
@@ -81,14 +85,15 @@ def train_loop(config: Config, *, run_dir: Path | None = None, resume: bool = Fa
     """
     distribution = build_distribution(config)  # reads and validates data before any worker starts
     learner = build_learner(config)
+    teacher = build_teacher(config, distribution)  # checks every task space it may pick against the data
     run_dir = new_run_dir(config) if run_dir is None else init_run_dir(run_dir, config)
-    state = _initial_state(config, learner, run_dir if resume else None)
+    state = _initial_state(config, learner, run_dir if resume else None, teacher)
     say = progress or (lambda _msg: None)
-    say(f"run directory: {run_dir}" + (f" (resumed at step {state.step})" if state.step else ""))
+    say(f"run directory: {location(run_dir, config.output_dir)}" + (f" (resumed at step {state.step})" if state.step else ""))
     owned = executor is None
     executor = make_executor(config, learner, distribution) if owned else executor
     try:
-        _loop(config, learner, distribution, executor, state, run_dir, on_log, say)
+        _loop(config, learner, distribution, executor, state, run_dir, on_log, say, teacher)
     finally:
         if owned:
             executor.close()
@@ -100,48 +105,69 @@ def train_loop(config: Config, *, run_dir: Path | None = None, resume: bool = Fa
         metrics |= {f"test_{test.metric}": test.mean, f"test_{test.metric}_ci95": test.ci95}
         (run_dir / "test.json").write_text(json.dumps({"metric": test.metric, "mean": test.mean, "ci95": test.ci95,
                                                         "episodes": test.episodes, "curve": test.curve}, indent=2))
+        publish(run_dir, config.output_dir, final=True)  # a URI output_dir: mirror the finished run
         say(str(test))
     return TrainResult(run_dir, state.params, metrics, test)
 
 
-def _initial_state(config: Config, learner: Learner, resume_dir: Path | None) -> TrainState:
+def _initial_state(config: Config, learner: Learner, resume_dir: Path | None, teacher: Teacher) -> TrainState:
     if resume_dir is not None:
         saved = latest_good_state(resume_dir, learner.device)
         if saved is not None:
-            return TrainState.from_dict(saved, learner.device)
+            state = TrainState.from_dict(saved, learner.device)
+            state.teacher = teacher.restore(state.teacher)
+            return state
         if any(resume_dir.glob("checkpoints/*")):
             warnings.warn(f"no loadable checkpoint in {str(resume_dir)!r}: starting from step 0", stacklevel=3)
     params = learner.initial_params()
-    return TrainState(params, learner.algorithm.init_outer_state(params))
+    return TrainState(params, learner.algorithm.init_outer_state(params), teacher=teacher.init())
 
 
-def _loop(config: Config, learner: Learner, distribution, executor, state: TrainState, run_dir: Path, on_log: LogHook | None, say) -> None:
+def _loop(config: Config, learner: Learner, distribution, executor, state: TrainState, run_dir: Path, on_log: LogHook | None, say,
+          teacher: Teacher) -> None:
     algo, tc = learner.algorithm, config.train
     window: list[dict] = []
     while state.step < tc.steps:
         t0 = time.perf_counter()
+        space, used = teacher.space(state.teacher), teacher.columns(state.teacher)  # omega of this meta-step
         try:
-            update, timing = executor.compute(state.params, state.step, range(tc.meta_batch))
+            update, timing = executor.compute(state.params, state.step, range(tc.meta_batch), space)
         except NonFiniteUpdate as err:
             if config.runtime.on_nonfinite == "stop":
                 raise NonFiniteUpdate(f"{err}; the run stopped, its last good checkpoint is in {run_dir / 'checkpoints'}") from None
             warnings.warn(f"skipping step: {err}", stacklevel=2)
             state.step, state.skipped = state.step + 1, state.skipped + 1
-            continue
-        t1 = time.perf_counter()
-        state.params, state.outer_state = algo.outer_step(state.params, scale(update.contribution, 1.0 / update.count), state.outer_state)
-        state.step += 1
-        t2 = time.perf_counter()
-        window.append({**update.mean_metrics(), **timing, "learner_time": t2 - t1, "step_time": t2 - t0})
+        else:
+            t1 = time.perf_counter()
+            state.params, state.outer_state = algo.outer_step(state.params, scale(update.contribution, 1.0 / update.count), state.outer_state)
+            state.step += 1
+            t2 = time.perf_counter()
+            window.append({**update.mean_metrics(), **timing, "learner_time": t2 - t1, "step_time": t2 - t0})
+        if teacher.due(state.step):  # between meta-steps: the teacher sees the student's meta-validation loss on omega
+            state.teacher = teacher.update(state.teacher, _teacher_loss(config, learner, distribution, state.params, space))
+        # A skipped step still counts: its log row (if any step of the window ran) and checkpoint are due.
         if state.step % tc.log_every == 0 or state.step == tc.steps:
-            _log(config, learner, distribution, state, window, run_dir, on_log, say)
+            if window:
+                extra = {**used, "teacher_loss": teacher.last_loss(state.teacher)} if teacher.active else {}
+                _log(config, learner, distribution, state, window, run_dir, on_log, say, extra)
+            elif state.step % tc.checkpoint_every == 0 or state.step == tc.steps:
+                save_checkpoint(run_dir, state.step, state.to_dict(config), keep=tc.keep_checkpoints)
             window = []
 
 
-def _log(config: Config, learner: Learner, distribution, state: TrainState, window: list[dict], run_dir: Path, on_log, say) -> None:
+def _teacher_loss(config: Config, learner: Learner, distribution, params: Params, space) -> float:
+    """Post-adaptation query loss on `curriculum.val_tasks` validation tasks of `space` (the same tasks each time)."""
+    val = evaluate(learner.algorithm, params, distribution, seed=config.seed, episodes=config.curriculum.val_tasks,
+                   stream="val", space=space, device=learner.device, dtype=learner.dtype)
+    return val.curve[-1]["loss"]
+
+
+def _log(config: Config, learner: Learner, distribution, state: TrainState, window: list[dict], run_dir: Path, on_log, say,
+         extra: dict | None = None) -> None:
     tc = config.train
     row = {"step": state.step, **{k: sum(w[k] for w in window) / len(window) for k in window[0]}}
     row["tasks_per_s"] = tc.meta_batch / row["step_time"]
+    row |= extra or {}  # the teacher's omega at this step, its stage or centre, its latest meta-validation loss
     if tc.val_tasks:
         val = evaluate(learner.algorithm, state.params, distribution, seed=config.seed, episodes=tc.val_tasks,
                        stream="val", device=learner.device, dtype=learner.dtype)
@@ -152,6 +178,7 @@ def _log(config: Config, learner: Learner, distribution, state: TrainState, wind
     if state.step % tc.checkpoint_every == 0 or state.step == tc.steps:
         ckpt = save_checkpoint(run_dir, state.step, state.to_dict(config), keep=tc.keep_checkpoints)
     write_metrics(run_dir, state.rows)
+    publish(run_dir, config.output_dir)  # a URI output_dir: mirror the new rows and checkpoint
     say(_progress_line(row, tc.steps))
     if on_log is not None:
         on_log(row, ckpt)

@@ -21,7 +21,10 @@ from metaserve.algorithms.base import TaskUpdate, merge
 from metaserve.config import Config, config_to_dict
 from metaserve.models.functional import Params
 from metaserve.runtime.work import check_finite
-from metaserve.runtime.workers import AdaptationWorker
+from metaserve.runtime.wire import flatten, layout_of, unflatten
+from metaserve.runtime.workers import AdaptationWorker, config_version
+
+INLINE_BYTES = 100 * 1024  # Ray passes arguments up to 100 KiB inline with the call
 
 
 class WorkersUnavailable(RuntimeError):
@@ -38,7 +41,8 @@ def ensure_ray(config: Config) -> None:
         ray.init(address=address, log_to_driver=True)
         return
     needed = int(np.ceil(rc.num_workers * rc.cpus_per_worker))
-    ray.init(num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False, log_to_driver=True)
+    # address="local": never attach to a cluster some other `ray start` left on this machine.
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False, log_to_driver=True)
     print("Ray: embedded local instance (dashboard off; `ray start --head --dashboard-host 127.0.0.1` then "
           "--address auto serves it at http://127.0.0.1:8265)")
 
@@ -81,6 +85,7 @@ class RayExecutor:
             ) from None
         remote = ray.remote(AdaptationWorker).options
         cfg = config_to_dict(config)
+        self._set_config(config)
         self.workers = [
             remote(num_cpus=rc.cpus_per_worker, num_gpus=rc.gpus_per_worker, max_restarts=-1, max_task_retries=0,
                    scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=bundle_offset + i)
@@ -92,15 +97,22 @@ class RayExecutor:
     def reconfigure(self, config: Config) -> None:
         """Rebuild every worker's learner and tasks for another config with the same resources."""
         ray.get([w.configure.remote(config_to_dict(config)) for w in self.workers], timeout=self.wait_s)
-        self.config = config
+        self._set_config(config)
+
+    def _set_config(self, config: Config) -> None:
+        # Every call names the config version; a worker restarted with its creation config fetches this one.
+        cfg = config_to_dict(config)
+        self.config, self._version, self._config_box = config, config_version(cfg), [ray.put(cfg)]
 
     def compute(self, params: Params, step: int, indices: Sequence[int], space=None) -> tuple[TaskUpdate, dict[str, float]]:
         """Summed update of the meta-batch, and timings (max worker compute, communication overhead)."""
         start = time.perf_counter()
-        ref = ray.put({k: v.detach().cpu() for k, v in params.items()})
+        layout, flat = layout_of(params), flatten(params)
+        # Large parameter sets go to the object store once per step; small ones travel inline, which is cheaper.
+        ref = ray.put(flat) if flat.nbytes > INLINE_BYTES else flat
         slices = worker_slices(indices, len(self.workers))
         pending = {self._send(s, ref, step, sl, space, attempt=0): (s, 0) for s, sl in enumerate(slices)}
-        results: dict[int, tuple[TaskUpdate, float]] = {}
+        results: dict[int, tuple] = {}
         deadline = time.monotonic() + self.wait_s
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
@@ -108,23 +120,25 @@ class RayExecutor:
                 raise WorkersUnavailable(f"no adaptation worker answered for runtime.worker_wait_s={self.wait_s}s at step {step}")
             s, attempt = pending.pop(done[0])
             try:
-                update, seconds = ray.get(done[0])
+                result = ray.get(done[0])
             except RayActorError:  # the worker died: re-send the slice to the next worker (Ray restarts the dead one)
                 time.sleep(min(2.0, 0.05 * 2**attempt))
                 pending[self._send(s, ref, step, slices[s], space, attempt + 1)] = (s, attempt + 1)
                 continue
+            update = TaskUpdate(unflatten(result[0], layout), result[1], result[2])
             check_finite(update, f"worker {self._worker_for(s, attempt)}", step, slices[s])
-            results.setdefault(s, (update, seconds))  # keep one result per slice
+            results.setdefault(s, (update, result[3]))  # keep one result per slice
             deadline = time.monotonic() + self.wait_s
         worker_time = max(t for _, t in results.values())
         update = merge([results[s][0] for s in range(len(slices))])
+        update.contribution = {k: v.to(next(iter(params.values())).device) for k, v in update.contribution.items()}
         return update, {"worker_time": worker_time, "comm_time": time.perf_counter() - start - worker_time}
 
     def _worker_for(self, slice_index: int, attempt: int) -> int:
         return (slice_index + attempt) % len(self.workers)
 
     def _send(self, s: int, ref, step: int, sl: list[int], space, attempt: int):
-        return self.workers[self._worker_for(s, attempt)].compute.remote(ref, step, sl, space)
+        return self.workers[self._worker_for(s, attempt)].compute.remote(ref, step, sl, space, self._version, self._config_box)
 
     def worker_info(self) -> list[dict]:
         """Node, device and pid of every worker."""

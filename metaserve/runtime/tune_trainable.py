@@ -31,27 +31,55 @@ def trial_resources(config: Config) -> tune.PlacementGroupFactory:
     return tune.PlacementGroupFactory([LEARNER_BUNDLE] + [worker] * rc.num_workers, strategy=rc.placement_strategy)
 
 
-def metaserve_trainable(params: dict[str, Any]) -> None:
-    """Tune function trainable: `params` is a whole metaserve config (search values already resolved)."""
-    config = parse_config(params)
+class InjectedFault(RuntimeError):
+    """Raised by the test hook `fail_at_step`: a trial dies right after checkpointing that step."""
+
+
+def run_trial(config: Config, fail_at_step: int | None = None) -> None:
+    """Run `train_loop` as the current Tune trial: one report per log row, checkpoints through Tune.
+
+    The last row's report waits for the meta-test and carries its result and `done_training`, so
+    schedulers count exactly one iteration per log row. `start_step` says where the trial (re)started.
+    """
     run_dir = Path(tune.get_context().get_trial_dir()) / "run"
-    checkpoint_dir(run_dir).mkdir(parents=True, exist_ok=True)
-    _restore_from_tune(run_dir)
+    start = restore_tune_checkpoint(run_dir)
+    last: dict = {}
 
     def on_log(row: dict, ckpt: Path | None) -> None:
-        tune.report(row, checkpoint=Checkpoint.from_directory(str(ckpt)) if ckpt is not None else None)
+        if row["step"] >= config.train.steps:
+            last.update(ckpt=ckpt)  # reported below, with the meta-test result
+            return
+        tune.report({**row, "start_step": float(start)}, checkpoint=_as_checkpoint(ckpt))
+        if fail_at_step is not None and start < fail_at_step == row["step"] and ckpt is not None:
+            raise InjectedFault(f"injected fault after the checkpoint of step {row['step']}")
 
     result = train_loop(config, run_dir=run_dir, resume=True, on_log=on_log)
-    tune.report({**result.metrics, "done_training": 1.0})
+    tune.report({**result.metrics, "start_step": float(start), "done_training": 1.0}, checkpoint=_as_checkpoint(last.get("ckpt")))
 
 
-def _restore_from_tune(run_dir: Path) -> None:
-    """Place Tune's checkpoint (if any) where train_loop's resume looks for it."""
+def metaserve_trainable(params: dict[str, Any]) -> None:
+    """Tune function trainable: `params` is a whole metaserve config (search values already resolved)."""
+    run_trial(parse_config(params))
+
+
+def _as_checkpoint(path: Path | None) -> Checkpoint | None:
+    return Checkpoint.from_directory(str(path)) if path is not None else None
+
+
+def restore_tune_checkpoint(run_dir: Path) -> int:
+    """Make Tune's checkpoint (if any) the one `train_loop` resumes from; returns its step (0: none).
+
+    Tune's checkpoint is authoritative: under PBT a trial continues from *another* trial's
+    checkpoint at the step it reached itself, so the trial's own checkpoints are removed first.
+    """
+    root = checkpoint_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        return
+        return 0
     with checkpoint.as_directory() as src:
         step = int(load_state(Path(src))["step"])
-        dst = checkpoint_dir(run_dir) / f"{step:08d}"
-        if not dst.exists():
-            shutil.copytree(src, dst)
+        shutil.rmtree(root)
+        root.mkdir(parents=True)
+        shutil.copytree(src, root / f"{step:08d}")
+    return step

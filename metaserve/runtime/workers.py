@@ -7,18 +7,25 @@ re-send a slice after a fault and keep one result per slice.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from typing import Any, Sequence
 
+import numpy as np
 import ray
 import torch
 
-from metaserve.algorithms.base import TaskUpdate
 from metaserve.config import parse_config
 from metaserve.experiment import build_distribution, build_learner
-from metaserve.models.functional import Params
 from metaserve.runtime.work import compute_slice
+from metaserve.runtime.wire import flatten, layout_of, unflatten
+
+
+def config_version(config: dict[str, Any]) -> str:
+    """A short fingerprint of a config: workers compare it instead of the whole config."""
+    return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def worker_device() -> torch.device:
@@ -41,16 +48,25 @@ class AdaptationWorker:
         cfg = parse_config(config)
         self.learner = build_learner(cfg, self.device)
         self.distribution = build_distribution(cfg)
+        self.layout = layout_of(self.learner.initial_params())
+        self.version = config_version(config)
 
-    def compute(self, params: Params, step: int, indices: Sequence[int], space=None) -> tuple[TaskUpdate, float]:
-        """Summed update of tasks `indices` of `step` (CPU tensors) and the compute seconds it took."""
+    def compute(self, flat_params: np.ndarray, step: int, indices: Sequence[int], space, version: str,
+                config_box: list) -> tuple[np.ndarray, dict[str, float], int, float]:
+        """Summed contribution of tasks `indices` of `step` (flat), summed metrics, count, compute seconds.
+
+        `version` names the executor's current config; a worker that Ray restarted with the arguments
+        it was created with, after the executor was reconfigured, fetches that config from
+        `config_box` (a list, so Ray does not resolve the reference unless it is needed).
+        """
         if self._die_at_step == step:
             os._exit(1)  # fault injection for tests: the process dies mid-step
+        if version != self.version:
+            self.configure(ray.get(config_box[0]))
         start = time.perf_counter()
-        params = {k: v.to(self.device, self.learner.dtype) for k, v in params.items()}
+        params = unflatten(flat_params, self.layout, self.device, self.learner.dtype)
         update = compute_slice(self.learner, self.distribution, params, step, indices, space)
-        update.contribution = {k: v.cpu() for k, v in update.contribution.items()}
-        return update, time.perf_counter() - start
+        return flatten(update.contribution), update.metrics, update.count, time.perf_counter() - start
 
     def info(self) -> dict[str, Any]:
         """Where this worker runs: node id, device, process id."""

@@ -7,13 +7,14 @@ from pathlib import Path
 import yaml
 
 from metaserve.config import Config, config_to_dict, parse_config
+from metaserve.store.storage import local_root
 
 CONFIG_FILE = "config.yaml"
 
 
 def new_run_dir(config: Config) -> Path:
     """`<output_dir>/<name>-<timestamp>/`, made unique, with the whole config saved in it."""
-    base = Path(config.output_dir) / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base = local_root(config.output_dir) / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"  # staged if a URI
     path, n = base, 1
     while path.exists():
         path, n = Path(f"{base}-{n}"), n + 1

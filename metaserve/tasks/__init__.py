@@ -5,6 +5,7 @@ from pathlib import Path
 
 from metaserve.config import ImageTaskConfig, SinusoidTaskConfig
 from metaserve.tasks.base import Task, TaskDistribution
+from metaserve.tasks.families import AlphabetFamilies
 from metaserve.tasks.image_folder import load_image_folder
 from metaserve.tasks.images import ClassPool, FewShotImages, ImageSpace
 from metaserve.tasks.omniglot import load_omniglot
@@ -27,8 +28,9 @@ def make_distribution(cfg: SinusoidTaskConfig | ImageTaskConfig) -> TaskDistribu
 def _sinusoid(cfg: SinusoidTaskConfig) -> Sinusoid:
     space = SinusoidSpace(amplitude=tuple(cfg.amplitude), phase=tuple(cfg.phase))
     if cfg.name == "sinusoid-families":
-        return SinusoidFamilies(cfg.shots, cfg.query, tuple(cfg.x_range), space, tasks_per_family=cfg.tasks_per_family)
-    return Sinusoid(cfg.shots, cfg.query, tuple(cfg.x_range), space)
+        return SinusoidFamilies(cfg.shots, cfg.query, tuple(cfg.x_range), space, oracle=cfg.oracle,
+                                tasks_per_family=cfg.tasks_per_family, goal_tasks=cfg.goal_tasks, unit=cfg.unit)
+    return Sinusoid(cfg.shots, cfg.query, tuple(cfg.x_range), space, oracle=cfg.oracle)
 
 
 def resolve_root(root: str) -> Path:
@@ -42,9 +44,10 @@ def resolve_root(root: str) -> Path:
     raise FileNotFoundError(f"task.root={root!r} is not a folder: looked for {tried}")
 
 
-def _images(cfg: ImageTaskConfig) -> FewShotImages:
+def _images(cfg: ImageTaskConfig) -> FewShotImages | AlphabetFamilies:
     root = resolve_root(cfg.root)
-    if cfg.name == "omniglot":
+    omniglot = cfg.name in ("omniglot", "omniglot-families")
+    if omniglot:
         if cfg.channels != 1:
             raise ValueError(f"task.channels={cfg.channels} does not fit omniglot, whose images are grayscale: use 1")
         load = lambda split: load_omniglot(root, split, cfg.image_size, cfg.cache_dir)  # noqa: E731
@@ -52,5 +55,8 @@ def _images(cfg: ImageTaskConfig) -> FewShotImages:
         load = lambda split: load_image_folder(root, split, cfg.image_size, cfg.channels, cfg.cache_dir)  # noqa: E731
     splits = {"train": cfg.train, "test": cfg.test, **({"val": cfg.val} if cfg.val else {})}
     pools: dict[str, ClassPool] = {stream: load(split) for stream, split in splits.items()}
-    rotations = cfg.rotations and cfg.name == "omniglot"
-    return FewShotImages(pools, ImageSpace(cfg.ways, cfg.shots, cfg.query), rotations)
+    rotations = cfg.rotations and omniglot
+    images = FewShotImages(pools, ImageSpace(cfg.ways, cfg.shots, cfg.query), rotations)
+    if cfg.name == "omniglot-families":
+        return AlphabetFamilies(images, cfg.tasks_per_family, cfg.goal_tasks, cfg.unit)
+    return images

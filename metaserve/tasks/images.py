@@ -142,8 +142,12 @@ class FewShotImages:
             self.check_space(space)
         space = space or self.space
         rng = task_rng(seed, stream, step, index)
-        pool = self.pool(stream)
         classes = rng.choice(self.num_classes(stream), size=space.ways, replace=False)
+        return self.episode(rng, stream, classes, space)
+
+    def episode(self, rng: np.random.Generator, stream: Stream, classes: Sequence[int] | np.ndarray, space: ImageSpace) -> Task:
+        """The task over `classes` (ids < num_classes(stream); label i is classes[i]), its images drawn with `rng`."""
+        pool = self.pool(stream)
         per_class = [self._draw(rng, pool, int(c), space.shots + space.query) for c in classes]
         images = np.stack(per_class)  # [ways, shots + query, H, W, C]
         support = _to_tensor(images[:, :space.shots])

@@ -1,7 +1,8 @@
 """Sinusoid regression (Finn et al. 2017, section 5.1) and its families (Devos & Dandi, MALTML).
 
 y = A sin(x - phi), A ~ U[amplitude], phi ~ U[phase], x ~ U[x_range]; K support and Q query points.
-In `sinusoid-families` a family fixes phi and its tasks vary A only.
+In `sinusoid-families` a family fixes phi and its tasks vary A only (the MALTML paper's toy problem).
+With `oracle=True` every input is (x, A, phi): the oracle baseline that is told the task.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from metaserve.tasks.base import Stream, Task, task_rng
+from metaserve.tasks.families import Unit, pack_family
 
 Range = tuple[float, float]
 
@@ -30,9 +32,10 @@ class SinusoidSpace:
                 raise ValueError(f"task space {name}={[lo, hi]} is empty: need low <= high")
 
 
-def _points(rng: np.random.Generator, amp: float, phase: float, n: int, x_range: Range) -> tuple[torch.Tensor, torch.Tensor]:
+def _points(rng: np.random.Generator, amp: float, phase: float, n: int, x_range: Range, oracle: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     x = rng.uniform(x_range[0], x_range[1], size=(n, 1))
-    return torch.from_numpy(x).float(), torch.from_numpy(amp * np.sin(x - phase)).float()
+    inputs = np.concatenate([x, np.full((n, 1), amp), np.full((n, 1), phase)], axis=1) if oracle else x  # [n, 3] or [n, 1]
+    return torch.from_numpy(inputs).float(), torch.from_numpy(amp * np.sin(x - phase)).float()
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class Sinusoid:
     x_range: Range = (-5.0, 5.0)
     space: SinusoidSpace = SinusoidSpace()
     kind: str = "regression"
+    oracle: bool = False  # inputs (x, A, phi) instead of x
 
     def sample(self, seed: int, step: int, index: int, space: SinusoidSpace | None = None, stream: Stream = "train") -> Task:
         space = space or self.space
@@ -54,26 +58,33 @@ class Sinusoid:
 
     def task_for(self, rng: np.random.Generator, amp: float, phase: float) -> Task:
         """A task with known amplitude and phase (the oracle baseline uses them)."""
-        sx, sy = _points(rng, amp, phase, self.shots, self.x_range)
-        qx, qy = _points(rng, amp, phase, self.query, self.x_range)
+        sx, sy = _points(rng, amp, phase, self.shots, self.x_range, self.oracle)
+        qx, qy = _points(rng, amp, phase, self.query, self.x_range, self.oracle)
         return Task(sx, sy, qx, qy)
 
 
 @dataclass(frozen=True)
 class SinusoidFamilies(Sinusoid):
-    """Families of sinusoid tasks: family `index` draws one phase, each of its tasks an amplitude.
+    """Sinusoid families (Devos & Dandi, MALTML, toy regression): a family draw fixes one phase phi ~ U[phase],
+    each of its `tasks_per_family` + `goal_tasks` tasks draws its own amplitude A ~ U[amplitude].
 
-    `sample` returns one task of a random family (so every algorithm can train on it); `family`
-    returns a family's `tasks_per_family` tasks, the unit that family-level learners consume.
+    `sample` returns the whole family (layout in `tasks/families.py`), or with `unit='task'` one task of
+    a freshly drawn family: what a learner that ignores families trains on.
     """
 
     tasks_per_family: int = 5
+    goal_tasks: int = 1
+    unit: Unit = "family"
 
-    def family(self, seed: int, step: int, index: int, space: SinusoidSpace | None = None, stream: Stream = "train") -> list[Task]:
+    def sample(self, seed: int, step: int, index: int, space: SinusoidSpace | None = None, stream: Stream = "train") -> Task:
         space = space or self.space
         rng = task_rng(seed, stream, step, index)
         phase = rng.uniform(*space.phase)
-        return [self.task_for(rng, rng.uniform(*space.amplitude), phase) for _ in range(self.tasks_per_family)]
 
-    def sample(self, seed: int, step: int, index: int, space: SinusoidSpace | None = None, stream: Stream = "train") -> Task:
-        return self.family(seed, step, index, space, stream)[0]
+        def draw() -> Task:
+            return self.task_for(rng, rng.uniform(*space.amplitude), phase)
+
+        if self.unit == "task":
+            return draw()
+        tasks = [draw() for _ in range(self.tasks_per_family)]
+        return pack_family(tasks, [draw() for _ in range(self.goal_tasks)])

@@ -1,0 +1,385 @@
+"""Meta-training throughput (meta-steps/s, tasks/s) of every execution path, measured in one run.
+
+Workloads
+  sinusoid: second-order MAML, mlp 40-40, meta-batch 32, k=5 inner steps, float32.
+  omniglot: 5-way 1-shot FOMAML on conv4 (hidden 64), k=5, 15 query images per class, meta-batch 8 (and 16).
+
+Paths
+  plain      benchmarks/plain_maml.py: nn.Module + autograd.grad(create_graph=True), a loop over tasks.
+  vec        metaserve `Algorithm.batch_update` with vectorize on (torch.func.vmap over tasks) + outer step.
+  loop       the same with vectorize off (metaserve's per-task loop).
+  local      `train_loop` with runtime.backend=local (its default vectorize), timed from metrics.parquet.
+  ray1/ray2  `train_loop` with runtime.backend=ray and 1 / 2 workers (embedded local Ray), from metrics.parquet.
+  mp2        (reference, not in the default list) two plain processes, no Ray, each computing half the
+             meta-batch at once: what 2 workers could reach on this machine at best.
+  vec-nopre, loop-nopre (ablations, not in the default list): vec / loop without the `_pre` metrics'
+             extra query forward pass.
+
+Every path regenerates its tasks from the seed each step (numpy sampling is in every timing), is warmed
+up for --warmup steps and timed over --steps steps. `--profile` adds a breakdown of one Ray
+meta-step (ray.put, round trip, worker compute, result serialisation, merge) for the library's authors.
+
+  .venv/bin/python benchmarks/throughput.py --workload all --profile
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import shutil
+import statistics
+import time
+
+import _common
+from _common import RESULTS, markdown_table, print_machine, save
+
+import torch
+
+from metaserve.api import as_config
+from metaserve.config import Config
+from metaserve.experiment import build_distribution, build_learner
+from metaserve.runtime.learner import train_loop
+from metaserve.store.metrics import read_metrics
+
+import plain_maml
+
+RUNS = RESULTS / "runs" / "throughput"
+
+
+def workload_config(name: str, meta_batch: int, log_every: int, total_steps: int, extra: list[str] = ()) -> Config:
+    common = [f"train.meta_batch={meta_batch}", f"train.steps={total_steps}", f"train.log_every={log_every}",
+              f"train.checkpoint_every={total_steps}", "train.val_tasks=0", "train.device=cpu", "train.dtype=float32",
+              f"output_dir={RUNS}", "runtime.cpus_per_worker=1"]
+    if name == "sinusoid":
+        return as_config(str(_common.ROOT / "configs/sinusoid-maml.yaml"),
+                         ["algorithm.inner_steps=5", "name=tp-sinusoid", *common, *extra])
+    return as_config(str(_common.ROOT / "configs/omniglot-maml-5w1s.yaml"),
+                     ["algorithm.name=fomaml", "algorithm.inner_steps=5", "algorithm.inner_lr=0.4", "task.query=15",
+                      "model.hidden=64", f"name=tp-omniglot-mb{meta_batch}", *common, *extra])
+
+
+def time_metaserve_batch_update(config: Config, vectorize: bool, steps: int, warmup: int, pre_metrics: bool = True) -> dict:
+    """Single process: sample tasks, `batch_update`, outer step (what LocalExecutor + the learner do).
+
+    `pre_metrics=False` is an ablation: the extra query forward pass every contribution makes only to
+    report `loss_pre`/`acc_pre` is replaced by nothing, to show what that metric costs.
+    """
+    # quoted: YAML reads a bare on/off as a bool, which the config rejects
+    config = as_config(config, [f"train.vectorize='{'on' if vectorize else 'off'}'"])
+    learner = build_learner(config)
+    dist = build_distribution(config)
+    algo = learner.algorithm
+    if not pre_metrics:
+        algo.pre_metrics = lambda params, qx, qy: {}
+    params = learner.initial_params()
+    state = algo.init_outer_state(params)
+    times = []
+    for step in range(warmup + steps):
+        t0 = time.perf_counter()
+        tasks = [dist.sample(config.seed, step, i, None, "train").to(learner.device, learner.dtype) for i in range(config.train.meta_batch)]
+        update = algo.batch_update(params, tasks)
+        mean = {k: v / update.count for k, v in update.contribution.items()}
+        params, state = algo.outer_step(params, mean, state)
+        if step >= warmup:
+            times.append(time.perf_counter() - t0)
+    return {"step_time": statistics.fmean(times), "step_time_median": statistics.median(times)}
+
+
+def _half_worker(args):
+    config_dict, indices, steps, warmup = args
+    torch.set_num_threads(1)
+    config = as_config(config_dict)
+    learner = build_learner(config)
+    dist = build_distribution(config)
+    params = learner.initial_params()
+    times = []
+    for step in range(warmup + steps):
+        t0 = time.perf_counter()
+        tasks = [dist.sample(config.seed, step, i, None, "train") for i in indices]
+        learner.algorithm.batch_update(params, tasks)
+        if step >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.fmean(times)
+
+
+def time_two_processes(config: Config, steps: int, warmup: int) -> dict:
+    """Ceiling for 2 workers on this machine: two plain processes (no Ray) each computing half of the
+    meta-batch at the same time; step time = the slower half (no communication, no outer step)."""
+    import multiprocessing as mp
+
+    mb = config.train.meta_batch
+    halves = [list(range(0, mb // 2)), list(range(mb // 2, mb))]
+    with mp.get_context("spawn").Pool(2) as pool:
+        means = pool.map(_half_worker, [(config.model_dump(mode="json"), h, steps, warmup) for h in halves])
+    return {"step_time": max(means), "step_time_median": max(means)}
+
+
+def time_train_loop(config: Config, warmup: int) -> dict:
+    """`train_loop` on the config's backend; timings are the metrics rows after the warm-up row(s)."""
+    result = train_loop(config, final_eval=False)
+    df = read_metrics(result.run_dir)
+    timed = df[df["step"] > warmup]
+    out = {"step_time": float(timed["step_time"].mean()), "step_time_median": float(timed["step_time"].median())}
+    for col in ("worker_time", "comm_time", "learner_time"):
+        out[col] = float(timed[col].mean())
+    shutil.rmtree(result.run_dir, ignore_errors=True)
+    return out
+
+
+def measure(name: str, meta_batch: int, steps: int, warmup: int, path: str) -> dict:
+    """One timing of one path: mean step time over `steps` steps after `warmup`."""
+    total = warmup + steps
+    if path == "plain":
+        if name == "sinusoid":
+            return plain_maml.time_plain("sinusoid", meta_batch, 5, 0.01, False, steps, warmup)
+        return plain_maml.time_plain("omniglot", meta_batch, 5, 0.4, True, steps, warmup, hidden=64)
+    if path in ("vec", "loop", "vec-nopre", "loop-nopre"):
+        return time_metaserve_batch_update(workload_config(name, meta_batch, warmup, total), path.startswith("vec"), steps, warmup,
+                                           pre_metrics=not path.endswith("nopre"))
+    if path == "local":
+        return time_train_loop(workload_config(name, meta_batch, warmup, total, ["runtime.backend=local"]), warmup)
+    if path == "mp2":
+        return time_two_processes(workload_config(name, meta_batch, warmup, total), steps, warmup)
+    if path in ("ray1", "ray2"):
+        n = int(path[-1])
+        return time_train_loop(workload_config(name, meta_batch, warmup, total, ["runtime.backend=ray", f"runtime.num_workers={n}"]), warmup)
+    raise ValueError(f"unknown path {path!r}")
+
+
+def run_workload(name: str, meta_batch: int, steps: int, warmup: int, paths: list[str], repeats: int) -> tuple[list[dict], list[dict]]:
+    """Time every path `repeats` times, interleaved (path order is repeated), so slow phases of a shared
+    machine hit every path alike; the summary row of a path holds the median over repeats."""
+    raw = []
+    for rep in range(repeats):
+        for path in paths:
+            t0 = time.perf_counter()
+            r = measure(name, meta_batch, steps, warmup, path)
+            raw.append({"workload": name, "meta_batch": meta_batch, "path": path, "repeat": rep, **r, "steps": steps,
+                        "warmup": warmup, "wall_s": time.perf_counter() - t0})
+            print(f"  {name} mb{meta_batch} {path} (repeat {rep}): {1e3 * r['step_time']:.1f} ms/step, "
+                  f"{meta_batch / r['step_time']:.1f} tasks/s", flush=True)
+    rows = []
+    for path in paths:
+        mine = [r for r in raw if r["path"] == path]
+        times = [r["step_time"] for r in mine]
+        row = {"workload": name, "meta_batch": meta_batch, "path": path, "step_time": statistics.median(times),
+               "step_time_min": min(times), "step_time_max": max(times), "repeats": len(times)}
+        for col in ("worker_time", "comm_time", "learner_time"):
+            if col in mine[0]:
+                row[col] = statistics.median(r[col] for r in mine)
+        row["meta_steps_per_s"] = 1.0 / row["step_time"]
+        row["tasks_per_s"] = meta_batch / row["step_time"]
+        if "comm_time" in row:
+            row["learner_comm_share"] = statistics.median((r["learner_time"] + r["comm_time"]) / r["step_time"] for r in mine)
+        rows.append(row)
+    base = {r["path"]: r["step_time"] for r in rows}
+    for r in rows:
+        for ref in ("plain", "vec", "loop", "ray1"):
+            if ref in base and r["path"] != ref:
+                r[f"speed_vs_{ref}"] = base[ref] / r["step_time"]
+    return rows, raw
+
+
+# --- Ray breakdown ------------------------------------------------------------------------------
+def profile_ray(config: Config, workers: int, iters: int) -> dict:
+    """Where one Ray meta-step's time goes, medians over `iters` steps (all in seconds)."""
+    import ray
+
+    from metaserve.algorithms.base import merge
+    from metaserve.runtime.ray_executor import RayExecutor, worker_slices
+    from metaserve.runtime.work import check_finite, compute_slice
+    from metaserve.runtime.workers import AdaptationWorker
+
+    class ProfilingWorker(AdaptationWorker):
+        def ping(self, _params=None):
+            return None
+
+        def compute_profiled(self, boxed_ref, step, indices):
+            t0 = time.perf_counter()
+            params = ray.get(boxed_ref[0])  # the argument fetch Ray does implicitly in `compute`
+            t1 = time.perf_counter()
+            params = {k: v.to(self.device, self.learner.dtype) for k, v in params.items()}
+            tasks = [self.distribution.sample(self.learner.config.seed, step, i, None, "train").to(self.learner.device, self.learner.dtype) for i in indices]
+            t2 = time.perf_counter()
+            update = self.learner.algorithm.batch_update(params, tasks)
+            update.contribution = {k: v.cpu() for k, v in update.contribution.items()}
+            t3 = time.perf_counter()
+            blob = pickle.dumps((update, 0.0), protocol=5)
+            t4 = time.perf_counter()
+            return update, {"fetch_params": t1 - t0, "sample_tasks": t2 - t1, "batch_update": t3 - t2,
+                            "pickle_result": t4 - t3, "result_bytes": len(blob)}
+
+    config = as_config(config, ["runtime.backend=ray", f"runtime.num_workers={workers}"])
+    learner = build_learner(config)
+    params = learner.initial_params()
+    executor = RayExecutor(config)
+    mb = config.train.meta_batch
+    rec: dict[str, list[float]] = {}
+
+    def add(k, v):
+        rec.setdefault(k, []).append(v)
+
+    # (1) the library's own round trip (ray.put, ray.wait loop, check_finite, merge)
+    for it in range(iters + 2):
+        t0 = time.perf_counter()
+        _, timing = executor.compute(params, it, range(mb))
+        if it >= 2:
+            add("executor_compute", time.perf_counter() - t0)
+            add("executor_worker_time", timing["worker_time"])
+            add("executor_comm_time", timing["comm_time"])
+    # (2) the same actors called with plain ray.get, params as an object-store ref vs inlined by value
+    slices = worker_slices(range(mb), workers)
+    for it in range(iters + 2):
+        t0 = time.perf_counter()
+        ref = ray.put({k: v.detach().cpu() for k, v in params.items()})
+        by_ref = ray.get([w.compute.remote(ref, it, s) for w, s in zip(executor.workers, slices)])
+        t1 = time.perf_counter()
+        inline = ray.get([w.compute.remote({k: v.detach().cpu() for k, v in params.items()}, it, s) for w, s in zip(executor.workers, slices)])
+        t2 = time.perf_counter()
+        if it >= 2:
+            add("get_by_ref_minus_worker", (t1 - t0) - max(sec for _, sec in by_ref))
+            add("get_inline_minus_worker", (t2 - t1) - max(sec for _, sec in inline))
+    # swap in profiling actors in the executor's placement group (same resources, same options)
+    for w in executor.workers:
+        ray.kill(w, no_restart=True)
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    cfg = config.model_dump(mode="json")
+    actors = [ray.remote(ProfilingWorker).options(
+        num_cpus=1, scheduling_strategy=PlacementGroupSchedulingStrategy(executor.group, placement_group_bundle_index=i)).remote(cfg, i, 1)
+        for i in range(workers)]
+    ray.get([a.info.remote() for a in actors])
+    for it in range(iters + 2):
+        t0 = time.perf_counter()
+        ref = ray.put({k: v.detach().cpu() for k, v in params.items()})
+        t1 = time.perf_counter()
+        refs = [a.compute_profiled.remote([ref], it, s) for a, s in zip(actors, slices)]
+        outs = ray.get(refs)
+        t2 = time.perf_counter()
+        updates = [u for u, _ in outs]
+        for u in updates:
+            check_finite(u, "profile", it, [])
+        t3 = time.perf_counter()
+        merged = merge(updates)
+        t4 = time.perf_counter()
+        mean = {k: v / merged.count for k, v in merged.contribution.items()}
+        params_new, _ = learner.algorithm.outer_step(params, mean, learner.algorithm.init_outer_state(params))
+        t5 = time.perf_counter()
+        # an empty round trip with the params ref as argument (scheduling + arg fetch + reply)
+        p0 = time.perf_counter()
+        ray.get([a.ping.remote(ref) for a in actors])
+        p1 = time.perf_counter()
+        ray.get([a.ping.remote() for a in actors])
+        p2 = time.perf_counter()
+        if it < 2:
+            continue  # warm-up
+        worker = max(outs, key=lambda o: sum(v for k, v in o[1].items() if k != "result_bytes"))[1]
+        worker_compute = worker["sample_tasks"] + worker["batch_update"]
+        add("ray_put_params", t1 - t0)
+        add("round_trip_compute", t2 - t1)
+        add("worker_fetch_params", worker["fetch_params"])
+        add("worker_sample_tasks", worker["sample_tasks"])
+        add("worker_batch_update", worker["batch_update"])
+        add("worker_pickle_result", worker["pickle_result"])
+        add("result_bytes", worker["result_bytes"])
+        add("round_trip_minus_worker_compute", (t2 - t1) - worker_compute)
+        add("check_finite", t3 - t2)
+        add("merge", t4 - t3)
+        add("outer_step", t5 - t4)
+        add("empty_round_trip_with_params_arg", p1 - p0)
+        add("empty_round_trip", p2 - p1)
+    for a in actors:
+        ray.kill(a, no_restart=True)
+    executor.workers = []
+    executor.close()
+    # the same work in this process, for the worker-side compute at equal threads
+    local = time_metaserve_batch_update(config, learner.algorithm.vectorize, iters, 2)
+    out = {k: statistics.median(v) for k, v in rec.items()}
+    out["single_process_step"] = local["step_time_median"]
+    out["workers"] = workers
+    out["meta_batch"] = config.train.meta_batch
+    return out
+
+
+def check_plain_matches_metaserve() -> float:
+    """Max |plain - metaserve| of one sinusoid task's second-order MAML meta-gradient (k=5, float64)."""
+    from metaserve.algorithms import MAML, OuterConfig
+    from metaserve.models import MLP
+    from metaserve.tasks.sinusoid import Sinusoid
+
+    torch.manual_seed(0)
+    plain = plain_maml.PlainMLP().double()
+    model = MLP(1, 1, (40, 40))
+    names = [n for n, _ in model.named_parameters()]
+    theta = {n: p.detach().clone() for n, p in zip(names, plain.parameters())}
+    task = Sinusoid().sample(0, 0, 0).to("cpu", torch.float64)
+    fast = list(plain.parameters())
+    for _ in range(5):
+        g = torch.autograd.grad(torch.nn.functional.mse_loss(plain(task.support_x, fast), task.support_y), fast, create_graph=True)
+        fast = [w - 0.01 * gi for w, gi in zip(fast, g)]
+    ref = torch.autograd.grad(torch.nn.functional.mse_loss(plain(task.query_x, fast), task.query_y), list(plain.parameters()))
+    got = MAML(model.double(), "regression", OuterConfig(), inner_lr=0.01, inner_steps=5, vectorize=False).task_update(theta, task)
+    return max(float((got.contribution[n] - r).abs().max()) for n, r in zip(names, ref))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="metaserve meta-training throughput")
+    p.add_argument("--workload", choices=["sinusoid", "omniglot", "all"], default="all")
+    p.add_argument("--paths", default="plain,vec,loop,local,ray1,ray2")
+    p.add_argument("--sinusoid-steps", type=int, default=60)
+    p.add_argument("--sinusoid-warmup", type=int, default=10)
+    p.add_argument("--omniglot-steps", type=int, default=8)
+    p.add_argument("--omniglot-warmup", type=int, default=2)
+    p.add_argument("--omniglot-meta-batch", default="8", help="comma-separated, e.g. 8,16")
+    p.add_argument("--repeats", type=int, default=1, help="interleaved repetitions of the path list (median reported)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of this process (Ray workers use cpus_per_worker=1)")
+    p.add_argument("--profile", action="store_true", help="break one Ray meta-step down (sinusoid, meta-batch 32)")
+    p.add_argument("--profile-iters", type=int, default=20)
+    p.add_argument("--tag", default="throughput", help="results/<tag>.csv/.json")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    info = _common.machine()
+    print_machine(info)
+    err = check_plain_matches_metaserve()
+    print(f"check: plain vs metaserve second-order MAML meta-gradient (k=5, float64), max abs diff {err:.2e}")
+    paths = a.paths.split(",")
+    rows, raw = [], []
+    if a.workload in ("sinusoid", "all"):
+        summary, timings = run_workload("sinusoid", 32, a.sinusoid_steps, a.sinusoid_warmup, paths, a.repeats)
+        rows, raw = rows + summary, raw + timings
+    if a.workload in ("omniglot", "all"):
+        for mb in [int(x) for x in a.omniglot_meta_batch.split(",")]:
+            summary, timings = run_workload("omniglot", mb, a.omniglot_steps, a.omniglot_warmup, paths, a.repeats)
+            rows, raw = rows + summary, raw + timings
+    extra = {"plain_vs_metaserve_grad_maxabs": err, "timings": raw}
+    profiles = []
+    if a.profile:
+        for w in (1, 2):
+            cfg = workload_config("sinusoid", 32, a.sinusoid_warmup, a.sinusoid_warmup + a.sinusoid_steps)
+            prof = profile_ray(cfg, w, a.profile_iters)
+            profiles.append(prof)
+            print(f"  ray breakdown, sinusoid mb32, {w} worker(s): " + ", ".join(
+                f"{k} {v * 1e3:.2f} ms" if k not in ("result_bytes", "workers", "meta_batch") else f"{k} {v}" for k, v in prof.items()), flush=True)
+        extra["ray_profile"] = profiles
+    try:
+        import ray
+
+        ray.shutdown()
+    except Exception:  # noqa: BLE001
+        pass
+    cols = ["workload", "meta_batch", "path", "step_time", "step_time_min", "step_time_max", "meta_steps_per_s", "tasks_per_s", "speed_vs_plain", "speed_vs_vec",
+            "speed_vs_loop", "speed_vs_ray1", "worker_time", "comm_time", "learner_time", "learner_comm_share"]
+    print()
+    print(markdown_table(rows, cols))
+    if profiles:
+        print()
+        keys = [k for k in profiles[0] if k not in ("workers", "meta_batch")]
+        prow = [{"quantity": k, **{f"{pr['workers']} worker(s)": (pr[k] if k == "result_bytes" else 1e3 * pr[k]) for pr in profiles}} for k in keys]
+        print("Ray meta-step breakdown (ms, medians; result_bytes in bytes):")
+        print(markdown_table(prow, floatfmt=".3g"))
+    csv_path, json_path = save(a.tag, rows, info, extra)
+    print(f"\nwrote {csv_path.relative_to(_common.ROOT)} and {json_path.relative_to(_common.ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

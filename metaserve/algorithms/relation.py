@@ -1,0 +1,41 @@
+"""Relation networks (Sung, Yang, Zhang, Xiang, Torr & Hospedales, CVPR 2018).
+
+Each class is represented by the element-wise sum of its support embeddings (section 3.3, K-shot);
+the relation score of query x_j and class i is r_ij = g_phi(C(f(x_i), f(x_j))) in (0, 1) (eq. 1,
+C = concatenation, g_phi = the relation module of models/metric_heads.py). Trained with the MSE of
+the scores against the one-hot query labels (eq. 3; a mean where the paper sums, a constant
+rescaling of the step); the predicted class is the highest score.
+
+Our relation module is two fully connected layers on the flattened conv4 features (28 px images pool
+to 1x1), where Sung et al. use two conv blocks then two FC layers on 5x5 feature maps.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from metaserve.algorithms.base import Metrics, OuterConfig
+from metaserve.algorithms.metric import MetricLearner, accuracy, one_hot
+from metaserve.algorithms.params import Params
+from metaserve.models.functional import forward_fn
+
+
+def relation_pairs(classes: Tensor, query: Tensor) -> Tensor:
+    """C(f(x_i), f(x_j)) for every query j and class i: [ways, dim], [query, dim] -> [query, ways, 2 dim]."""
+    q, n = query.shape[0], classes.shape[0]
+    return torch.cat([classes.unsqueeze(0).expand(q, n, -1), query.unsqueeze(1).expand(q, n, -1)], dim=-1)
+
+
+class Relation(MetricLearner):
+    """Scores = relation module on (class sum, query) embedding pairs; loss = MSE against one-hot."""
+
+    def __init__(self, model: nn.Module, kind: str, outer_cfg: OuterConfig, *, ways: int, vectorize: bool = True):
+        super().__init__(model, kind, outer_cfg, ways=ways, vectorize=vectorize)
+        self.relate = forward_fn(model, "relate")
+
+    def compare(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor) -> Tensor:
+        return self.relate(params, relation_pairs(onehot.T @ support, query))  # [query, ways]
+
+    def score(self, out: Tensor, y: Tensor) -> tuple[Tensor, Metrics]:
+        loss = ((out - one_hot(y, self.ways, out.dtype)) ** 2).mean()
+        return loss, {"loss": loss.detach(), "acc": accuracy(out, y).detach()}

@@ -1,0 +1,19 @@
+"""`metaserve report RUN_DIR|SWEEP_DIR [--episodes N]`."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="PNG plots and a markdown summary of a run or a sweep")
+    p.add_argument("path", help="run directory (metrics.parquet) or sweep directory (results.parquet)")
+    p.add_argument("--episodes", type=int, default=100, help="test tasks behind the adaptation curves (default 100)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from metaserve.report import report
+
+    for path in report(args.path, episodes=args.episodes):
+        print(path)
+    return 0

@@ -1,0 +1,92 @@
+"""The MALTML evaluation protocol (Devos & Dandi 2020): goal-task performance after 0..s finetuning steps.
+
+On held-out family draws (the test stream): a family learner (maltml, maltml-2nd) meta-finetunes on
+the family's L tasks to theta'_j; a learner that ignores families (maml, pretrain, the oracle) starts
+from its meta-parameters. Then each takes s SGD finetuning steps on the goal task's K examples (its
+own `adapt(..., steps=1)`), and the goal-task MSE (or accuracy) on the goal's evaluation examples is
+recorded after every step. Reported: the mean +- 95% CI (1.96 std / sqrt(n)) over n >= 600 family draws.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from torch.func import vmap
+
+from metaserve.algorithms.base import Algorithm
+from metaserve.algorithms.maltml import FamilyLearner
+from metaserve.config import ImageTaskConfig, SinusoidTaskConfig
+from metaserve.evaluation import ci95
+from metaserve.models.functional import Params
+from metaserve.tasks.base import Stream, Task, stack_tasks
+from metaserve.tasks.families import family_split, family_tasks, goal_tasks
+
+
+@dataclass
+class FamilyEvalResult:
+    """Goal-task metric after 0..s finetuning steps: `metric` is 'mse' (regression) or 'acc'."""
+
+    metric: str
+    families: int
+    curve: list[dict[str, float]] = field(default_factory=list)  # per step: finetune_step, mean, ci95, loss
+
+    def __str__(self) -> str:
+        fmt = (lambda v: f"{100 * v:.2f}%") if self.metric == "acc" else (lambda v: f"{v:.4f}")  # noqa: E731
+        points = ", ".join(f"{r['finetune_step']}: {fmt(r['mean'])} +- {fmt(r['ci95'])}" for r in self.curve)
+        return f"goal-task {self.metric} after finetuning steps over {self.families} families: {points}"
+
+
+def family_task_config(task: SinusoidTaskConfig | ImageTaskConfig) -> SinusoidTaskConfig | ImageTaskConfig:
+    """The same families with whole family draws as samples (what a baseline trained with unit='task' is evaluated on)."""
+    if task.name not in ("sinusoid-families", "omniglot-families"):
+        raise ValueError(f"task.name={task.name!r} has no families: use 'sinusoid-families' or 'omniglot-families'")
+    return task.model_copy(update={"unit": "family"})
+
+
+def split_of(task: SinusoidTaskConfig | ImageTaskConfig) -> int:
+    """Where a task's K finetuning examples end in the family layout."""
+    return family_split(task.shots, task.ways if isinstance(task, ImageTaskConfig) else 1)
+
+
+def goal_curve(algorithm: Algorithm, params: Params, family: Task, split: int, steps: int) -> Tensor:
+    """[steps + 1, 2]: goal (loss, accuracy or 0) after 0..steps finetuning steps, mean over the family's goal tasks."""
+    start = algorithm.meta_finetune(params, family_tasks(family, split)) if isinstance(algorithm, FamilyLearner) else params
+    goals = goal_tasks(family, split)
+    curves = []
+    for g in range(goals.support_x.shape[0]):
+        adapted, rows = algorithm.adapt(start, goals.support_x[g], goals.support_y[g], steps=0), []
+        for s in range(steps + 1):
+            if s > 0:
+                adapted = algorithm.adapt(adapted, goals.support_x[g], goals.support_y[g], steps=1)
+            loss, metrics = algorithm.score(algorithm.predict(adapted, goals.query_x[g]), goals.query_y[g])
+            rows.append(torch.stack([loss.detach(), metrics.get("acc", torch.zeros_like(loss)).detach()]))
+        curves.append(torch.stack(rows))
+    return torch.stack(curves).mean(0)
+
+
+def evaluate_families(algorithm: Algorithm, params: Params, distribution, *, seed: int, split: int, families: int = 600,
+                      steps: int = 10, stream: Stream = "test", device: torch.device | str = "cpu",
+                      dtype: torch.dtype = torch.float32, chunk: int = 100) -> FamilyEvalResult:
+    """The protocol over `families` draws of `distribution` (which must return whole families)."""
+    curves = []
+    for start in range(0, families, chunk):
+        batch = [distribution.sample(seed, 0, i, None, stream).to(device, dtype) for i in range(start, min(start + chunk, families))]
+        task_ndim = 4 if algorithm.kind == "classification" else 2  # one task's inputs: [n, C, H, W] or [n, features]
+        if batch[0].support_x.dim() != task_ndim + 1:
+            raise ValueError("evaluate_families needs whole family draws: build the distribution with task.unit='family' "
+                             "(family_task_config)")
+        curves.append(_curves(algorithm, params, batch, split, steps))
+    curve = torch.cat(curves)  # [families, steps + 1, 2]
+    column = 1 if algorithm.kind == "classification" else 0
+    rows = [{"finetune_step": s, "mean": float(curve[:, s, column].mean()), "ci95": ci95(curve[:, s, column]),
+             "loss": float(curve[:, s, 0].mean())} for s in range(steps + 1)]
+    return FamilyEvalResult("acc" if column else "mse", families, rows)
+
+
+def _curves(algorithm: Algorithm, params: Params, families: list[Task], split: int, steps: int) -> Tensor:
+    run = lambda sx, sy, qx, qy: goal_curve(algorithm, params, Task(sx, sy, qx, qy), split, steps)  # noqa: E731
+    if algorithm.vectorize:
+        b = stack_tasks(families)
+        return vmap(run, randomness="error")(b.support_x, b.support_y, b.query_x, b.query_y)
+    return torch.stack([run(f.support_x, f.support_y, f.query_x, f.query_y) for f in families])
