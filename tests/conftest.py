@@ -10,6 +10,18 @@ ROOT = Path(__file__).resolve().parents[1]
 OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """One torch intra-op thread for the whole session: on 2 shared cores a second thread only
+    spin-waits, making these small ops 10-40x slower and their timings erratic."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """An embedded local Ray (4 logical CPUs so 3 one-CPU workers fit on a 2-core machine)."""

@@ -20,12 +20,6 @@ from metaserve.tasks.images import ImageSpace
 from metaserve.tasks.sinusoid import SinusoidSpace
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: more threads only spin
-    yield
-    torch.set_num_threads(before)
 
 
 def one_param(**kw) -> AdaptiveHyper:

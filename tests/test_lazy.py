@@ -23,14 +23,6 @@ DT = torch.float64
 D, N = 4, 12  # input dimension, points per set
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The test machine has 2 shared cores: with 2 intra-op threads, contention makes torch spin-wait
-    # and these tiny ops 10-40x slower. One thread is faster and steadier; restored afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # --- the quadratic problem -----------------------------------------------------------------------

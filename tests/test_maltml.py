@@ -33,13 +33,6 @@ K, Q, L = 4, 3, 3  # shots, query points, tasks per family
 ALPHA, BETA, GAMMA = 0.1, 0.2, 0.15  # large enough that the higher-order terms are far above FD noise
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # 2 shared cores: one intra-op thread is faster and steadier for these tiny ops; restored afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # --- independent references ----------------------------------------------------------------------

@@ -24,13 +24,6 @@ DT = torch.float64
 WAYS, SHOTS, QUERY, SIZE = 3, 2, 2, 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # 2 shared cores: one intra-op thread is faster and steadier for these small convolutions; restored afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def episode(seed=0) -> Task:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from conftest import OMNIGLOT, ROOT
 from metaserve.api import as_config
@@ -16,13 +15,6 @@ SHORT = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two shared cores: one intra-op thread is much faster for these small convolutions.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.mark.parametrize("config, overrides, floor", [

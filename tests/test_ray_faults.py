@@ -112,15 +112,6 @@ def own_ray_env():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-@pytest.fixture
-def one_thread():
-    """Local-backend runs in this process on one torch thread (much faster than two on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
     with open(log, "wb") as f:
         return subprocess.Popen(args, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)

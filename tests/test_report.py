@@ -28,12 +28,6 @@ LABELS = {"meta-train, after adaptation": "loss", "meta-train, before adaptation
           "meta-val, after adaptation": "val_loss", "meta-val, before adaptation": "val_loss_pre"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: more threads only spin
-    yield
-    torch.set_num_threads(before)
 
 
 def sinusoid_run(tmp_path: Path, name: str = "rep", **algorithm) -> Path:

@@ -19,19 +19,13 @@ from metaserve.config import ConfigError, parse_config
 from metaserve.runtime.learner import train_loop
 from metaserve.store.checkpoint import latest_good_state
 from metaserve.store.metrics import read_metrics
-from metaserve.tuning import load_sweep, reported_metrics, resume_sweep, run_sweep
+from metaserve.tuning import load_sweep, reported_metrics, run_sweep
 from metaserve.tuning.search import to_tune
 from metaserve.tuning.spec import TUNE_METRICS, parse_domain
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: more threads only spin
-    yield
-    torch.set_num_threads(before)
 
 
 TINY = {"name": "tiny", "seed": 0, "task": {"name": "sinusoid", "shots": 5, "query": 5}, "model": {"name": "mlp", "hidden": [8, 8]},

@@ -22,13 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # With 2 intra-op threads on 2 shared cores, torch spin-waits and tiny ops get 10-40x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_config(tmp: Path, **train) -> dict:
