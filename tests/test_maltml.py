@@ -17,6 +17,7 @@ import torch
 from torch.func import functional_call
 
 from conftest import OMNIGLOT, ROOT
+from references import assert_params_close, finite_differences, relative_gap
 from metaserve.algorithms import MAML, MALTML, MALTML2nd, OuterConfig
 from metaserve.api import as_config, load
 from metaserve.config import ConfigError, SinusoidTaskConfig, parse_config
@@ -108,30 +109,6 @@ def objective_2nd(model, theta, family, through_meta_step=True, third_order=True
     g = torch.autograd.grad(mse(model, theta1, gx, gy), list(theta1.values()), create_graph=True)
     theta2 = {n: theta1[n] - GAMMA * gn for n, gn in zip(theta1, g)}
     return mse(model, theta2, family.query_x[0, K:], family.query_y[0, K:])
-
-
-def finite_differences(f, theta, eps=1e-6):
-    out = {}
-    for name, value in theta.items():
-        g = torch.zeros_like(value)
-        for i in range(value.numel()):
-            plus = {n: t.clone() for n, t in theta.items()}
-            minus = {n: t.clone() for n, t in theta.items()}
-            plus[name].view(-1)[i] += eps
-            minus[name].view(-1)[i] -= eps
-            g.view(-1)[i] = (float(f(plus).detach()) - float(f(minus).detach())) / (2 * eps)
-        out[name] = g
-    return out
-
-
-def assert_params_close(a, b, **tol):
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], msg=lambda m, k=k: f"{k}: {m}", **tol)
-
-
-def relative_gap(a, b):
-    return sum(float(((a[k] - b[k]) ** 2).sum()) for k in a) ** 0.5 / sum(float((b[k] ** 2).sum()) for k in b) ** 0.5
 
 
 def maltml(model, meta_learner="fomaml", k=2, m=3, vectorize=False, outer=OuterConfig(), lrs=(ALPHA, BETA, GAMMA)):

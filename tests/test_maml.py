@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
+from references import assert_params_close, finite_differences, relative_gap
 from metaserve.algorithms import FOMAML, MAML, LazyMAML, ProtoNet, Reptile
 from metaserve.algorithms.base import OuterConfig
 from metaserve.algorithms.outer import adam_init, adam_update, sgd_update
@@ -62,29 +63,7 @@ def finite_difference_meta_gradient(model, theta, task, lr, k, eps=1e-6):
     def f(p):
         return float(mse(model, plain_sgd(model, p, task.support_x, task.support_y, lr, k), task.query_x, task.query_y))
 
-    out = {}
-    for name, value in theta.items():
-        g = torch.zeros_like(value)
-        for i in range(value.numel()):
-            plus = {n: t.clone() for n, t in theta.items()}
-            minus = {n: t.clone() for n, t in theta.items()}
-            plus[name].view(-1)[i] += eps
-            minus[name].view(-1)[i] -= eps
-            g.view(-1)[i] = (f(plus) - f(minus)) / (2 * eps)
-        out[name] = g
-    return out
-
-
-def assert_params_close(a, b, **tol):
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], msg=lambda m, k=k: f"{k}: {m}", **tol)
-
-
-def relative_gap(a, b):
-    num = sum(float(((a[k] - b[k]) ** 2).sum()) for k in a) ** 0.5
-    den = sum(float((b[k] ** 2).sum()) for k in b) ** 0.5
-    return num / den
+    return finite_differences(f, theta, eps)
 
 
 # --- MAML / FOMAML / Reptile contributions -------------------------------------------------------

@@ -9,7 +9,6 @@ perturbations that fall between checkpoints. The resolved `Sweep` is what a swee
 """
 from __future__ import annotations
 
-import copy
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from metaserve.config import Config, ConfigError, ImageTaskConfig, apply_overrides, parse_config
+from metaserve.config import Config, ConfigError, ImageTaskConfig, apply_overrides, parse_config, set_dotted
 from metaserve.curriculum.teacher import Teacher
 from metaserve.tasks.images import ImageSpace
 from metaserve.tasks.sinusoid import SinusoidSpace
@@ -124,19 +123,6 @@ def parse_domain(key: str, raw: Any) -> Domain:
         need = "0 < low < high" if kind == "loguniform" else "low < high"
         raise ConfigError(f"space key {key!r}: {kind}=[{low}, {high}] is an empty range; need {need}")
     return Domain(kind, low=low, high=high)
-
-
-def set_dotted(data: dict, key: str, value: Any) -> dict:
-    """A copy of nested `data` with `a.b.c` set to `value` (sections created as needed)."""
-    out = copy.deepcopy(data)
-    node = out
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"space key {key!r}: {part!r} is a value, not a config section")
-    node[parts[-1]] = value
-    return out
 
 
 def compose(bases: dict[str, dict], params: dict[str, Any]) -> dict:
