@@ -12,7 +12,6 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 Params = dict[str, Tensor]
-LossFn = Callable[[Params, Tensor, Tensor], Tensor]
 
 
 def init_params(model: nn.Module, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Params:
@@ -39,13 +38,3 @@ def forward_fn(model: nn.Module, method: str = "forward") -> Callable[[Params, T
         return lambda params, x: functional_call(model, params, (x,))
     bound = _MethodAsForward(model, method)
     return lambda params, *args: functional_call(bound, {f"inner.{k}": v for k, v in params.items()}, args)
-
-
-def loss_fn(model: nn.Module, kind: str) -> LossFn:
-    """Mean-squared error for regression, cross-entropy for classification."""
-    f = forward_fn(model)
-    if kind == "regression":
-        return lambda params, x, y: torch.nn.functional.mse_loss(f(params, x), y)
-    if kind == "classification":
-        return lambda params, x, y: torch.nn.functional.cross_entropy(f(params, x), y)
-    raise ValueError(f"task kind={kind!r} is not one of ['regression', 'classification']")
