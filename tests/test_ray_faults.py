@@ -24,7 +24,6 @@ import pytest
 import ray
 import torch
 import yaml
-from ray.exceptions import RayActorError
 
 from metaserve.api import as_config, load
 from metaserve.experiment import build_distribution, build_learner
@@ -304,15 +303,7 @@ def test_restarted_worker_keeps_the_reconfigured_config(ray_session, tmp_path):
         old_pid = executor.worker_info()[0]["pid"]
         ray.get(executor.workers[0].die_at_step.remote(4))
         executor.compute(params, 4, range(7))  # worker 0 dies mid-step; Ray restarts it
-        deadline = time.monotonic() + 60
-        while True:  # until the restarted worker 0 answers
-            try:
-                if ray.get(executor.workers[0].info.remote(), timeout=10)["pid"] != old_pid:
-                    break
-            except (RayActorError, ray.exceptions.GetTimeoutError):
-                pass
-            assert time.monotonic() < deadline, "worker 0 was not restarted within 60 s"
-            time.sleep(0.2)
+        assert executor.worker_info()[0]["pid"] != old_pid  # waits for the restarted worker 0
         got, _ = executor.compute(params, 5, range(7))  # worker 0 computes its own slice again
         expected, _ = local.compute(params, 5, range(7))
         assert_params_close(got.contribution, expected.contribution, 1e-10, "restarted worker after reconfigure")

@@ -70,7 +70,7 @@ def test_killed_worker_mid_step_gives_fault_free_result(ray_session, tmp_path):
         for k in params:
             torch.testing.assert_close(got.contribution[k], expected.contribution[k], rtol=1e-10, atol=1e-12)
         assert got.count == 7
-        again, _ = executor.compute(params, 5, range(7))  # the restarted worker serves the next step
+        again, _ = executor.compute(params, 5, range(7))  # the run goes on while Ray restarts the dead worker
         assert again.count == 7
         assert {w["pid"] for w in executor.worker_info()} != pids_before
     finally:

@@ -92,7 +92,11 @@ class RayExecutor:
                    ).remote(cfg, i, max(1, int(rc.cpus_per_worker)))
             for i in range(rc.num_workers)
         ]
-        self.worker_info()  # wait until every worker has built its learner and loaded its data
+        try:
+            self.worker_info()  # wait until every worker has built its learner and loaded its data
+        except BaseException:
+            self.close()
+            raise
 
     def reconfigure(self, config: Config) -> None:
         """Rebuild every worker's learner and tasks for another config with the same resources."""
@@ -141,8 +145,22 @@ class RayExecutor:
         return self.workers[self._worker_for(s, attempt)].compute.remote(ref, step, sl, space, self._version, self._config_box)
 
     def worker_info(self) -> list[dict]:
-        """Node, device and pid of every worker."""
-        return ray.get([w.info.remote() for w in self.workers], timeout=self.wait_s)
+        """Node, device and pid of every worker, waiting (up to `worker_wait_s`) for any that is restarting."""
+        deadline = time.monotonic() + self.wait_s
+        return [self._ask_until(w, deadline) for w in self.workers]
+
+    def _ask_until(self, worker, deadline: float) -> dict:
+        attempt = 0
+        while True:
+            try:
+                return ray.get(worker.info.remote(), timeout=max(0.0, deadline - time.monotonic()))
+            except RayActorError:  # restarting (or died again): Ray brings it back while time remains
+                if time.monotonic() >= deadline:
+                    raise WorkersUnavailable(f"a worker stayed unavailable for runtime.worker_wait_s={self.wait_s}s") from None
+                time.sleep(min(2.0, 0.05 * 2**attempt))
+                attempt += 1
+            except GetTimeoutError:
+                raise WorkersUnavailable(f"a worker did not answer within runtime.worker_wait_s={self.wait_s}s") from None
 
     def close(self) -> None:
         for w in getattr(self, "workers", []):
