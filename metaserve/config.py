@@ -220,6 +220,10 @@ class RuntimeConfig(_Section):
     address: str | None = None  # Ray cluster address (None: RAY_ADDRESS or an embedded local Ray)
     worker_wait_s: PositiveFloat = 120.0  # fail when no worker can be had for this long
     on_nonfinite: Literal["stop", "skip"] = "stop"
+    # How the learner reaches its workers each step: ordinary actor calls (2-4 ms per round trip here),
+    # or a Ray compiled graph (shared-memory channels, ~0.3 ms empty, but idle workers poll a core each):
+    # for short steps on machines with a core to spare per worker. BENCHMARKS.md has both measured.
+    transport: Literal["calls", "compiled-graph"] = "calls"
 
 
 SINUSOID_OMEGA = ("amplitude_low", "amplitude_high", "phase_low", "phase_high")  # sinusoid task-space parameters

@@ -77,6 +77,31 @@ def test_killed_worker_mid_step_gives_fault_free_result(ray_session, tmp_path):
         executor.close()
 
 
+def test_compiled_graph_transport_matches_local_and_survives_a_killed_worker(ray_session, tmp_path):
+    config = tiny(tmp_path, "maml", backend="ray", num_workers=2, transport="compiled-graph")
+    reference = final_params(tiny(tmp_path, "maml", backend="local"))
+    learner = build_learner(config)
+    params = learner.initial_params()
+    expected, _ = LocalExecutor(learner, build_distribution(config)).compute(params, 4, range(7))
+    executor = RayExecutor(config)
+    try:
+        assert executor._graph is not None  # the steps below really go through the compiled graph
+        got = final_params(config, executor)
+        for k in reference:
+            torch.testing.assert_close(got[k], reference[k], rtol=1e-10, atol=1e-12, msg=k)
+        ray.get(executor.workers[1].die_at_step.remote(4))
+        with pytest.warns(UserWarning, match="compiled graph broke"):
+            faulted, _ = executor.compute(params, 4, range(7))  # finished by actor calls
+        for k in params:
+            torch.testing.assert_close(faulted.contribution[k], expected.contribution[k], rtol=1e-10, atol=1e-12)
+        executor.worker_info()  # waits for Ray to restart worker 1
+        for step in range(5, 12):  # a new graph is built at the next attempt (steps 5, 7, 11 at the latest)
+            executor.compute(params, step, range(7))
+        assert executor._graph is not None
+    finally:
+        executor.close()
+
+
 def test_nonfinite_contribution_names_worker_and_tasks(ray_session, tmp_path):
     config = tiny(tmp_path, "maml", backend="ray", num_workers=2)
     learner = build_learner(config)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
+from collections import deque
 from typing import Sequence
 
 import numpy as np
@@ -17,9 +19,10 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from metaserve.algorithms.base import TaskUpdate, merge
+from metaserve.algorithms.base import TaskUpdate
 from metaserve.config import Config, config_to_dict
 from metaserve.models.functional import Params
+from metaserve.runtime.graph import GraphBroken, StepGraph
 from metaserve.runtime.work import check_finite
 from metaserve.runtime.wire import flatten, layout_of, unflatten
 from metaserve.runtime.workers import AdaptationWorker, config_version
@@ -92,16 +95,29 @@ class RayExecutor:
                    ).remote(cfg, i, max(1, int(rc.cpus_per_worker)))
             for i in range(rc.num_workers)
         ]
+        self._graph: StepGraph | None = None
+        self._recent: deque[float] = deque(maxlen=5)  # the last steps' worker compute times
+        self._graph_retry: tuple[int, int] | None = None  # (step of the next build attempt, steps to wait after a failed one)
         try:
             self.worker_info()  # wait until every worker has built its learner and loaded its data
+            self._want_graph()
         except BaseException:
             self.close()
             raise
 
+    def _want_graph(self) -> None:
+        """Build the compiled graph now if `runtime.transport` asks for one."""
+        wanted = self.config.runtime.transport == "compiled-graph"
+        self._graph_retry = (0, 1) if wanted else None
+        if wanted:
+            self._graph_ready(0)
+
     def reconfigure(self, config: Config) -> None:
         """Rebuild every worker's learner and tasks for another config with the same resources."""
+        self._close_graph()  # workers must not compute while they rebuild
         ray.get([w.configure.remote(config_to_dict(config)) for w in self.workers], timeout=self.wait_s)
         self._set_config(config)
+        self._want_graph()
 
     def _set_config(self, config: Config) -> None:
         # Every call names the config version; a worker restarted with its creation config fetches this one.
@@ -112,11 +128,39 @@ class RayExecutor:
         """Summed update of the meta-batch, and timings (max worker compute, communication overhead)."""
         start = time.perf_counter()
         layout, flat = layout_of(params), flatten(params)
+        slices = worker_slices(indices, len(self.workers))
+        results = self._by_graph(flat, step, slices, space) if self._graph_ready(step) else None
+        if results is None:
+            results = self._by_calls(flat, step, slices, space)
+        for s, (worker, (contribution, metrics, count, _)) in enumerate(results):
+            if not np.isfinite(contribution).all():  # name the worker, the tasks and the parameters
+                check_finite(TaskUpdate(unflatten(contribution, layout), metrics, count), f"worker {worker}", step, slices[s])
+        flat_sum = results[0][1][0]
+        for _, r in results[1:]:  # in slice order, so the sum never depends on which worker ran what
+            flat_sum = flat_sum + r[0]
+        device = next(iter(params.values())).device
+        update = TaskUpdate(unflatten(flat_sum, layout, device), {k: sum(r[1][k] for _, r in results) for k in results[0][1][1]},
+                            sum(r[2] for _, r in results))
+        worker_time = max(r[3] for _, r in results)
+        self._recent.append(worker_time)
+        return update, {"worker_time": worker_time, "comm_time": time.perf_counter() - start - worker_time}
+
+    def _by_graph(self, flat: np.ndarray, step: int, slices: list[list[int]], space) -> list[tuple[int, tuple]] | None:
+        """(worker, result) per slice through the compiled graph; None when the graph broke."""
+        try:
+            outs = self._graph.run((flat, step, slices, space, self._version), self.wait_s, 0.8 * min(self._recent, default=0.0))
+        except GraphBroken as err:
+            warnings.warn(f"step {step}: the compiled graph broke ({err}); this step goes by actor calls", stacklevel=3)
+            self._graph, self._graph_retry = None, (step + 1, 1)
+            return None
+        return [(s, outs[s]) for s in range(len(slices))]
+
+    def _by_calls(self, flat: np.ndarray, step: int, slices: list[list[int]], space) -> list[tuple[int, tuple]]:
+        """(worker, result) per slice by actor calls; a dead worker's slice is re-sent to the next worker."""
         # Large parameter sets go to the object store once per step; small ones travel inline, which is cheaper.
         ref = ray.put(flat) if flat.nbytes > INLINE_BYTES else flat
-        slices = worker_slices(indices, len(self.workers))
         pending = {self._send(s, ref, step, sl, space, attempt=0): (s, 0) for s, sl in enumerate(slices)}
-        results: dict[int, tuple] = {}
+        results: dict[int, tuple[int, tuple]] = {}
         deadline = time.monotonic() + self.wait_s
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
@@ -129,20 +173,37 @@ class RayExecutor:
                 time.sleep(min(2.0, 0.05 * 2**attempt))
                 pending[self._send(s, ref, step, slices[s], space, attempt + 1)] = (s, attempt + 1)
                 continue
-            update = TaskUpdate(unflatten(result[0], layout), result[1], result[2])
-            check_finite(update, f"worker {self._worker_for(s, attempt)}", step, slices[s])
-            results.setdefault(s, (update, result[3]))  # keep one result per slice
+            results.setdefault(s, (self._worker_for(s, attempt), result))  # keep one result per slice
             deadline = time.monotonic() + self.wait_s
-        worker_time = max(t for _, t in results.values())
-        update = merge([results[s][0] for s in range(len(slices))])
-        update.contribution = {k: v.to(next(iter(params.values())).device) for k, v in update.contribution.items()}
-        return update, {"worker_time": worker_time, "comm_time": time.perf_counter() - start - worker_time}
+        return [results[s] for s in range(len(slices))]
 
     def _worker_for(self, slice_index: int, attempt: int) -> int:
         return (slice_index + attempt) % len(self.workers)
 
     def _send(self, s: int, ref, step: int, sl: list[int], space, attempt: int):
         return self.workers[self._worker_for(s, attempt)].compute.remote(ref, step, sl, space, self._version, self._config_box)
+
+    def _graph_ready(self, step: int) -> bool:
+        """Whether this step can go through a compiled graph, building one when it is due."""
+        if self._graph is not None or self._graph_retry is None or step < self._graph_retry[0]:
+            return self._graph is not None
+        # Build only when every worker answers at once; otherwise try again later, less and less often.
+        _, wait = self._graph_retry
+        infos = [w.sync_config.remote(self._version, self._config_box) for w in self.workers]
+        ready, _ = ray.wait(infos, num_returns=len(infos), timeout=1.0)
+        if len(ready) < len(infos):
+            self._graph_retry = (step + 2 * wait, 2 * wait)
+            return False
+        try:
+            ray.get(ready)
+            self._graph = StepGraph(self.workers)
+            self._graph_retry = None
+        except RayActorError:
+            self._graph_retry = (step + 2 * wait, 2 * wait)
+        except Exception as err:  # noqa: BLE001 - this cluster cannot compile the graph: calls from now on
+            warnings.warn(f"no compiled graph ({type(err).__name__}: {err}); using actor calls", stacklevel=3)
+            self._graph_retry = None
+        return self._graph is not None
 
     def worker_info(self) -> list[dict]:
         """Node, device and pid of every worker, waiting (up to `worker_wait_s`) for any that is restarting."""
@@ -162,7 +223,13 @@ class RayExecutor:
             except GetTimeoutError:
                 raise WorkersUnavailable(f"a worker did not answer within runtime.worker_wait_s={self.wait_s}s") from None
 
+    def _close_graph(self) -> None:
+        if getattr(self, "_graph", None) is not None:
+            self._graph.close()
+        self._graph = None
+
     def close(self) -> None:
+        self._close_graph()
         for w in getattr(self, "workers", []):
             ray.kill(w, no_restart=True)
         self.workers = []

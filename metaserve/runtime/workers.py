@@ -59,10 +59,26 @@ class AdaptationWorker:
         it was created with, after the executor was reconfigured, fetches that config from
         `config_box` (a list, so Ray does not resolve the reference unless it is needed).
         """
-        if self._die_at_step == step:
-            os._exit(1)  # fault injection for tests: the process dies mid-step
+        self.sync_config(version, config_box)
+        return self._compute(flat_params, step, indices, space)
+
+    def graph_step(self, payload: tuple) -> tuple[np.ndarray, dict[str, float], int, float] | None:
+        """`compute` as a node of the executor's compiled graph: every worker reads the same payload
+        (flat params, step, the slices of all workers, space, config version) and takes its own slice."""
+        flat_params, step, slices, space, version = payload
+        if version != self.version:
+            raise RuntimeError(f"worker {self.index} holds config {self.version}, the graph sent {version}")
+        mine = slices[self.index] if self.index < len(slices) else []
+        return self._compute(flat_params, step, mine, space) if mine else None
+
+    def sync_config(self, version: str, config_box: list) -> None:
+        """Rebuild from the executor's current config if this worker holds another one."""
         if version != self.version:
             self.configure(ray.get(config_box[0]))
+
+    def _compute(self, flat_params: np.ndarray, step: int, indices: Sequence[int], space) -> tuple:
+        if self._die_at_step == step:
+            os._exit(1)  # fault injection for tests: the process dies mid-step
         start = time.perf_counter()
         params = unflatten(flat_params, self.layout, self.device, self.learner.dtype)
         update = compute_slice(self.learner, self.distribution, params, step, indices, space)
