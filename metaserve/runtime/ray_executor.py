@@ -148,7 +148,7 @@ class RayExecutor:
     def _by_graph(self, flat: np.ndarray, step: int, slices: list[list[int]], space) -> list[tuple[int, tuple]] | None:
         """(worker, result) per slice through the compiled graph; None when the graph broke."""
         try:
-            outs = self._graph.run((flat, step, slices, space, self._version), self.wait_s, 0.8 * min(self._recent, default=0.0))
+            outs = self._graph.run((flat, step, slices, space, self._version), self.wait_s, 0.9 * min(self._recent, default=0.0))
         except GraphBroken as err:
             warnings.warn(f"step {step}: the compiled graph broke ({err}); this step goes by actor calls", stacklevel=3)
             self._graph, self._graph_retry = None, (step + 1, 1)
