@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 import ray
+import torch
 from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -24,7 +25,7 @@ from metaserve.config import Config, config_to_dict
 from metaserve.models.functional import Params
 from metaserve.runtime.graph import GraphBroken, StepGraph
 from metaserve.runtime.work import check_finite
-from metaserve.runtime.wire import flatten, layout_of, unflatten
+from metaserve.runtime.wire import Layout, flatten, layout_of, unflatten
 from metaserve.runtime.workers import AdaptationWorker, config_version
 
 INLINE_BYTES = 100 * 1024  # Ray passes arguments up to 100 KiB inline with the call
@@ -63,6 +64,19 @@ def trial_group(config: Config) -> PlacementGroup | None:
 def worker_slices(indices: Sequence[int], n: int) -> list[list[int]]:
     """Split task indices into at most n contiguous, non-empty slices."""
     return [[int(i) for i in s] for s in np.array_split(np.asarray(list(indices)), min(n, len(indices))) if len(s)]
+
+
+def combine(results: list[tuple[int, tuple]], layout: Layout, device: torch.device, step: int,
+            slices: list[list[int]]) -> TaskUpdate:
+    """One update from the (worker, flat result) of every slice; a NaN/inf result names its worker and tasks."""
+    for s, (worker, (contribution, metrics, count, _)) in enumerate(results):
+        if not np.isfinite(contribution).all():
+            check_finite(TaskUpdate(unflatten(contribution, layout), metrics, count), f"worker {worker}", step, slices[s])
+    flat_sum = results[0][1][0]
+    for _, r in results[1:]:  # in slice order, so the sum never depends on which worker ran what
+        flat_sum = flat_sum + r[0]
+    metrics = {k: sum(r[1][k] for _, r in results) for k in results[0][1][1]}
+    return TaskUpdate(unflatten(flat_sum, layout, device), metrics, sum(r[2] for _, r in results))
 
 
 class RayExecutor:
@@ -127,20 +141,12 @@ class RayExecutor:
     def compute(self, params: Params, step: int, indices: Sequence[int], space=None) -> tuple[TaskUpdate, dict[str, float]]:
         """Summed update of the meta-batch, and timings (max worker compute, communication overhead)."""
         start = time.perf_counter()
-        layout, flat = layout_of(params), flatten(params)
+        flat = flatten(params)
         slices = worker_slices(indices, len(self.workers))
         results = self._by_graph(flat, step, slices, space) if self._graph_ready(step) else None
         if results is None:
             results = self._by_calls(flat, step, slices, space)
-        for s, (worker, (contribution, metrics, count, _)) in enumerate(results):
-            if not np.isfinite(contribution).all():  # name the worker, the tasks and the parameters
-                check_finite(TaskUpdate(unflatten(contribution, layout), metrics, count), f"worker {worker}", step, slices[s])
-        flat_sum = results[0][1][0]
-        for _, r in results[1:]:  # in slice order, so the sum never depends on which worker ran what
-            flat_sum = flat_sum + r[0]
-        device = next(iter(params.values())).device
-        update = TaskUpdate(unflatten(flat_sum, layout, device), {k: sum(r[1][k] for _, r in results) for k in results[0][1][1]},
-                            sum(r[2] for _, r in results))
+        update = combine(results, layout_of(params), next(iter(params.values())).device, step, slices)
         worker_time = max(r[3] for _, r in results)
         self._recent.append(worker_time)
         return update, {"worker_time": worker_time, "comm_time": time.perf_counter() - start - worker_time}
