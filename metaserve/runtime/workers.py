@@ -19,7 +19,7 @@ import torch
 
 from metaserve.config import parse_config
 from metaserve.experiment import build_distribution, build_learner
-from metaserve.runtime.prefetch import SlicePrefetcher
+from metaserve.runtime.work import compute_slice
 from metaserve.runtime.wire import flatten, layout_of, unflatten
 
 
@@ -49,7 +49,6 @@ class AdaptationWorker:
         self.learner = build_learner(cfg, self.device)
         self.distribution = build_distribution(cfg)
         self.layout = layout_of(self.learner.initial_params())
-        self.prefetch = SlicePrefetcher(self.learner, self.distribution)
         self.version = config_version(config)
 
     def compute(self, flat_params: np.ndarray, step: int, indices: Sequence[int], space, version: str,
@@ -82,10 +81,8 @@ class AdaptationWorker:
             os._exit(1)  # fault injection for tests: the process dies mid-step
         start = time.perf_counter()
         params = unflatten(flat_params, self.layout, self.device, self.learner.dtype)
-        update = self.learner.algorithm.batch_update(params, self.prefetch.tasks(step, indices, space))
-        result = flatten(update.contribution), update.metrics, update.count, time.perf_counter() - start
-        self.prefetch.start(step + 1, indices, space)  # the learner usually asks for this slice next
-        return result
+        update = compute_slice(self.learner, self.distribution, params, step, indices, space)
+        return flatten(update.contribution), update.metrics, update.count, time.perf_counter() - start
 
     def info(self) -> dict[str, Any]:
         """Where this worker runs: node id, device, process id."""
