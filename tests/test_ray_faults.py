@@ -149,6 +149,9 @@ def test_multinode_spread_and_lost_nodes(tmp_path):
     assert out["run_matches_local"], out["run_max_abs_diff"]
     # (c) with no spare node, a meta-step still gives the fault-free update (worker 1's slice re-sent) ...
     assert out["no_spare_matches_local"]
+    assert out["sends_without_spare"] == 3  # worker 1's slice went to it, failed, and was re-sent
+    # ... and the step after goes to the live worker only: no call lost on the dead one.
+    assert out["next_step_matches_local"] and out["sends_next_step"] == 2
     # ... and with no worker node left, WorkersUnavailable comes after about runtime.worker_wait_s (4 s).
     assert out["unavailable"] and "runtime.worker_wait_s=4.0s" in out["unavailable"]
     assert 3.5 <= out["unavailable_after_s"] < 15

@@ -110,6 +110,8 @@ class RayExecutor:
             for i in range(rc.num_workers)
         ]
         self._graph: StepGraph | None = None
+        self._down: dict[int, ray.ObjectRef | None] = {}  # workers found dead -> their pending liveness probe
+        self._sent_to: dict[ray.ObjectRef, int] = {}  # call in flight -> the worker computing it
         self._recent: deque[float] = deque(maxlen=5)  # the last steps' worker compute times
         self._graph_retry: tuple[int, int] | None = None  # (step of the next build attempt, steps to wait after a failed one)
         try:
@@ -162,32 +164,57 @@ class RayExecutor:
         return [(s, outs[s]) for s in range(len(slices))]
 
     def _by_calls(self, flat: np.ndarray, step: int, slices: list[list[int]], space) -> list[tuple[int, tuple]]:
-        """(worker, result) per slice by actor calls; a dead worker's slice is re-sent to the next worker."""
+        """(worker, result) per slice by actor calls; a dead worker's slice is re-sent to the next live worker."""
         # Large parameter sets go to the object store once per step; small ones travel inline, which is cheaper.
         ref = ray.put(flat) if flat.nbytes > INLINE_BYTES else flat
-        pending = {self._send(s, ref, step, sl, space, attempt=0): (s, 0) for s, sl in enumerate(slices)}
+        live, failed, self._sent_to = self._live_workers(), set(), {}
+        pending = {self._send(self._pick(s, 0, live, failed), ref, step, slices[s], space): (s, 0) for s in range(len(slices))}
         results: dict[int, tuple[int, tuple]] = {}
         deadline = time.monotonic() + self.wait_s
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             if not done:
                 raise WorkersUnavailable(f"no adaptation worker answered for runtime.worker_wait_s={self.wait_s}s at step {step}")
-            s, attempt = pending.pop(done[0])
+            (s, attempt), worker = pending.pop(done[0]), self._sent_to.pop(done[0])
             try:
                 result = ray.get(done[0])
-            except RayActorError:  # the worker died: re-send the slice to the next worker (Ray restarts the dead one)
+            except RayActorError:  # the worker died: skip it until it answers again (Ray restarts it)
+                failed.add(worker)
+                self._down.setdefault(worker, None)
                 time.sleep(min(2.0, 0.05 * 2**attempt))
-                pending[self._send(s, ref, step, slices[s], space, attempt + 1)] = (s, attempt + 1)
+                pending[self._send(self._pick(s, attempt + 1, live, failed), ref, step, slices[s], space)] = (s, attempt + 1)
                 continue
-            results.setdefault(s, (self._worker_for(s, attempt), result))  # keep one result per slice
+            self._down.pop(worker, None)
+            results.setdefault(s, (worker, result))  # keep one result per slice
             deadline = time.monotonic() + self.wait_s
         return [results[s] for s in range(len(slices))]
 
-    def _worker_for(self, slice_index: int, attempt: int) -> int:
-        return (slice_index + attempt) % len(self.workers)
+    def _live_workers(self) -> list[int]:
+        """Workers to use this step: all but those known to be down, whose probes have not answered yet."""
+        for i in list(self._down):
+            probe = self._down[i]
+            if probe is None:
+                self._down[i] = self.workers[i].info.remote()
+                continue
+            if ray.wait([probe], timeout=0)[0]:
+                try:
+                    ray.get(probe)
+                    del self._down[i]
+                except RayActorError:
+                    self._down[i] = self.workers[i].info.remote()
+        return [i for i in range(len(self.workers)) if i not in self._down]
 
-    def _send(self, s: int, ref, step: int, sl: list[int], space, attempt: int):
-        return self.workers[self._worker_for(s, attempt)].compute.remote(ref, step, sl, space, self._version, self._config_box)
+    def _pick(self, s: int, attempt: int, live: list[int], failed: set[int]) -> int:
+        """The worker for slice s at this attempt: round robin over the live workers that have not failed
+        this step; if every one has, over the others; if all have, over all (Ray may have restarted one)."""
+        everyone = range(len(self.workers))
+        up = [w for w in live if w not in failed] or [w for w in everyone if w not in failed] or list(everyone)
+        return up[(s + attempt) % len(up)]
+
+    def _send(self, worker: int, ref, step: int, sl: list[int], space):
+        out = self.workers[worker].compute.remote(ref, step, sl, space, self._version, self._config_box)
+        self._sent_to[out] = worker
+        return out
 
     def _graph_ready(self, step: int) -> bool:
         """Whether this step can go through a compiled graph, building one when it is due."""
@@ -214,7 +241,9 @@ class RayExecutor:
     def worker_info(self) -> list[dict]:
         """Node, device and pid of every worker, waiting (up to `worker_wait_s`) for any that is restarting."""
         deadline = time.monotonic() + self.wait_s
-        return [self._ask_until(w, deadline) for w in self.workers]
+        info = [self._ask_until(w, deadline) for w in self.workers]
+        self._down.clear()  # every worker answered
+        return info
 
     def _ask_until(self, worker, deadline: float) -> dict:
         attempt = 0
