@@ -1,19 +1,20 @@
-"""Sinusoid MAML step time of every path, interleaved in short blocks and compared pairwise.
+"""Sinusoid MAML step time of every path, interleaved step by step and compared pairwise.
 
-This machine flips between a fast and a slow state every few seconds (the same single-process step
-measures 16-17 ms or 25-30 ms), which swamps differences of a few percent between paths timed one
-after another. Here every round times a short block of each path back to back, and a ratio is the
-median over rounds of the ratio within a round, so both sides of a ratio saw the same machine.
+This machine flips between a fast and a slow state within seconds (the same single-process step
+measures 16-17 ms or 25-30 ms), which is larger than the differences between paths. So every round
+times one meta-step of each path back to back (well under a second apart), and a ratio is the median
+over rounds of the ratio within a round. Paths keep their own parameters and optimizer state.
 
-Paths (sinusoid, second-order MAML, mlp 40-40, meta-batch 32, k=5, float32, one torch thread):
+Paths (second-order MAML, mlp 40-40, meta-batch 32, k=5, float32, one torch thread per process):
   plain        benchmarks/plain_maml.py, the per-task loop users write today
   vec          metaserve `batch_update` (torch.func.vmap over tasks) + outer step, in this process
-  ray1-calls   the learner's step (RayExecutor.compute + outer step) with 1 worker, actor calls
-  ray1-graph   the same through a Ray compiled graph (runtime.transport=compiled-graph)
-  ray2-calls   2 workers, actor calls
-The Ray paths time exactly what `train_loop` times as `step_time` (executor round trip + outer step).
+  ray1-calls   the learner's step (RayExecutor.compute + outer step), 1 worker, actor calls
+  ray2-calls   the same with 2 workers
+  ray1-graph   1 worker through a Ray compiled graph (runtime.transport=compiled-graph); timed in a
+               second phase with plain and vec only, because an idle graph worker polls a core
+The Ray paths time what `train_loop` records as `step_time` (executor round trip + outer step).
 
-  .venv/bin/python benchmarks/paired_ray.py --rounds 12 --tag paired-sinusoid
+  .venv/bin/python benchmarks/paired_ray.py --rounds 150 --tag paired-sinusoid
 """
 from __future__ import annotations
 
@@ -28,92 +29,136 @@ import ray
 import torch
 
 from metaserve.api import as_config
-from metaserve.experiment import build_learner
+from metaserve.config import Config
+from metaserve.experiment import build_distribution, build_learner
 from metaserve.runtime.ray_executor import RayExecutor
 
 import plain_maml
-from throughput import time_metaserve_batch_update, workload_config
+from throughput import workload_config
 
-PATHS = ["plain", "vec", "ray1-calls", "ray1-graph", "ray2-calls"]
+META_BATCH = 32
 
 
-def ray_block(executor: RayExecutor, config, steps: int, warmup: int) -> dict:
-    """Median learner step (round trip + outer step) and worker compute over `steps` steps."""
-    learner = build_learner(config)
-    algo = learner.algorithm
-    params = learner.initial_params()
-    state = algo.init_outer_state(params)
-    totals, workers = [], []
-    for step in range(warmup + steps):
+class VecPath:
+    """metaserve's single-process vectorised step."""
+
+    def __init__(self, config: Config):
+        self.config, self.learner, self.dist = config, build_learner(config), build_distribution(config)
+        self.params = self.learner.initial_params()
+        self.state = self.learner.algorithm.init_outer_state(self.params)
+
+    def step(self, step: int) -> dict:
         t0 = time.perf_counter()
-        update, timing = executor.compute(params, step, range(config.train.meta_batch))
-        params, state = algo.outer_step(params, {k: v / update.count for k, v in update.contribution.items()}, state)
-        if step >= warmup:
-            totals.append(time.perf_counter() - t0)
-            workers.append(timing["worker_time"])
-    return {"step_time": statistics.median(totals), "worker_time": statistics.median(workers)}
+        tasks = [self.dist.sample(self.config.seed, step, i, None, "train").to(self.learner.device, self.learner.dtype)
+                 for i in range(META_BATCH)]
+        update = self.learner.algorithm.batch_update(self.params, tasks)
+        self.params, self.state = self.learner.algorithm.outer_step(
+            self.params, {k: v / update.count for k, v in update.contribution.items()}, self.state)
+        return {"step_time": time.perf_counter() - t0}
+
+
+class RayPath(VecPath):
+    """The learner's step on the Ray backend: executor round trip + outer step."""
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        self.executor = RayExecutor(config)
+
+    def step(self, step: int) -> dict:
+        t0 = time.perf_counter()
+        update, timing = self.executor.compute(self.params, step, range(META_BATCH))
+        self.params, self.state = self.learner.algorithm.outer_step(
+            self.params, {k: v / update.count for k, v in update.contribution.items()}, self.state)
+        return {"step_time": time.perf_counter() - t0, "worker_time": timing["worker_time"]}
+
+
+class PlainPath:
+    """The textbook per-task loop (nn.Module + autograd.grad(create_graph=True))."""
+
+    def __init__(self):
+        torch.manual_seed(0)
+        self.model, self.loss_fn, self.dist = plain_maml.build("sinusoid")
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+
+    def step(self, step: int) -> dict:
+        t0 = time.perf_counter()
+        tasks = [self.dist.sample(0, step, i) for i in range(META_BATCH)]
+        plain_maml.meta_step(self.model, self.opt, tasks, self.loss_fn, 0.01, 5, False)
+        return {"step_time": time.perf_counter() - t0}
+
+
+def interleave(paths: dict, rounds: int, warmup: int, phase: str) -> list[dict]:
+    """Two consecutive steps of every path per round, the second one timed (so a Ray worker's sampling
+    ahead overlaps its learner's round trip exactly as in training), and a pause between paths (so it
+    does not overlap the next path). Rows of (phase, round, path, timings)."""
+    raw = []
+    for rnd in range(warmup + rounds):
+        for name, path in paths.items():
+            path.step(2 * rnd)
+            r = path.step(2 * rnd + 1)
+            time.sleep(0.01)
+            if rnd >= warmup:
+                raw.append({"phase": phase, "round": rnd, "path": name, **r})
+        if rnd >= warmup and (rnd - warmup) % 50 == 49:
+            print(f"{phase}: {rnd - warmup + 1}/{rounds} rounds", flush=True)
+    return raw
+
+
+def summarise(raw: list[dict]) -> list[dict]:
+    """Per path: median step time, and the median over rounds of within-round ratios (vec / path, plain / path)."""
+    rows = []
+    for phase in dict.fromkeys(r["phase"] for r in raw):
+        mine = [r for r in raw if r["phase"] == phase]
+        by = {(r["round"], r["path"]): r for r in mine}
+        rounds = sorted({r["round"] for r in mine})
+        for path in dict.fromkeys(r["path"] for r in mine):
+            times = [by[(n, path)]["step_time"] for n in rounds]
+            row = {"phase": phase, "path": path, "step_time_ms": 1e3 * statistics.median(times),
+                   "tasks_per_s": META_BATCH / statistics.median(times), "rounds": len(rounds)}
+            for ref in ("vec", "plain"):
+                if (rounds[0], ref) in by:
+                    ratios = sorted(by[(n, ref)]["step_time"] / by[(n, path)]["step_time"] for n in rounds)
+                    q = statistics.quantiles(ratios, n=4)
+                    row[f"vs_{ref}"], row[f"vs_{ref}_iqr"] = statistics.median(ratios), f"{q[0]:.3f}-{q[2]:.3f}"
+            if "worker_time" in by[(rounds[0], path)]:
+                row["worker_time_ms"] = 1e3 * statistics.median(by[(n, path)]["worker_time"] for n in rounds)
+                row["learner_comm_share"] = statistics.median(
+                    1 - by[(n, path)]["worker_time"] / by[(n, path)]["step_time"] for n in rounds)
+            rows.append(row)
+    return rows
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=12)
-    p.add_argument("--block", type=int, default=10, help="timed steps per path per round (plain: a third of it)")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=150)
+    p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--tag", default="paired-sinusoid")
     a = p.parse_args()
     torch.set_num_threads(1)
     info = _common.machine()
     print_machine(info)
-    base = workload_config("sinusoid", 32, 10, 1000, ["runtime.backend=ray"])
-    configs = {"ray1-calls": as_config(base, ["runtime.num_workers=1", "runtime.transport=calls"]),
-               "ray1-graph": as_config(base, ["runtime.num_workers=1", "runtime.transport=compiled-graph"]),
-               "ray2-calls": as_config(base, ["runtime.num_workers=2", "runtime.transport=calls"])}
-    # Logical CPUs for 3 one-thread workers at once (only one group computes at any time).
-    ray.init(address="local", num_cpus=3, include_dashboard=False)
-    one, two = RayExecutor(configs["ray1-calls"]), RayExecutor(configs["ray2-calls"])
-    raw = []
+    base = workload_config("sinusoid", META_BATCH, 10, 10**6, ["runtime.backend=ray"])
+    ray.init(address="local", num_cpus=3, include_dashboard=False)  # logical CPUs for 3 one-thread workers
+    calls = {"plain": PlainPath(), "vec": VecPath(base),
+             "ray1-calls": RayPath(as_config(base, ["runtime.num_workers=1", "runtime.transport=calls"])),
+             "ray2-calls": RayPath(as_config(base, ["runtime.num_workers=2", "runtime.transport=calls"]))}
     try:
-        for rnd in range(a.rounds):
-            for path in PATHS:
-                if path == "plain":
-                    r = plain_maml.time_plain("sinusoid", 32, 5, 0.01, False, max(2, a.block // 3), 1)
-                elif path == "vec":
-                    r = time_metaserve_batch_update(base, True, a.block, a.warmup)
-                    r["step_time"] = r["step_time_median"]
-                elif path == "ray2-calls":
-                    r = ray_block(two, configs[path], a.block, a.warmup)
-                else:
-                    one.reconfigure(configs[path])  # builds (graph) or tears down (calls) the compiled graph
-                    r = ray_block(one, configs[path], a.block, a.warmup)
-                raw.append({"round": rnd, "path": path, "step_time": r["step_time"], "worker_time": r.get("worker_time")})
-            print(f"round {rnd}: " + ", ".join(f"{x['path']} {1e3 * x['step_time']:.1f} ms" for x in raw if x["round"] == rnd), flush=True)
+        raw = interleave(calls, a.rounds, a.warmup, "calls")
     finally:
-        one.close()
-        two.close()
+        for path in calls.values():
+            if isinstance(path, RayPath):
+                path.executor.close()
+    graph = {"plain": PlainPath(), "vec": VecPath(base), "ray1-graph": RayPath(as_config(base, ["runtime.num_workers=1", "runtime.transport=compiled-graph"]))}
+    try:
+        raw += interleave(graph, a.rounds, a.warmup, "graph")
+    finally:
+        graph["ray1-graph"].executor.close()
     rows = summarise(raw)
     print()
-    print(markdown_table(rows, ["path", "step_time_ms", "worker_time_ms", "learner_comm_share", "tasks_per_s", "vs_vec", "vs_plain", "rounds"]))
+    print(markdown_table(rows, ["phase", "path", "step_time_ms", "worker_time_ms", "learner_comm_share", "tasks_per_s",
+                                "vs_vec", "vs_vec_iqr", "vs_plain", "vs_plain_iqr", "rounds"]))
     csv_path, json_path = save(a.tag, rows, info, {"raw": raw, "command": vars(a)})
     print(f"\nwrote {csv_path.relative_to(_common.ROOT)} and {json_path.relative_to(_common.ROOT)}")
-
-
-def summarise(raw: list[dict]) -> list[dict]:
-    """Per path: median step time, and the median over rounds of its within-round speed ratio to vec and plain."""
-    by = {(r["round"], r["path"]): r for r in raw}
-    rounds = sorted({r["round"] for r in raw})
-    rows = []
-    for path in PATHS:
-        times = [by[(n, path)]["step_time"] for n in rounds]
-        row = {"path": path, "step_time_ms": 1e3 * statistics.median(times), "tasks_per_s": 32 / statistics.median(times),
-               "vs_vec": statistics.median(by[(n, "vec")]["step_time"] / by[(n, path)]["step_time"] for n in rounds),
-               "vs_plain": statistics.median(by[(n, "plain")]["step_time"] / by[(n, path)]["step_time"] for n in rounds),
-               "rounds": len(rounds)}
-        if by[(rounds[0], path)]["worker_time"] is not None:
-            row["worker_time_ms"] = 1e3 * statistics.median(by[(n, path)]["worker_time"] for n in rounds)
-            row["learner_comm_share"] = statistics.median(
-                1 - by[(n, path)]["worker_time"] / by[(n, path)]["step_time"] for n in rounds)
-        rows.append(row)
-    return rows
 
 
 if __name__ == "__main__":

@@ -16,16 +16,14 @@ Paths
              extra query forward pass.
 
 Every path regenerates its tasks from the seed each step (numpy sampling is in every timing), is warmed
-up for --warmup steps and timed over --steps steps. `--profile` adds a breakdown of one Ray
-meta-step (ray.put, round trip, worker compute, result serialisation, merge) for the library's authors.
+up for --warmup steps and timed over --steps steps. benchmarks/paired_ray.py compares the sinusoid
+Ray transports step by step, which this machine's noise needs for differences of a few percent.
 
-  .venv/bin/python benchmarks/throughput.py --workload all --profile
+  .venv/bin/python benchmarks/throughput.py --workload all
 """
 from __future__ import annotations
 
 import argparse
-import os
-import pickle
 import shutil
 import statistics
 import time
@@ -180,127 +178,6 @@ def run_workload(name: str, meta_batch: int, steps: int, warmup: int, paths: lis
     return rows, raw
 
 
-# --- Ray breakdown ------------------------------------------------------------------------------
-def profile_ray(config: Config, workers: int, iters: int) -> dict:
-    """Where one Ray meta-step's time goes, medians over `iters` steps (all in seconds)."""
-    import ray
-
-    from metaserve.algorithms.base import merge
-    from metaserve.runtime.ray_executor import RayExecutor, worker_slices
-    from metaserve.runtime.work import check_finite, compute_slice
-    from metaserve.runtime.workers import AdaptationWorker
-
-    class ProfilingWorker(AdaptationWorker):
-        def ping(self, _params=None):
-            return None
-
-        def compute_profiled(self, boxed_ref, step, indices):
-            t0 = time.perf_counter()
-            params = ray.get(boxed_ref[0])  # the argument fetch Ray does implicitly in `compute`
-            t1 = time.perf_counter()
-            params = {k: v.to(self.device, self.learner.dtype) for k, v in params.items()}
-            tasks = [self.distribution.sample(self.learner.config.seed, step, i, None, "train").to(self.learner.device, self.learner.dtype) for i in indices]
-            t2 = time.perf_counter()
-            update = self.learner.algorithm.batch_update(params, tasks)
-            update.contribution = {k: v.cpu() for k, v in update.contribution.items()}
-            t3 = time.perf_counter()
-            blob = pickle.dumps((update, 0.0), protocol=5)
-            t4 = time.perf_counter()
-            return update, {"fetch_params": t1 - t0, "sample_tasks": t2 - t1, "batch_update": t3 - t2,
-                            "pickle_result": t4 - t3, "result_bytes": len(blob)}
-
-    config = as_config(config, ["runtime.backend=ray", f"runtime.num_workers={workers}"])
-    learner = build_learner(config)
-    params = learner.initial_params()
-    executor = RayExecutor(config)
-    mb = config.train.meta_batch
-    rec: dict[str, list[float]] = {}
-
-    def add(k, v):
-        rec.setdefault(k, []).append(v)
-
-    # (1) the library's own round trip (ray.put, ray.wait loop, check_finite, merge)
-    for it in range(iters + 2):
-        t0 = time.perf_counter()
-        _, timing = executor.compute(params, it, range(mb))
-        if it >= 2:
-            add("executor_compute", time.perf_counter() - t0)
-            add("executor_worker_time", timing["worker_time"])
-            add("executor_comm_time", timing["comm_time"])
-    # (2) the same actors called with plain ray.get, params as an object-store ref vs inlined by value
-    slices = worker_slices(range(mb), workers)
-    for it in range(iters + 2):
-        t0 = time.perf_counter()
-        ref = ray.put({k: v.detach().cpu() for k, v in params.items()})
-        by_ref = ray.get([w.compute.remote(ref, it, s) for w, s in zip(executor.workers, slices)])
-        t1 = time.perf_counter()
-        inline = ray.get([w.compute.remote({k: v.detach().cpu() for k, v in params.items()}, it, s) for w, s in zip(executor.workers, slices)])
-        t2 = time.perf_counter()
-        if it >= 2:
-            add("get_by_ref_minus_worker", (t1 - t0) - max(sec for _, sec in by_ref))
-            add("get_inline_minus_worker", (t2 - t1) - max(sec for _, sec in inline))
-    # swap in profiling actors in the executor's placement group (same resources, same options)
-    for w in executor.workers:
-        ray.kill(w, no_restart=True)
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    cfg = config.model_dump(mode="json")
-    actors = [ray.remote(ProfilingWorker).options(
-        num_cpus=1, scheduling_strategy=PlacementGroupSchedulingStrategy(executor.group, placement_group_bundle_index=i)).remote(cfg, i, 1)
-        for i in range(workers)]
-    ray.get([a.info.remote() for a in actors])
-    for it in range(iters + 2):
-        t0 = time.perf_counter()
-        ref = ray.put({k: v.detach().cpu() for k, v in params.items()})
-        t1 = time.perf_counter()
-        refs = [a.compute_profiled.remote([ref], it, s) for a, s in zip(actors, slices)]
-        outs = ray.get(refs)
-        t2 = time.perf_counter()
-        updates = [u for u, _ in outs]
-        for u in updates:
-            check_finite(u, "profile", it, [])
-        t3 = time.perf_counter()
-        merged = merge(updates)
-        t4 = time.perf_counter()
-        mean = {k: v / merged.count for k, v in merged.contribution.items()}
-        params_new, _ = learner.algorithm.outer_step(params, mean, learner.algorithm.init_outer_state(params))
-        t5 = time.perf_counter()
-        # an empty round trip with the params ref as argument (scheduling + arg fetch + reply)
-        p0 = time.perf_counter()
-        ray.get([a.ping.remote(ref) for a in actors])
-        p1 = time.perf_counter()
-        ray.get([a.ping.remote() for a in actors])
-        p2 = time.perf_counter()
-        if it < 2:
-            continue  # warm-up
-        worker = max(outs, key=lambda o: sum(v for k, v in o[1].items() if k != "result_bytes"))[1]
-        worker_compute = worker["sample_tasks"] + worker["batch_update"]
-        add("ray_put_params", t1 - t0)
-        add("round_trip_compute", t2 - t1)
-        add("worker_fetch_params", worker["fetch_params"])
-        add("worker_sample_tasks", worker["sample_tasks"])
-        add("worker_batch_update", worker["batch_update"])
-        add("worker_pickle_result", worker["pickle_result"])
-        add("result_bytes", worker["result_bytes"])
-        add("round_trip_minus_worker_compute", (t2 - t1) - worker_compute)
-        add("check_finite", t3 - t2)
-        add("merge", t4 - t3)
-        add("outer_step", t5 - t4)
-        add("empty_round_trip_with_params_arg", p1 - p0)
-        add("empty_round_trip", p2 - p1)
-    for a in actors:
-        ray.kill(a, no_restart=True)
-    executor.workers = []
-    executor.close()
-    # the same work in this process, for the worker-side compute at equal threads
-    local = time_metaserve_batch_update(config, learner.algorithm.vectorize, iters, 2)
-    out = {k: statistics.median(v) for k, v in rec.items()}
-    out["single_process_step"] = local["step_time_median"]
-    out["workers"] = workers
-    out["meta_batch"] = config.train.meta_batch
-    return out
-
-
 def check_plain_matches_metaserve() -> float:
     """Max |plain - metaserve| of one sinusoid task's second-order MAML meta-gradient (k=5, float64)."""
     from metaserve.algorithms import MAML, OuterConfig
@@ -333,8 +210,6 @@ def main() -> None:
     p.add_argument("--omniglot-meta-batch", default="8", help="comma-separated, e.g. 8,16")
     p.add_argument("--repeats", type=int, default=1, help="interleaved repetitions of the path list (median reported)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of this process (Ray workers use cpus_per_worker=1)")
-    p.add_argument("--profile", action="store_true", help="break one Ray meta-step down (sinusoid, meta-batch 32)")
-    p.add_argument("--profile-iters", type=int, default=20)
     p.add_argument("--tag", default="throughput", help="results/<tag>.csv/.json")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -352,15 +227,6 @@ def main() -> None:
             summary, timings = run_workload("omniglot", mb, a.omniglot_steps, a.omniglot_warmup, paths, a.repeats)
             rows, raw = rows + summary, raw + timings
     extra = {"plain_vs_metaserve_grad_maxabs": err, "timings": raw}
-    profiles = []
-    if a.profile:
-        for w in (1, 2):
-            cfg = workload_config("sinusoid", 32, a.sinusoid_warmup, a.sinusoid_warmup + a.sinusoid_steps)
-            prof = profile_ray(cfg, w, a.profile_iters)
-            profiles.append(prof)
-            print(f"  ray breakdown, sinusoid mb32, {w} worker(s): " + ", ".join(
-                f"{k} {v * 1e3:.2f} ms" if k not in ("result_bytes", "workers", "meta_batch") else f"{k} {v}" for k, v in prof.items()), flush=True)
-        extra["ray_profile"] = profiles
     try:
         import ray
 
@@ -371,12 +237,6 @@ def main() -> None:
             "speed_vs_loop", "speed_vs_ray1", "worker_time", "comm_time", "learner_time", "learner_comm_share"]
     print()
     print(markdown_table(rows, cols))
-    if profiles:
-        print()
-        keys = [k for k in profiles[0] if k not in ("workers", "meta_batch")]
-        prow = [{"quantity": k, **{f"{pr['workers']} worker(s)": (pr[k] if k == "result_bytes" else 1e3 * pr[k]) for pr in profiles}} for k in keys]
-        print("Ray meta-step breakdown (ms, medians; result_bytes in bytes):")
-        print(markdown_table(prow, floatfmt=".3g"))
     csv_path, json_path = save(a.tag, rows, info, extra)
     print(f"\nwrote {csv_path.relative_to(_common.ROOT)} and {json_path.relative_to(_common.ROOT)}")
 

@@ -177,8 +177,8 @@ class RayExecutor:
                 raise WorkersUnavailable(f"no adaptation worker answered for runtime.worker_wait_s={self.wait_s}s at step {step}")
             (s, attempt), worker = pending.pop(done[0]), self._sent_to.pop(done[0])
             try:
-                result = ray.get(done[0])
-            except RayActorError:  # the worker died: skip it until it answers again (Ray restarts it)
+                result = ray.get(next(done[0]))
+            except (RayActorError, StopIteration):  # StopIteration: the generator ended without its item  # the worker died: skip it until it answers again (Ray restarts it)
                 failed.add(worker)
                 self._down.setdefault(worker, None)
                 time.sleep(min(2.0, 0.05 * 2**attempt))
@@ -212,7 +212,8 @@ class RayExecutor:
         return up[(s + attempt) % len(up)]
 
     def _send(self, worker: int, ref, step: int, sl: list[int], space):
-        out = self.workers[worker].compute.remote(ref, step, sl, space, self._version, self._config_box)
+        # A streaming generator: its first item is the result; the worker then samples its next slice.
+        out = self.workers[worker].compute.options(num_returns="streaming").remote(ref, step, sl, space, self._version, self._config_box)
         self._sent_to[out] = worker
         return out
 

@@ -7,13 +7,18 @@ from metaserve.algorithms.base import TaskUpdate
 from metaserve.algorithms.params import all_finite
 from metaserve.experiment import Learner
 from metaserve.models.functional import Params
+from metaserve.tasks.base import Task
+
+
+def sample_slice(learner: Learner, distribution, step: int, indices: Sequence[int], space=None) -> list[Task]:
+    """Tasks `indices` of meta-step `step`, rebuilt from the seed, on the learner's device and dtype."""
+    seed = learner.config.seed
+    return [distribution.sample(seed, step, i, space, "train").to(learner.device, learner.dtype) for i in indices]
 
 
 def compute_slice(learner: Learner, distribution, params: Params, step: int, indices: Sequence[int], space=None) -> TaskUpdate:
     """Summed contribution of tasks `indices` of meta-step `step` (tasks rebuilt from the seed)."""
-    seed = learner.config.seed
-    tasks = [distribution.sample(seed, step, i, space, "train").to(learner.device, learner.dtype) for i in indices]
-    return learner.algorithm.batch_update(params, tasks)
+    return learner.algorithm.batch_update(params, sample_slice(learner, distribution, step, indices, space))
 
 
 class NonFiniteUpdate(RuntimeError):

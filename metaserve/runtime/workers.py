@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import ray
@@ -19,7 +19,7 @@ import torch
 
 from metaserve.config import parse_config
 from metaserve.experiment import build_distribution, build_learner
-from metaserve.runtime.work import compute_slice
+from metaserve.runtime.work import sample_slice
 from metaserve.runtime.wire import flatten, layout_of, unflatten
 
 
@@ -31,6 +31,10 @@ def config_version(config: dict[str, Any]) -> str:
 def worker_device() -> torch.device:
     """cuda when Ray gave this actor a GPU (Ray sets CUDA_VISIBLE_DEVICES to it), else cpu."""
     return torch.device("cuda") if ray.get_gpu_ids() and torch.cuda.is_available() else torch.device("cpu")
+
+
+def _slice_key(step: int, indices: Sequence[int], space) -> tuple:
+    return step, tuple(int(i) for i in indices), repr(space)
 
 
 class AdaptationWorker:
@@ -50,17 +54,22 @@ class AdaptationWorker:
         self.distribution = build_distribution(cfg)
         self.layout = layout_of(self.learner.initial_params())
         self.version = config_version(config)
+        self._next: tuple[tuple, list] | None = None  # (slice key, tasks) sampled ahead
 
     def compute(self, flat_params: np.ndarray, step: int, indices: Sequence[int], space, version: str,
-                config_box: list) -> tuple[np.ndarray, dict[str, float], int, float]:
-        """Summed contribution of tasks `indices` of `step` (flat), summed metrics, count, compute seconds.
+                config_box: list) -> Iterator[tuple[np.ndarray, dict[str, float], int, float]]:
+        """Yields the summed contribution of tasks `indices` of `step` (flat), summed metrics, count and
+        compute seconds; then samples the same slice of step + 1, which the learner usually asks for next.
 
+        Called as a Ray streaming generator: the learner has the result at the `yield`, and the sampling
+        after it fills the time the worker would otherwise wait for the learner's next call.
         `version` names the executor's current config; a worker that Ray restarted with the arguments
         it was created with, after the executor was reconfigured, fetches that config from
         `config_box` (a list, so Ray does not resolve the reference unless it is needed).
         """
         self.sync_config(version, config_box)
-        return self._compute(flat_params, step, indices, space)
+        yield self._compute(flat_params, step, indices, space)
+        self._next = (_slice_key(step + 1, indices, space), sample_slice(self.learner, self.distribution, step + 1, indices, space))
 
     def graph_step(self, payload: tuple) -> tuple[np.ndarray, dict[str, float], int, float] | None:
         """`compute` as a node of the executor's compiled graph: every worker reads the same payload
@@ -81,7 +90,11 @@ class AdaptationWorker:
             os._exit(1)  # fault injection for tests: the process dies mid-step
         start = time.perf_counter()
         params = unflatten(flat_params, self.layout, self.device, self.learner.dtype)
-        update = compute_slice(self.learner, self.distribution, params, step, indices, space)
+        ready, self._next = self._next, None
+        # Tasks are pure functions of (seed, step, index, space): a slice sampled ahead is the same slice.
+        tasks = ready[1] if ready and ready[0] == _slice_key(step, indices, space) else \
+            sample_slice(self.learner, self.distribution, step, indices, space)
+        update = self.learner.algorithm.batch_update(params, tasks)
         return flatten(update.contribution), update.metrics, update.count, time.perf_counter() - start
 
     def info(self) -> dict[str, Any]:
