@@ -178,7 +178,7 @@ class RayExecutor:
             (s, attempt), worker = pending.pop(done[0]), self._sent_to.pop(done[0])
             try:
                 result = ray.get(next(done[0]))
-            except (RayActorError, StopIteration):  # StopIteration: the generator ended without its item  # the worker died: skip it until it answers again (Ray restarts it)
+            except (RayActorError, StopIteration):  # the worker died (before its item): skip it until it answers again
                 failed.add(worker)
                 self._down.setdefault(worker, None)
                 time.sleep(min(2.0, 0.05 * 2**attempt))
