@@ -111,7 +111,6 @@ class RayExecutor:
         ]
         self._graph: StepGraph | None = None
         self._down: dict[int, ray.ObjectRef | None] = {}  # workers found dead -> their pending liveness probe
-        self._sent_to: dict[ray.ObjectRef, int] = {}  # call in flight -> the worker computing it
         self._recent: deque[float] = deque(maxlen=5)  # the last steps' worker compute times
         self._graph_retry: tuple[int, int] | None = None  # (step of the next build attempt, steps to wait after a failed one)
         try:
@@ -167,22 +166,26 @@ class RayExecutor:
         """(worker, result) per slice by actor calls; a dead worker's slice is re-sent to the next live worker."""
         # Large parameter sets go to the object store once per step; small ones travel inline, which is cheaper.
         ref = ray.put(flat) if flat.nbytes > INLINE_BYTES else flat
-        live, failed, self._sent_to = self._live_workers(), set(), {}
-        pending = {self._send(self._pick(s, 0, live, failed), ref, step, slices[s], space): (s, 0) for s in range(len(slices))}
+        live, failed = self._live_workers(), set()
+        pending = {}  # call in flight -> (slice, attempt, worker)
+        for s in range(len(slices)):
+            worker = self._pick(s, 0, live, failed)
+            pending[self._send(worker, ref, step, slices[s], space)] = (s, 0, worker)
         results: dict[int, tuple[int, tuple]] = {}
         deadline = time.monotonic() + self.wait_s
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             if not done:
                 raise WorkersUnavailable(f"no adaptation worker answered for runtime.worker_wait_s={self.wait_s}s at step {step}")
-            (s, attempt), worker = pending.pop(done[0]), self._sent_to.pop(done[0])
+            s, attempt, worker = pending.pop(done[0])
             try:
                 result = ray.get(next(done[0]))
             except (RayActorError, StopIteration):  # the worker died (before its item): skip it until it answers again
                 failed.add(worker)
                 self._down.setdefault(worker, None)
                 time.sleep(min(2.0, 0.05 * 2**attempt))
-                pending[self._send(self._pick(s, attempt + 1, live, failed), ref, step, slices[s], space)] = (s, attempt + 1)
+                retry = self._pick(s, attempt + 1, live, failed)
+                pending[self._send(retry, ref, step, slices[s], space)] = (s, attempt + 1, retry)
                 continue
             self._down.pop(worker, None)
             results.setdefault(s, (worker, result))  # keep one result per slice
@@ -213,9 +216,7 @@ class RayExecutor:
 
     def _send(self, worker: int, ref, step: int, sl: list[int], space):
         # A streaming generator: its first item is the result; the worker then samples its next slice.
-        out = self.workers[worker].compute.options(num_returns="streaming").remote(ref, step, sl, space, self._version, self._config_box)
-        self._sent_to[out] = worker
-        return out
+        return self.workers[worker].compute.options(num_returns="streaming").remote(ref, step, sl, space, self._version, self._config_box)
 
     def _graph_ready(self, step: int) -> bool:
         """Whether this step can go through a compiled graph, building one when it is due."""
