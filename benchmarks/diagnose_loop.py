@@ -15,7 +15,6 @@ from _common import print_machine, save
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from metaserve.algorithms.params import scale
 
 import plain_maml
 from throughput import workload_config
@@ -49,7 +48,7 @@ def main() -> None:
         nonlocal params, state
         tasks = [dist.sample(config.seed, step, i, None, "train") for i in range(mb)]
         u = algo.batch_update(params, tasks)
-        params, state = algo.outer_step(params, scale(u.contribution, 1 / u.count), state)
+        params, state = algo.outer_step(params, u.mean_contribution(), state)
 
     def plain_step(step):
         tasks = [dist.sample(config.seed, step, i, None, "train") for i in range(mb)]

@@ -53,7 +53,7 @@ class VecPath:
                  for i in range(META_BATCH)]
         update = self.learner.algorithm.batch_update(self.params, tasks)
         self.params, self.state = self.learner.algorithm.outer_step(
-            self.params, {k: v / update.count for k, v in update.contribution.items()}, self.state)
+            self.params, update.mean_contribution(), self.state)
         return {"step_time": time.perf_counter() - t0}
 
 
@@ -68,7 +68,7 @@ class RayPath(VecPath):
         t0 = time.perf_counter()
         update, timing = self.executor.compute(self.params, step, range(META_BATCH))
         self.params, self.state = self.learner.algorithm.outer_step(
-            self.params, {k: v / update.count for k, v in update.contribution.items()}, self.state)
+            self.params, update.mean_contribution(), self.state)
         return {"step_time": time.perf_counter() - t0, "worker_time": timing["worker_time"]}
 
 

@@ -76,7 +76,7 @@ def time_metaserve_batch_update(config: Config, vectorize: bool, steps: int, war
         t0 = time.perf_counter()
         tasks = [dist.sample(config.seed, step, i, None, "train").to(learner.device, learner.dtype) for i in range(config.train.meta_batch)]
         update = algo.batch_update(params, tasks)
-        mean = {k: v / update.count for k, v in update.contribution.items()}
+        mean = update.mean_contribution()
         params, state = algo.outer_step(params, mean, state)
         if step >= warmup:
             times.append(time.perf_counter() - t0)

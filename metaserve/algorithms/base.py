@@ -32,6 +32,11 @@ class TaskUpdate:
     def mean_metrics(self) -> dict[str, float]:
         return {k: v / self.count for k, v in self.metrics.items()}
 
+    def mean_contribution(self) -> Params:
+        """The contribution averaged over the tasks: what the outer step moves the meta-parameters by."""
+        names = list(self.contribution)
+        return dict(zip(names, torch._foreach_mul([self.contribution[k] for k in names], 1.0 / self.count)))
+
 
 def merge(updates: list[TaskUpdate]) -> TaskUpdate:
     """Sum several updates (e.g. one per worker) into one."""

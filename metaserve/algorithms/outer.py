@@ -1,6 +1,9 @@
 """The outer (meta) optimiser as pure init/update functions over parameter dicts.
 
 State is a dict of tensors, so it goes into a `weights_only` checkpoint as it is and resumes exactly.
+Updates run as multi-tensor (`torch._foreach_*`) kernels, as torch.optim does: one call per
+arithmetic step for all parameters rather than one per tensor, which is most of the learner's own
+time when a meta-step computes for only milliseconds. The inputs are never modified.
 """
 from __future__ import annotations
 
@@ -19,13 +22,19 @@ def adam_update(params: Params, grad: Params, state: dict, lr: float, betas: tup
     """One bias-corrected Adam descent step on `grad` (Kingma & Ba 2015, Algorithm 1)."""
     b1, b2 = betas
     t = int(state["step"]) + 1
-    m = {k: b1 * state["m"][k] + (1 - b1) * grad[k] for k in params}
-    v = {k: b2 * state["v"][k] + (1 - b2) * grad[k] * grad[k] for k in params}
-    c1, c2 = 1 - b1**t, 1 - b2**t
-    new = {k: params[k] - lr * (m[k] / c1) / ((v[k] / c2).sqrt() + eps) for k in params}
-    return new, {"step": torch.tensor(t, dtype=torch.int64), "m": m, "v": v}
+    names = list(params)
+    p, g = [params[k] for k in names], [grad[k] for k in names]
+    m = torch._foreach_lerp([state["m"][k] for k in names], g, 1 - b1)  # b1 m + (1 - b1) g
+    v = torch._foreach_mul([state["v"][k] for k in names], b2)
+    torch._foreach_addcmul_(v, g, g, value=1 - b2)
+    denom = torch._foreach_sqrt(v)  # sqrt(v / c2) + eps, in torch.optim's order of operations
+    torch._foreach_div_(denom, (1 - b2**t) ** 0.5)
+    torch._foreach_add_(denom, eps)
+    new = torch._foreach_addcdiv(p, m, denom, value=-lr / (1 - b1**t))
+    return dict(zip(names, new)), {"step": torch.tensor(t, dtype=torch.int64), "m": dict(zip(names, m)), "v": dict(zip(names, v))}
 
 
 def sgd_update(params: Params, grad: Params, state: dict, lr: float) -> tuple[Params, dict]:
     """theta - lr * grad; SGD carries no state."""
-    return {k: params[k] - lr * grad[k] for k in params}, state
+    names = list(params)
+    return dict(zip(names, torch._foreach_add([params[k] for k in names], [grad[k] for k in names], alpha=-lr))), state

@@ -15,7 +15,6 @@ from typing import Callable
 
 import torch
 
-from metaserve.algorithms.params import scale
 from metaserve.config import Config, config_to_dict
 from metaserve.curriculum import Teacher, build_teacher
 from metaserve.evaluation import EvalResult, evaluate
@@ -139,7 +138,7 @@ def _loop(config: Config, learner: Learner, distribution, executor, state: Train
             state.step, state.skipped = state.step + 1, state.skipped + 1
         else:
             t1 = time.perf_counter()
-            state.params, state.outer_state = algo.outer_step(state.params, scale(update.contribution, 1.0 / update.count), state.outer_state)
+            state.params, state.outer_state = algo.outer_step(state.params, update.mean_contribution(), state.outer_state)
             state.step += 1
             t2 = time.perf_counter()
             window.append({**update.mean_metrics(), **timing, "learner_time": t2 - t1, "step_time": t2 - t0})

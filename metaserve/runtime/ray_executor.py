@@ -62,8 +62,14 @@ def trial_group(config: Config) -> PlacementGroup | None:
 
 
 def worker_slices(indices: Sequence[int], n: int) -> list[list[int]]:
-    """Split task indices into at most n contiguous, non-empty slices."""
-    return [[int(i) for i in s] for s in np.array_split(np.asarray(list(indices)), min(n, len(indices))) if len(s)]
+    """Split task indices into at most n contiguous, non-empty slices (the first ones one longer when uneven)."""
+    idx = [int(i) for i in indices]
+    k = min(n, len(idx))
+    if k == 0:
+        return []
+    size, extra = divmod(len(idx), k)
+    bounds = [s * size + min(s, extra) for s in range(k + 1)]
+    return [idx[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
 def combine(results: list[tuple[int, tuple]], layout: Layout, device: torch.device, step: int,

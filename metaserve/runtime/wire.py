@@ -6,6 +6,8 @@ Both sides hold the same model, so names and shapes never travel: only the value
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -27,11 +29,7 @@ def flatten(params: Params) -> np.ndarray:
 def unflatten(flat: np.ndarray, layout: Layout, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Params:
     """The inverse of `flatten` for a known layout."""
     values = torch.from_numpy(np.require(flat, requirements="W")).to(device=device, dtype=dtype)  # Ray hands out read-only buffers
-    out, start = {}, 0
-    for name, shape in layout:
-        n = int(np.prod(shape, dtype=np.int64))
-        out[name] = values[start:start + n].view(shape)
-        start += n
-    if start != values.numel():
-        raise ValueError(f"a flat buffer of {values.numel()} values does not fit the model's {start} parameters")
-    return out
+    sizes = [math.prod(shape) for _, shape in layout]
+    if sum(sizes) != values.numel():
+        raise ValueError(f"a flat buffer of {values.numel()} values does not fit the model's {sum(sizes)} parameters")
+    return {name: part.view(shape) for (name, shape), part in zip(layout, values.split(sizes))}
