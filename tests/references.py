@@ -34,3 +34,38 @@ def relative_gap(a: Params, b: Params) -> float:
     num = sum(float(((a[k] - b[k]) ** 2).sum()) for k in a) ** 0.5
     den = sum(float((b[k] ** 2).sum()) for k in b) ** 0.5
     return num / den
+
+
+
+def tensorboard_events(path) -> list:
+    """The Event records of one TensorBoard event file (TFRecord framing: length, crc, record, crc)."""
+    import struct
+    from pathlib import Path
+
+    from tensorboardX.proto import event_pb2
+
+    data, pos, events = Path(path).read_bytes(), 0, []
+    while pos < len(data):
+        (length,) = struct.unpack("<Q", data[pos:pos + 8])
+        events.append(event_pb2.Event.FromString(data[pos + 12:pos + 12 + length]))
+        pos += 12 + length + 4
+    return events
+
+
+def tensorboard_scalars(logdir) -> dict[str, dict[int, float]]:
+    """{tag: {step: value}} as TensorBoard shows a directory of event files: files in name (time)
+    order, and a START session log at step s drops what earlier files logged at steps >= s."""
+    from pathlib import Path
+
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict[str, dict[int, float]] = {}
+    for path in sorted(Path(logdir).glob("events.out.tfevents.*")):
+        for event in tensorboard_events(path):
+            if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
+                for steps in scalars.values():
+                    for s in [s for s in steps if s >= event.step]:
+                        del steps[s]
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    return scalars

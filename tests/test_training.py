@@ -17,6 +17,8 @@ from metaserve.experiment import build_distribution, build_learner
 from metaserve.runtime.learner import train_loop
 from metaserve.store.metrics import read_metrics
 
+from references import tensorboard_events, tensorboard_scalars
+
 ROOT = Path(__file__).resolve().parents[1]
 # One intra-op thread in child processes too: the test machine's 2 cores are shared.
 CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -168,7 +170,13 @@ def test_resume_continues_exactly_and_skips_a_damaged_checkpoint(tmp_path):
     resumed = train_loop(cfg40, run_dir=first.run_dir, resume=True, final_eval=False, progress=messages.append)
     assert "resumed at step 20" in messages[0]
     assert_params_equal(resumed.params, full.params)
-    assert list(read_metrics(resumed.run_dir)["step"]) == [20, 40]
+    rows = read_metrics(resumed.run_dir)
+    assert list(rows["step"]) == [20, 40]
+    # TensorBoard shows the same rows, each step once across the first and the resumed run's event files
+    board = tensorboard_scalars(resumed.run_dir / "tensorboard")
+    assert len(list((resumed.run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    for column in ("loss", "val_loss", "tasks_per_s", "learner_time"):
+        assert board[column] == pytest.approx(dict(zip(rows["step"], rows[column])), rel=1e-6)
 
     # a truncated newest checkpoint is skipped, with a warning, for the previous good one
     state = full.run_dir / "checkpoints" / "00000040" / "state.pt"
@@ -179,6 +187,11 @@ def test_resume_continues_exactly_and_skips_a_damaged_checkpoint(tmp_path):
         again = train_loop(cfg40, run_dir=full.run_dir, resume=True, final_eval=False, progress=messages.append)
     assert "resumed at step 20" in messages[0]
     assert_params_equal(again.params, full.params)
+    # the resumed run logs step 40 again: its event file tells TensorBoard to drop the first one's from step 21
+    first_file, resumed_file = sorted((full.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert sorted({e.step for e in tensorboard_events(first_file) if e.summary.value}) == [20, 40]
+    purges = [e.step for e in tensorboard_events(resumed_file) if e.HasField("session_log")]
+    assert purges == [21]
 
 
 # --- CLI and Python API smoke --------------------------------------------------------------------

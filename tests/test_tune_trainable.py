@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from ray import tune
 
@@ -11,6 +12,8 @@ from metaserve.config import config_to_dict
 from metaserve.runtime.learner import train_loop
 from metaserve.runtime.tune_trainable import metaserve_trainable, trial_resources
 from metaserve.store.checkpoint import load_state
+
+from references import tensorboard_scalars
 
 BASE = {
     "name": "tune-tiny", "seed": 5, "task": {"name": "sinusoid", "shots": 5, "query": 5},
@@ -43,6 +46,9 @@ def test_tune_trials_equal_train_loop(ray_session, tmp_path):
         lr = result.config["algorithm"]["inner_lr"]
         assert result.metrics["training_iteration"] == 2  # one report per log row; the last carries the meta-test
         assert "test_mse" in result.metrics
+        # Tune's TensorBoard logger writes the trial's reports against meta-steps
+        board = tensorboard_scalars(result.path)
+        assert board["ray/tune/val_loss"] == pytest.approx({3: result.metrics_dataframe["val_loss"].iloc[0], 6: result.metrics["val_loss"]}, rel=1e-6)
         state = load_state(Path(result.checkpoint.path))
         assert state["step"] == 6
         cfg = as_config({**BASE, "runtime": {"backend": "local"}, "output_dir": str(tmp_path / "local"),

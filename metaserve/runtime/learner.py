@@ -25,6 +25,7 @@ from metaserve.store.checkpoint import latest_good_state, save_checkpoint
 from metaserve.store.metrics import write_metrics
 from metaserve.store.rundir import init_run_dir, new_run_dir
 from metaserve.store.storage import location, publish
+from metaserve.store.tensorboard import TensorBoardLog
 
 LogHook = Callable[[dict, "Path | None"], None]
 
@@ -76,11 +77,13 @@ def make_executor(config: Config, learner: Learner, distribution):
 
 
 def train_loop(config: Config, *, run_dir: Path | None = None, resume: bool = False, on_log: LogHook | None = None,
-               progress: Callable[[str], None] | None = None, final_eval: bool = True, executor=None) -> TrainResult:
+               progress: Callable[[str], None] | None = None, final_eval: bool = True, executor=None,
+               tensorboard: bool = True) -> TrainResult:
     """Meta-train `config` to `train.steps`, writing the run directory; resume from its latest good checkpoint.
 
     `executor` lends an already running executor (the caller keeps and closes it); by default one is
-    made for `runtime.backend` and closed at the end.
+    made for `runtime.backend` and closed at the end. `tensorboard=False` skips the run's own
+    TensorBoard events (a Tune trial's reports are written by Tune's logger instead).
     """
     distribution = build_distribution(config)  # reads and validates data before any worker starts
     learner = build_learner(config)
@@ -90,23 +93,44 @@ def train_loop(config: Config, *, run_dir: Path | None = None, resume: bool = Fa
     say = progress or (lambda _msg: None)
     say(f"run directory: {location(run_dir, config.output_dir)}" + (f" (resumed at step {state.step})" if state.step else ""))
     owned = executor is None
-    executor = make_executor(config, learner, distribution) if owned else executor
+    board = TensorBoardLog(run_dir, state.step) if tensorboard else None
     try:
-        _loop(config, learner, distribution, executor, state, run_dir, on_log, say, teacher)
+        executor = make_executor(config, learner, distribution) if owned else executor
+        try:
+            _loop(config, learner, distribution, executor, state, run_dir, _logging_to(board, on_log), say, teacher)
+        finally:
+            if owned:
+                executor.close()
+        metrics = dict(state.rows[-1]) if state.rows else {}
+        test = None
+        if final_eval:
+            test = evaluate(learner.algorithm, state.params, distribution, seed=config.seed, episodes=config.eval.episodes,
+                            steps=config.eval.inner_steps, device=learner.device, dtype=learner.dtype)
+            metrics |= {f"test_{test.metric}": test.mean, f"test_{test.metric}_ci95": test.ci95}
+            (run_dir / "test.json").write_text(json.dumps({"metric": test.metric, "mean": test.mean, "ci95": test.ci95,
+                                                            "episodes": test.episodes, "curve": test.curve}, indent=2))
+            if board is not None:
+                board.write({"step": state.step, f"test_{test.metric}": test.mean})
+            say(str(test))
     finally:
-        if owned:
-            executor.close()
-    metrics = dict(state.rows[-1]) if state.rows else {}
-    test = None
+        if board is not None:
+            board.close()
     if final_eval:
-        test = evaluate(learner.algorithm, state.params, distribution, seed=config.seed, episodes=config.eval.episodes,
-                        steps=config.eval.inner_steps, device=learner.device, dtype=learner.dtype)
-        metrics |= {f"test_{test.metric}": test.mean, f"test_{test.metric}_ci95": test.ci95}
-        (run_dir / "test.json").write_text(json.dumps({"metric": test.metric, "mean": test.mean, "ci95": test.ci95,
-                                                        "episodes": test.episodes, "curve": test.curve}, indent=2))
         publish(run_dir, config.output_dir, final=True)  # a URI output_dir: mirror the finished run
-        say(str(test))
     return TrainResult(run_dir, state.params, metrics, test)
+
+
+def _logging_to(board: TensorBoardLog | None, on_log: LogHook | None) -> LogHook | None:
+    """`on_log`, preceded by writing the row to TensorBoard."""
+    if board is None:
+        return on_log
+
+    def log(row: dict, ckpt: Path | None) -> None:
+        board.write(row)
+        if on_log is not None:
+            on_log(row, ckpt)
+
+    return log
 
 
 def _initial_state(config: Config, learner: Learner, resume_dir: Path | None, teacher: Teacher) -> TrainState:

@@ -14,6 +14,7 @@ from typing import Any
 
 from ray import tune
 from ray.tune import Checkpoint
+from ray.tune.result import TIMESTEPS_TOTAL  # Tune's TensorBoard logger plots against it: meta-steps
 
 from metaserve.config import Config, parse_config
 from metaserve.runtime.learner import train_loop
@@ -49,12 +50,13 @@ def run_trial(config: Config, fail_at_step: int | None = None) -> None:
         if row["step"] >= config.train.steps:
             last.update(ckpt=ckpt)  # reported below, with the meta-test result
             return
-        tune.report({**row, "start_step": float(start)}, checkpoint=_as_checkpoint(ckpt))
+        tune.report({**row, "start_step": float(start), TIMESTEPS_TOTAL: row["step"]}, checkpoint=_as_checkpoint(ckpt))
         if fail_at_step is not None and start < fail_at_step == row["step"] and ckpt is not None:
             raise InjectedFault(f"injected fault after the checkpoint of step {row['step']}")
 
-    result = train_loop(config, run_dir=run_dir, resume=True, on_log=on_log)
-    tune.report({**result.metrics, "start_step": float(start), "done_training": 1.0}, checkpoint=_as_checkpoint(last.get("ckpt")))
+    result = train_loop(config, run_dir=run_dir, resume=True, on_log=on_log, tensorboard=False)  # Tune's logger writes it
+    tune.report({**result.metrics, "start_step": float(start), "done_training": 1.0, TIMESTEPS_TOTAL: config.train.steps},
+                checkpoint=_as_checkpoint(last.get("ckpt")))
 
 
 def metaserve_trainable(params: dict[str, Any]) -> None:
