@@ -206,8 +206,10 @@ def test_uri_output_dir_mirrors_the_run(tmp_path, monkeypatch):
     assert staged.parent == storage.staging_root(uri)
     remote = tmp_path / "bucket" / "runs" / staged.name
     names = lambda d: sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())  # noqa: E731
+    board = [n for n in names(staged) if n.startswith("tensorboard/")]
     assert names(remote) == names(staged) == ["checkpoints/00000004/state.pt", "checkpoints/00000006/state.pt",
-                                              "config.yaml", "metrics.parquet", "test.json"]  # step 2 pruned there too
+                                              "config.yaml", "metrics.parquet", *board, "test.json"]  # step 2 pruned there too
+    assert len(board) == 1 and (remote / board[0]).read_bytes() == (staged / board[0]).read_bytes()  # mirrored once complete
     assert latest_good_state(remote)["step"] == 6
     assert read_metrics(remote).equals(read_metrics(staged))
     assert storage.location(staged, uri) == f"{uri}/{staged.name} (staged in {staged})"
