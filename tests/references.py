@@ -1,9 +1,12 @@
 """Independent numerical references shared by the maths tests (no metaserve code inside)."""
 from __future__ import annotations
 
+import struct
+from pathlib import Path
 from typing import Callable
 
 import torch
+from tensorboardX.proto import event_pb2
 
 Params = dict[str, torch.Tensor]
 
@@ -39,11 +42,6 @@ def relative_gap(a: Params, b: Params) -> float:
 
 def tensorboard_events(path) -> list:
     """The Event records of one TensorBoard event file (TFRecord framing: length, crc, record, crc)."""
-    import struct
-    from pathlib import Path
-
-    from tensorboardX.proto import event_pb2
-
     data, pos, events = Path(path).read_bytes(), 0, []
     while pos < len(data):
         (length,) = struct.unpack("<Q", data[pos:pos + 8])
@@ -55,10 +53,6 @@ def tensorboard_events(path) -> list:
 def tensorboard_scalars(logdir) -> dict[str, dict[int, float]]:
     """{tag: {step: value}} as TensorBoard shows a directory of event files: files in name (time)
     order, and a START session log at step s drops what earlier files logged at steps >= s."""
-    from pathlib import Path
-
-    from tensorboardX.proto import event_pb2
-
     scalars: dict[str, dict[int, float]] = {}
     for path in sorted(Path(logdir).glob("events.out.tfevents.*")):
         for event in tensorboard_events(path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -93,31 +94,32 @@ def train_loop(config: Config, *, run_dir: Path | None = None, resume: bool = Fa
     say = progress or (lambda _msg: None)
     say(f"run directory: {location(run_dir, config.output_dir)}" + (f" (resumed at step {state.step})" if state.step else ""))
     owned = executor is None
-    board = TensorBoardLog(run_dir, state.step) if tensorboard else None
-    try:
+    with TensorBoardLog(run_dir, state.step) if tensorboard else nullcontext() as board:
         executor = make_executor(config, learner, distribution) if owned else executor
         try:
             _loop(config, learner, distribution, executor, state, run_dir, _logging_to(board, on_log), say, teacher)
         finally:
             if owned:
                 executor.close()
-        metrics = dict(state.rows[-1]) if state.rows else {}
-        test = None
-        if final_eval:
-            test = evaluate(learner.algorithm, state.params, distribution, seed=config.seed, episodes=config.eval.episodes,
-                            steps=config.eval.inner_steps, device=learner.device, dtype=learner.dtype)
-            metrics |= {f"test_{test.metric}": test.mean, f"test_{test.metric}_ci95": test.ci95}
-            (run_dir / "test.json").write_text(json.dumps({"metric": test.metric, "mean": test.mean, "ci95": test.ci95,
-                                                            "episodes": test.episodes, "curve": test.curve}, indent=2))
+        test = _meta_test(config, learner, distribution, state.params, run_dir) if final_eval else None
+        if test is not None:
             if board is not None:
                 board.write({"step": state.step, f"test_{test.metric}": test.mean})
             say(str(test))
-    finally:
-        if board is not None:
-            board.close()
-    if final_eval:
+    metrics = dict(state.rows[-1]) if state.rows else {}
+    if test is not None:
+        metrics |= {f"test_{test.metric}": test.mean, f"test_{test.metric}_ci95": test.ci95}
         publish(run_dir, config.output_dir, final=True)  # a URI output_dir: mirror the finished run
     return TrainResult(run_dir, state.params, metrics, test)
+
+
+def _meta_test(config: Config, learner: Learner, distribution, params: Params, run_dir: Path) -> EvalResult:
+    """The final meta-test on held-out tasks, saved as test.json."""
+    test = evaluate(learner.algorithm, params, distribution, seed=config.seed, episodes=config.eval.episodes,
+                    steps=config.eval.inner_steps, device=learner.device, dtype=learner.dtype)
+    (run_dir / "test.json").write_text(json.dumps({"metric": test.metric, "mean": test.mean, "ci95": test.ci95,
+                                                    "episodes": test.episodes, "curve": test.curve}, indent=2))
+    return test
 
 
 def _logging_to(board: TensorBoardLog | None, on_log: LogHook | None) -> LogHook | None:

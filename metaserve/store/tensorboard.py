@@ -35,3 +35,9 @@ class TensorBoardLog:
 
     def close(self) -> None:
         self._writer.close()
+
+    def __enter__(self) -> "TensorBoardLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
