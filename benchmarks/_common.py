@@ -103,7 +103,7 @@ def train_for(config, budget_s: float, progress=None, with_status: bool = False)
     reported, not raised: its last good checkpoint is returned with status "diverged: ...".
     """
     from metaserve.api import load
-    from metaserve.runtime.learner import train_loop
+    from metaserve.runtime.loop import train_loop
     from metaserve.runtime.work import NonFiniteUpdate
     from metaserve.store.metrics import read_metrics
 

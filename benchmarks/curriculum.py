@@ -26,7 +26,7 @@ from torch.func import vmap  # noqa: E402
 from metaserve.api import as_config  # noqa: E402
 from metaserve.evaluation import ci95, episode_curve  # noqa: E402
 from metaserve.experiment import build_distribution, build_learner  # noqa: E402
-from metaserve.runtime.learner import train_loop  # noqa: E402
+from metaserve.runtime.loop import train_loop  # noqa: E402
 from metaserve.store.metrics import read_metrics  # noqa: E402
 from metaserve.tasks.base import stack_tasks  # noqa: E402
 

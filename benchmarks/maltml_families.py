@@ -28,7 +28,7 @@ import yaml
 from metaserve.api import as_config
 from metaserve.experiment import build_learner
 from metaserve.family_eval import evaluate_families, family_task_config, split_of
-from metaserve.runtime.learner import train_loop
+from metaserve.runtime.loop import train_loop
 from metaserve.tasks import make_distribution
 
 RUNS = RESULTS / "runs" / "maltml-families"

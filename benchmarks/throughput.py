@@ -36,7 +36,7 @@ import torch
 from metaserve.api import as_config
 from metaserve.config import Config
 from metaserve.experiment import build_distribution, build_learner
-from metaserve.runtime.learner import train_loop
+from metaserve.runtime.loop import train_loop
 from metaserve.store.metrics import read_metrics
 
 import plain_maml

@@ -12,8 +12,8 @@ from metaserve.config import Config, ConfigError, load_config, parse_config
 from metaserve.evaluation import EvalResult, evaluate
 from metaserve.experiment import Learner, build_distribution, build_learner
 from metaserve.models.functional import Params
-from metaserve.runtime.learner import TrainResult, train_loop
-from metaserve.store.checkpoint import load_state, resolve_checkpoint
+from metaserve.runtime.loop import TrainResult, train_loop
+from metaserve.store.checkpoint import load_checkpoint
 
 
 def as_config(config: Config | dict[str, Any] | str | Path, overrides: list[str] | None = None) -> Config:
@@ -70,7 +70,7 @@ class MetaModel:
 
 def load(checkpoint: str | Path, device: str | None = None) -> MetaModel:
     """A MetaModel from a run directory (latest checkpoint), a checkpoint directory or a state.pt."""
-    state = load_state(resolve_checkpoint(checkpoint))
+    state = load_checkpoint(checkpoint)
     config = parse_config(state["config"])
     learner = build_learner(config, device)
     params = {k: v.to(learner.device, learner.dtype) for k, v in state["params"].items()}
@@ -81,6 +81,5 @@ def evaluate_checkpoint(checkpoint: str | Path, episodes: int | None = None, ste
     """Meta-test a checkpoint on its config's held-out split."""
     model = load(checkpoint)
     cfg = model.config
-    return evaluate(model.learner.algorithm, model.params, build_distribution(cfg), seed=cfg.seed,
-                    episodes=episodes or cfg.eval.episodes, steps=steps if steps is not None else cfg.eval.inner_steps,
-                    device=model.learner.device, dtype=model.learner.dtype)
+    return evaluate(model.learner, model.params, build_distribution(cfg), episodes=episodes or cfg.eval.episodes,
+                    steps=steps if steps is not None else cfg.eval.inner_steps)

@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from metaserve import registry
+from metaserve.registry import AlgorithmEntry
+from metaserve.store.storage import check_output_dir
 
 PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -96,83 +101,15 @@ class OuterSection(_Section):
     lr: PositiveFloat = 1e-3
 
 
-class GradientAlgorithmConfig(_Section):
-    """maml (second order), fomaml, reptile."""
+class AlgorithmSection(_Section):
+    """The base of every algorithm's config section.
 
-    name: Literal["maml", "fomaml", "reptile"] = "maml"
-    inner_lr: PositiveFloat = 0.01  # alpha
-    inner_steps: PositiveInt = 1  # k during meta-training
-    eval_inner_steps: PositiveInt | None = None  # k at meta-test (default: inner_steps)
+    Each algorithm declares its section beside its code and names it in its registry entry
+    (metaserve/registry.py); `Config.algorithm` is validated as the section of the named entry.
+    """
+
+    name: str
     outer: OuterSection = OuterSection()
-
-
-class LazyAlgorithmConfig(GradientAlgorithmConfig):
-    """lazy-maml / lazy-reptile (Jamal, Wang & Gong 2021): student k steps, teacher leap gamma."""
-
-    name: Literal["lazy-maml", "lazy-reptile"] = "lazy-maml"  # type: ignore[assignment]
-    leap: Annotated[float, Field(gt=0, le=1)] = 1.0  # gamma
-    leap_target: Literal["last", "mean"] = "last"
-
-
-class ProtoNetConfig(_Section):
-    """Prototypical networks (metric-based; no inner loop)."""
-
-    name: Literal["protonet"] = "protonet"
-    outer: OuterSection = OuterSection()
-
-
-class MatchingConfig(_Section):
-    """Matching networks (Vinyals et al. 2016): cosine attention over support embeddings."""
-
-    name: Literal["matching"] = "matching"
-    fce: bool = False  # full-context embeddings (appendix A.2): bidirectional LSTM over the support, attention LSTM for queries
-    fce_steps: PositiveInt = 2  # fce: processing steps K of the attention LSTM
-    outer: OuterSection = OuterSection()
-
-
-class MetricConfig(_Section):
-    """relation (Sung et al. 2018) or siamese (Koch et al. 2015): a learned comparison of embeddings."""
-
-    name: Literal["relation", "siamese"] = "relation"
-    outer: OuterSection = OuterSection()
-
-
-class PretrainConfig(_Section):
-    """Joint training on all tasks, then SGD finetuning at meta-test (MALTML's pretraining baseline)."""
-
-    name: Literal["pretrain"] = "pretrain"
-    inner_lr: PositiveFloat = 0.01  # finetuning step at meta-test
-    eval_inner_steps: PositiveInt = 10  # finetuning steps at meta-test
-    outer: OuterSection = OuterSection()
-
-
-class MALTML2ndConfig(_Section):
-    """maltml-2nd: MALTML's Algorithm 1 with single steps, differentiated through both levels."""
-
-    name: Literal["maltml-2nd"] = "maltml-2nd"
-    task_lr: PositiveFloat = 0.01  # alpha: SGD on a task's K examples
-    meta_lr: PositiveFloat = 0.01  # beta: meta-step over the family's L tasks (their Q examples)
-    finetune_lr: PositiveFloat = 0.01  # gamma: SGD on the goal task's K examples
-    finetune_steps: PositiveInt = 10  # goal finetuning steps at meta-test (training takes one)
-    outer: OuterSection = OuterSection()
-
-
-class MALTMLConfig(MALTML2ndConfig):
-    """maltml (first order): m meta-steps (fomaml or reptile) on each family's L tasks; contribution theta'_j - theta."""
-
-    name: Literal["maltml"] = "maltml"  # type: ignore[assignment]
-    meta_learner: Literal["fomaml", "reptile"] = "fomaml"  # the first-order meta-step taken on the family
-    task_steps: PositiveInt = 1  # SGD steps per task inside a meta-step
-    meta_steps: Annotated[int, Field(ge=2)] = 5  # m > 1 meta-steps per family (one would be a plain first-order step)
-
-
-AlgorithmConfig = Annotated[
-    Union[GradientAlgorithmConfig, LazyAlgorithmConfig, ProtoNetConfig, MatchingConfig, MetricConfig, PretrainConfig,
-          MALTMLConfig, MALTML2ndConfig],
-    Field(discriminator="name"),
-]
-METRIC_LEARNERS = ("protonet", "matching", "relation", "siamese")  # classification only, no inner loop
-FAMILY_LEARNERS = ("maltml", "maltml-2nd")  # learn from whole task families
 
 
 class TrainConfig(_Section):
@@ -264,7 +201,7 @@ class CurriculumConfig(_Section):
     target_loss: PositiveFloat | None = None  # adaptive: val loss below it = over-performing (harder tasks), above = easier
 
 
-def _check_curriculum(c: CurriculumConfig, task: Any, algorithm: str) -> None:
+def _check_curriculum(c: CurriculumConfig, task: Any, spec: AlgorithmEntry) -> None:
     """Raise ValueError naming the curriculum key, its value and what is allowed for this task."""
     if c.teacher == "none":
         return
@@ -300,8 +237,8 @@ def _check_curriculum(c: CurriculumConfig, task: Any, algorithm: str) -> None:
             raise ValueError(f"{where.split(' ')[0]} names {unknown}, which task.name={task.name!r} does not have; "
                              f"allowed: {', '.join(allowed)}")
         if image:
-            if "ways" in omega and algorithm == "protonet":
-                raise ValueError(f"{where} moves 'ways' but algorithm.name='protonet' builds prototypes for task.ways classes: "
+            if "ways" in omega and spec.fixed_ways:
+                raise ValueError(f"{where} moves 'ways' but algorithm.name={spec.name!r} is built for task.ways classes: "
                                  "keep ways fixed (move shots or query), or use a gradient-based algorithm")
             for name, v in omega.items():
                 if v != int(v) or v < 1:
@@ -316,6 +253,28 @@ def _check_curriculum(c: CurriculumConfig, task: Any, algorithm: str) -> None:
                     raise ValueError(f"{where} gives {key} range [{lo}, {hi}], which is empty: need {key}_low <= {key}_high")
 
 
+def task_kind(task: Any) -> str:
+    """'classification' for image tasks, 'regression' for sinusoid ones."""
+    return "classification" if isinstance(task, ImageTaskConfig) else "regression"
+
+
+def parse_algorithm(data: Any) -> AlgorithmSection:
+    """The section of the registry entry `data['name']` names (default maml), validated; ConfigError otherwise."""
+    if isinstance(data, AlgorithmSection):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"algorithm={data!r} must be a section of keys, e.g. {{name: maml, inner_lr: 0.01}}")
+    name = data.get("name", "maml")
+    try:
+        spec = registry.entry(name)
+    except KeyError as err:
+        raise ConfigError(err.args[0]) from None
+    try:
+        return spec.config.model_validate({**data, "name": name})
+    except ValidationError as err:
+        raise ConfigError("\n  ".join(_lines(err, spec.config, "algorithm."))) from None
+
+
 class Config(_Section):
     """A whole run: what to learn from, with what, how, and where."""
 
@@ -324,29 +283,37 @@ class Config(_Section):
     output_dir: str = "runs"
     task: TaskConfig = SinusoidTaskConfig()
     model: ModelConfig = ModelConfig()
-    algorithm: AlgorithmConfig = GradientAlgorithmConfig()
+    algorithm: SerializeAsAny[AlgorithmSection] = Field(default_factory=lambda: parse_algorithm({}))
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     curriculum: CurriculumConfig = CurriculumConfig()
 
+    @property
+    def entry(self) -> AlgorithmEntry:
+        """The registry entry of `algorithm.name`."""
+        return registry.entry(self.algorithm.name)
+
     @model_validator(mode="before")
     @classmethod
-    def _default_tags(cls, data: Any) -> Any:
-        # A section given without its `name` takes the default one, as a section left out does.
-        if isinstance(data, dict):
-            data = dict(data)
-            for key, tag in (("task", "sinusoid"), ("algorithm", "maml")):
-                if isinstance(data.get(key), dict) and "name" not in data[key]:
-                    data[key] = {"name": tag, **data[key]}
+    def _default_task(cls, data: Any) -> Any:
+        # A task section given without its `name` takes the default one, as a section left out does.
+        if isinstance(data, dict) and isinstance(data.get("task"), dict) and "name" not in data["task"]:
+            data = {**data, "task": {"name": "sinusoid", **data["task"]}}
         return data
 
-    @model_validator(mode="after")
-    def _storage(self) -> "Config":
-        from metaserve.store.storage import check_output_dir  # a path, or s3://, gs://, ... (form only, no network)
+    @field_validator("algorithm", mode="before")
+    @classmethod
+    def _algorithm(cls, value: Any) -> AlgorithmSection:
+        try:
+            return parse_algorithm(value)
+        except ConfigError as err:
+            raise PydanticCustomError("algorithm_section", "{message}", {"message": str(err)}) from None
 
-        check_output_dir(self.output_dir)
-        return self
+    @field_validator("output_dir")
+    @classmethod
+    def _storage(cls, value: str) -> str:
+        return check_output_dir(value)  # a path, or s3://, gs://, ... (form only, no network)
 
     @model_validator(mode="after")
     def _compatible(self) -> "Config":
@@ -354,42 +321,58 @@ class Config(_Section):
         wanted = "conv4" if image else "mlp"
         if self.model.name != wanted:
             raise ValueError(f"model.name={self.model.name!r} does not fit task.name={self.task.name!r}: use {wanted!r}")
-        if self.algorithm.name in METRIC_LEARNERS and not image:
-            raise ValueError(f"algorithm.name={self.algorithm.name!r} needs a classification task, not task.name={self.task.name!r}")
-        _check_families(self.task, self.algorithm.name)
-        _check_curriculum(self.curriculum, self.task, self.algorithm.name)
+        spec, kind = self.entry, task_kind(self.task)
+        if kind not in spec.tasks:
+            raise ValueError(f"algorithm.name={spec.name!r} needs a {' or '.join(spec.tasks)} task, "
+                             f"not task.name={self.task.name!r}")
+        _check_families(self.task, spec)
+        _check_curriculum(self.curriculum, self.task, spec)
         return self
 
 
-def _check_families(task: Any, algorithm: str) -> None:
+def _check_families(task: Any, spec: AlgorithmEntry) -> None:
     """Family learners need whole families; every other learner one task per sample."""
     families = task.name in ("sinusoid-families", "omniglot-families")
-    if algorithm in FAMILY_LEARNERS:
+    if spec.learns_from == "families":
         if not families:
-            raise ValueError(f"algorithm.name={algorithm!r} learns from task families: use task.name='sinusoid-families' "
+            raise ValueError(f"algorithm.name={spec.name!r} learns from task families: use task.name='sinusoid-families' "
                              f"or 'omniglot-families', not {task.name!r}")
         if task.unit != "family":
-            raise ValueError(f"algorithm.name={algorithm!r} learns from whole families: set task.unit='family', not {task.unit!r}")
+            raise ValueError(f"algorithm.name={spec.name!r} learns from whole families: set task.unit='family', "
+                             f"not {task.unit!r}")
     elif families and task.unit == "family":
-        raise ValueError(f"algorithm.name={algorithm!r} learns from single tasks: with task.name={task.name!r} set "
+        raise ValueError(f"algorithm.name={spec.name!r} learns from single tasks: with task.name={task.name!r} set "
                          "task.unit='task' (one task per family draw, the baseline that ignores families)")
 
 
-def _format(err: ValidationError, model: type[BaseModel]) -> str:
+def _lines(err: ValidationError, model: type[BaseModel], prefix: str = "") -> list[str]:
+    """One line per error: the dotted key (tags of tagged unions left out), its value and what is allowed."""
     lines = []
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in _TAGS)) or "<root>"
+        if e["type"] == "algorithm_section":  # already formatted by parse_algorithm
+            lines.append(str(e["ctx"]["message"]))
+            continue
+        where = prefix + ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in _TASK_TAGS))
         if e["type"] == "extra_forbidden":
             lines.append(f"unknown config key '{where}'; known keys here: {', '.join(_known_keys(model, e['loc']))}")
-        elif where == "<root>":
+        elif not where.strip("."):
             lines.append(e["msg"].removeprefix("Value error, "))
         else:
             lines.append(f"{where}={e.get('input')!r}: {e['msg'].removeprefix('Value error, ')}")
-    return "invalid config:\n  " + "\n  ".join(lines)
+    return lines
 
 
-_TAGS = {"sinusoid", "sinusoid-families", "omniglot", "image-folder", "maml", "fomaml", "reptile", "lazy-maml", "lazy-reptile", "protonet",
-         "omniglot-families", "matching", "relation", "siamese", "pretrain", "maltml", "maltml-2nd"}
+def _format(err: ValidationError, model: type[BaseModel]) -> str:
+    return "invalid config:\n  " + "\n  ".join(_lines(err, model))
+
+
+def _tags(union: Any) -> dict[str, type[BaseModel]]:
+    """Tag -> section of a tagged union, read off each member's `name` literal."""
+    members = get_args(get_args(union)[0])
+    return {tag: m for m in members for tag in get_args(m.model_fields["name"].annotation)}
+
+
+_TASK_TAGS = _tags(TaskConfig)
 
 
 def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -400,8 +383,8 @@ def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
         if dict_key:
             dict_key = False
             continue
-        if isinstance(part, str) and part in _TAGS:
-            section = _TAG_MODELS[part]
+        if isinstance(part, str) and part in _TASK_TAGS:
+            section = _TASK_TAGS[part]
             continue
         field = section.model_fields.get(part) if isinstance(part, str) else None
         if field is None:
@@ -412,16 +395,6 @@ def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
             continue
         section = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else section
     return sorted(section.model_fields)
-
-
-_TAG_MODELS: dict[str, type[BaseModel]] = {
-    "sinusoid": SinusoidTaskConfig, "sinusoid-families": SinusoidTaskConfig,
-    "omniglot": ImageTaskConfig, "image-folder": ImageTaskConfig,
-    "maml": GradientAlgorithmConfig, "fomaml": GradientAlgorithmConfig, "reptile": GradientAlgorithmConfig,
-    "lazy-maml": LazyAlgorithmConfig, "lazy-reptile": LazyAlgorithmConfig, "protonet": ProtoNetConfig,
-    "omniglot-families": ImageTaskConfig, "matching": MatchingConfig, "relation": MetricConfig, "siamese": MetricConfig,
-    "pretrain": PretrainConfig, "maltml": MALTMLConfig, "maltml-2nd": MALTML2ndConfig,
-}
 
 
 def parse_config(data: dict[str, Any]) -> Config:

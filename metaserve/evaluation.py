@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from torch.func import vmap
 
-from metaserve.algorithms.base import Algorithm
+from metaserve.algorithms.base import Algorithm, map_tasks
+from metaserve.experiment import Learner
 from metaserve.models.functional import Params
-from metaserve.tasks.base import Stream, Task, stack_tasks
+from metaserve.tasks.base import Stream, TaskDistribution
 
 
 @dataclass
@@ -52,27 +52,29 @@ def episode_curve(algorithm: Algorithm, params: Params, sx: Tensor, sy: Tensor, 
     return torch.stack(rows)
 
 
-def evaluate(algorithm: Algorithm, params: Params, distribution, *, seed: int, episodes: int = 600, steps: int | None = None,
-             stream: Stream = "test", space=None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, chunk: int = 100) -> EvalResult:
-    """Adapt to `episodes` held-out tasks and report the final metric with its 95% CI."""
-    steps = getattr(algorithm, "eval_inner_steps", 0) if steps is None else steps
-    if not hasattr(algorithm, "inner_lr"):
-        steps = 0  # metric learners adapt in closed form: one point on the curve
+def evaluate(learner: Learner, params: Params, distribution: TaskDistribution, *, episodes: int = 600,
+             steps: int | None = None, stream: Stream = "test", space: object | None = None, seed: int | None = None,
+             chunk: int = 100) -> EvalResult:
+    """Adapt to `episodes` held-out tasks and report the final metric with its 95% CI.
+
+    The algorithm's registry entry sets the protocol: an inner-loop learner takes `steps` inner steps
+    (default: its `eval_inner_steps`), a closed-form (metric) one none, a family learner none either
+    (its goal tasks after meta-finetuning; family_eval.py has the whole family protocol).
+    """
+    algorithm = learner.algorithm
+    if learner.config.entry.evaluation != "inner-loop":
+        steps = 0
+    elif steps is None:
+        steps = algorithm.eval_inner_steps
+    seed = learner.config.seed if seed is None else seed
     curves = []
     for start in range(0, episodes, chunk):
-        tasks = [distribution.sample(seed, 0, i, space, stream).to(device, dtype) for i in range(start, min(start + chunk, episodes))]
-        curves.append(_curves(algorithm, params, tasks, steps))
+        tasks = [distribution.sample(seed, 0, i, space, stream).to(learner.device, learner.dtype)
+                 for i in range(start, min(start + chunk, episodes))]
+        curves.append(map_tasks(lambda *t: episode_curve(algorithm, params, *t, steps), tasks, algorithm.vectorize))
     curve = torch.cat(curves)  # [episodes, steps + 1, 2]
     classification = algorithm.kind == "classification"
     final = curve[:, -1, 1] if classification else curve[:, -1, 0]
     rows = [{"inner_step": j, "loss": float(curve[:, j, 0].mean()), **({"acc": float(curve[:, j, 1].mean())} if classification else {})}
             for j in range(steps + 1)]
     return EvalResult("acc" if classification else "mse", float(final.mean()), ci95(final), episodes, rows)
-
-
-def _curves(algorithm: Algorithm, params: Params, tasks: list[Task], steps: int) -> Tensor:
-    run = lambda sx, sy, qx, qy: episode_curve(algorithm, params, sx, sy, qx, qy, steps)  # noqa: E731
-    if algorithm.vectorize:
-        b = stack_tasks(tasks)
-        return vmap(run)(b.support_x, b.support_y, b.query_x, b.query_y)
-    return torch.stack([run(t.support_x, t.support_y, t.query_x, t.query_y) for t in tasks])

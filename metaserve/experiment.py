@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
-from metaserve.algorithms import USES_HEAD, Algorithm, build_algorithm
+from metaserve.algorithms import Algorithm, build_algorithm
+from metaserve.algorithms.outer import OuterOptimizer, build_outer
 from metaserve.config import Config
 from metaserve.models import build_model
 from metaserve.models.functional import Params, init_params
@@ -46,15 +47,23 @@ class Learner:
     def initial_params(self) -> Params:
         """Meta-parameters at step 0, a pure function of the seed."""
         torch.manual_seed(self.config.seed)
-        model = build_model(self.config.model, self.config.task, USES_HEAD[self.config.algorithm.name])
-        return init_params(model, self.dtype, self.device)
+        return init_params(self.model(), self.dtype, self.device)
+
+    def model(self):
+        """A fresh network of this config (its head from the algorithm's registry entry)."""
+        return build_model(self.config.model, self.config.task, self.config.entry.head)
+
+    @property
+    def outer(self) -> OuterOptimizer:
+        """The outer optimiser of `algorithm.outer`."""
+        return build_outer(self.config.algorithm.outer)
 
 
 def build_learner(config: Config, device: torch.device | str | None = None) -> Learner:
     """The model and algorithm of a config, without loading any data."""
     device = resolve_device(config.train.device) if device is None else torch.device(device)
-    model = build_model(config.model, config.task, USES_HEAD[config.algorithm.name]).to(device)
-    algorithm = build_algorithm(config.algorithm, model, config.task, use_vmap(config, device))
+    model = build_model(config.model, config.task, config.entry.head).to(device)
+    algorithm = build_algorithm(config, model, use_vmap(config, device))
     return Learner(config, algorithm, device, DTYPES[config.train.dtype])
 
 

@@ -12,14 +12,13 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from torch.func import vmap
 
-from metaserve.algorithms.base import Algorithm
-from metaserve.algorithms.maltml import FamilyLearner
+from metaserve.algorithms.base import Algorithm, map_tasks
 from metaserve.config import ImageTaskConfig, SinusoidTaskConfig
 from metaserve.evaluation import ci95
+from metaserve.experiment import Learner
 from metaserve.models.functional import Params
-from metaserve.tasks.base import Stream, Task, stack_tasks
+from metaserve.tasks.base import Stream, Task, TaskDistribution
 from metaserve.tasks.families import family_split, family_tasks, goal_tasks
 
 
@@ -49,9 +48,12 @@ def split_of(task: SinusoidTaskConfig | ImageTaskConfig) -> int:
     return family_split(task.shots, task.ways if isinstance(task, ImageTaskConfig) else 1)
 
 
-def goal_curve(algorithm: Algorithm, params: Params, family: Task, split: int, steps: int) -> Tensor:
-    """[steps + 1, 2]: goal (loss, accuracy or 0) after 0..steps finetuning steps, mean over the family's goal tasks."""
-    start = algorithm.meta_finetune(params, family_tasks(family, split)) if isinstance(algorithm, FamilyLearner) else params
+def goal_curve(algorithm: Algorithm, params: Params, family: Task, split: int, steps: int, meta_finetune: bool) -> Tensor:
+    """[steps + 1, 2]: goal (loss, accuracy or 0) after 0..steps finetuning steps, mean over the family's goal tasks.
+
+    `meta_finetune`: a family learner first meta-finetunes on the family's L tasks; any other starts from `params`.
+    """
+    start = algorithm.meta_finetune(params, family_tasks(family, split)) if meta_finetune else params
     goals = goal_tasks(family, split)
     curves = []
     for g in range(goals.support_x.shape[0]):
@@ -65,28 +67,23 @@ def goal_curve(algorithm: Algorithm, params: Params, family: Task, split: int, s
     return torch.stack(curves).mean(0)
 
 
-def evaluate_families(algorithm: Algorithm, params: Params, distribution, *, seed: int, split: int, families: int = 600,
-                      steps: int = 10, stream: Stream = "test", device: torch.device | str = "cpu",
-                      dtype: torch.dtype = torch.float32, chunk: int = 100) -> FamilyEvalResult:
+def evaluate_families(learner: Learner, params: Params, distribution: TaskDistribution, *, split: int, families: int = 600,
+                      steps: int = 10, stream: Stream = "test", seed: int | None = None, chunk: int = 100) -> FamilyEvalResult:
     """The protocol over `families` draws of `distribution` (which must return whole families)."""
+    algorithm, seed = learner.algorithm, learner.config.seed if seed is None else seed
+    family_learner = learner.config.entry.evaluation == "family"
     curves = []
     for start in range(0, families, chunk):
-        batch = [distribution.sample(seed, 0, i, None, stream).to(device, dtype) for i in range(start, min(start + chunk, families))]
+        batch = [distribution.sample(seed, 0, i, None, stream).to(learner.device, learner.dtype)
+                 for i in range(start, min(start + chunk, families))]
         task_ndim = 4 if algorithm.kind == "classification" else 2  # one task's inputs: [n, C, H, W] or [n, features]
         if batch[0].support_x.dim() != task_ndim + 1:
             raise ValueError("evaluate_families needs whole family draws: build the distribution with task.unit='family' "
                              "(family_task_config)")
-        curves.append(_curves(algorithm, params, batch, split, steps))
+        curves.append(map_tasks(lambda *f: goal_curve(algorithm, params, Task(*f), split, steps, family_learner),
+                                batch, algorithm.vectorize))
     curve = torch.cat(curves)  # [families, steps + 1, 2]
     column = 1 if algorithm.kind == "classification" else 0
     rows = [{"finetune_step": s, "mean": float(curve[:, s, column].mean()), "ci95": ci95(curve[:, s, column]),
              "loss": float(curve[:, s, 0].mean())} for s in range(steps + 1)]
     return FamilyEvalResult("acc" if column else "mse", families, rows)
-
-
-def _curves(algorithm: Algorithm, params: Params, families: list[Task], split: int, steps: int) -> Tensor:
-    run = lambda sx, sy, qx, qy: goal_curve(algorithm, params, Task(sx, sy, qx, qy), split, steps)  # noqa: E731
-    if algorithm.vectorize:
-        b = stack_tasks(families)
-        return vmap(run, randomness="error")(b.support_x, b.support_y, b.query_x, b.query_y)
-    return torch.stack([run(f.support_x, f.support_y, f.query_x, f.query_y) for f in families])

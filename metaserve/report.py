@@ -135,28 +135,27 @@ def report(path: str | Path, *, episodes: int = 100) -> list[Path]:
 
 
 def _run_report(run_dir: Path, episodes: int) -> list[Path]:
-    from metaserve.experiment import build_distribution, build_learner
+    from metaserve.api import load
+    from metaserve.experiment import build_distribution
     from metaserve.store.rundir import read_run_config
 
     out = run_dir / REPORT_DIR
     out.mkdir(exist_ok=True)
     config, df = read_run_config(run_dir), read_metrics(run_dir)
     files = [save(learning_curves(df), out / "learning_curves.png")]
-    state = latest_good_state(run_dir)
     lines = [f"# Report: run `{config.name}`", "", f"`{run_dir}`: {config.algorithm.name} on {config.task.name}, "
              f"{int(df['step'].iloc[-1])} of {config.train.steps} meta-steps, teacher `{config.curriculum.teacher}`.", ""]
     last = df.iloc[-1]
     shown = [c for c in ("loss", "loss_pre", "acc", "val_loss", "val_loss_pre", "val_acc", "val_acc_pre", "teacher_loss") if c in df]
     lines += [f"## Last logged step ({int(last['step'])})", "", "| metric | value |", "| --- | --- |"]
     lines += [f"| {c} | {last[c]:.4f} |" for c in shown] + [""]
-    if state is not None:
-        learner = build_learner(config, "cpu")
-        distribution = build_distribution(config)
-        params = {k: v.to(learner.device, learner.dtype) for k, v in state["params"].items()}
-        kw = dict(seed=config.seed, episodes=episodes, steps=config.eval.inner_steps, device=learner.device, dtype=learner.dtype)
-        before = evaluate(learner.algorithm, learner.initial_params(), distribution, **kw)
-        after = evaluate(learner.algorithm, params, distribution, **kw)
-        files.append(save(adaptation_curves(before, after, int(state["step"])), out / "adaptation.png"))
+    if latest_good_state(run_dir) is not None:
+        model = load(run_dir, "cpu")
+        learner, distribution = model.learner, build_distribution(config)
+        kw = dict(episodes=episodes, steps=config.eval.inner_steps)
+        before = evaluate(learner, learner.initial_params(), distribution, **kw)
+        after = evaluate(learner, model.params, distribution, **kw)
+        files.append(save(adaptation_curves(before, after, model.step), out / "adaptation.png"))
         keys = ["loss"] + (["acc"] if "acc" in after.curve[0] else [])
         lines += [f"## Adaptation on {episodes} test tasks (full task space)", "",
                   "| inner step | " + " | ".join(f"{k} before | {k} after" for k in keys) + " |",

@@ -32,3 +32,18 @@ def ray_session():
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def bare_learner(algorithm, name: str, dtype=None):
+    """A Learner around a hand-built algorithm: its config only names the registry entry (the evaluation protocol)."""
+    import torch
+
+    from metaserve.config import parse_config
+    from metaserve.experiment import Learner
+
+    task = {"classification": {"name": "omniglot"}, "regression": {"name": "sinusoid"}}[algorithm.kind]
+    if name in ("maltml", "maltml-2nd"):
+        task = {"name": "sinusoid-families"}
+    model = "conv4" if algorithm.kind == "classification" else "mlp"
+    config = parse_config({"task": task, "model": {"name": model}, "algorithm": {"name": name}})
+    return Learner(config, algorithm, torch.device("cpu"), dtype or torch.float64)

@@ -63,3 +63,4 @@ def tensorboard_scalars(logdir) -> dict[str, dict[int, float]]:
             for value in event.summary.value:
                 scalars.setdefault(value.tag, {})[event.step] = value.simple_value
     return scalars
+

@@ -13,7 +13,7 @@ from metaserve.config import ConfigError, parse_config
 from metaserve.curriculum import (AdaptiveHyper, StaticState, Teacher, adaptive_init, adaptive_update, apply_omega,
                                   difficulty_gradient, static_update)
 from metaserve.experiment import build_distribution, build_learner
-from metaserve.runtime.learner import train_loop
+from metaserve.runtime.loop import train_loop
 from metaserve.store.checkpoint import latest_good_state
 from metaserve.store.metrics import read_metrics
 from metaserve.tasks.images import ImageSpace

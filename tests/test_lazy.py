@@ -14,7 +14,6 @@ from torch.func import functional_call
 from torch.profiler import ProfilerActivity, profile
 
 from metaserve.algorithms import MAML, LazyMAML, LazyReptile
-from metaserve.algorithms.base import OuterConfig
 from metaserve.models.mlp import MLP
 from metaserve.tasks.base import Task
 from metaserve.tasks.sinusoid import Sinusoid
@@ -58,7 +57,7 @@ CASES = [(1, 1.0, "last"), (5, 0.5, "last"), (5, 0.7, "mean"), (20, 1.0, "mean")
 def test_teacher_leap_matches_closed_form_iterates(k, gamma, target):
     model, theta, task = linear_problem()
     alpha = 0.1
-    lazy = LazyMAML(model, "regression", OuterConfig(), inner_lr=alpha, inner_steps=k, leap=gamma, leap_target=target)
+    lazy = LazyMAML(model, "regression", inner_lr=alpha, inner_steps=k, leap=gamma, leap_target=target)
     want = closed_form_teacher(theta["weight"].T, task, alpha, k, gamma, target)
     got = lazy.teacher(theta, task.support_x, task.support_y)["weight"].T
     torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-13)
@@ -68,7 +67,7 @@ def test_teacher_leap_matches_closed_form_iterates(k, gamma, target):
 def test_lazy_maml_meta_gradient_matches_closed_form(k, gamma, target):
     model, theta, task = linear_problem(seed=1)
     alpha = 0.1
-    lazy = LazyMAML(model, "regression", OuterConfig(), inner_lr=alpha, inner_steps=k, leap=gamma, leap_target=target)
+    lazy = LazyMAML(model, "regression", inner_lr=alpha, inner_steps=k, leap=gamma, leap_target=target)
     theta_t = closed_form_teacher(theta["weight"].T, task, alpha, k, gamma, target)
     h_s, _ = quadratic(task.support_x, task.support_y)
     h_q, b_q = quadratic(task.query_x, task.query_y)
@@ -85,7 +84,7 @@ def test_lazy_maml_meta_gradient_matches_closed_form(k, gamma, target):
 def test_lazy_reptile_contribution_is_the_leap(k, gamma, target):
     model, theta, task = linear_problem(seed=2)
     alpha = 0.1
-    reptile = LazyReptile(model, "regression", OuterConfig(optimizer="sgd"), inner_lr=alpha, inner_steps=k, leap=gamma, leap_target=target)
+    reptile = LazyReptile(model, "regression", inner_lr=alpha, inner_steps=k, leap=gamma, leap_target=target)
     want = closed_form_teacher(theta["weight"].T, task, alpha, k, gamma, target) - theta["weight"].T
     got = reptile.task_update(theta, task).contribution["weight"].T
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
@@ -93,7 +92,7 @@ def test_lazy_reptile_contribution_is_the_leap(k, gamma, target):
 
 def test_unknown_leap_target_is_rejected():
     with pytest.raises(ValueError, match="leap_target"):
-        LazyMAML(nn.Linear(2, 1), "regression", OuterConfig(), inner_lr=0.1, inner_steps=1, leap_target="first")
+        LazyMAML(nn.Linear(2, 1), "regression", inner_lr=0.1, inner_steps=1, leap_target="first")
 
 
 # --- k = 1, gamma = 1: lazy-maml is MAML ---------------------------------------------------------
@@ -115,8 +114,8 @@ def test_one_step_full_leap_equals_maml_and_finite_differences():
     theta = {k: v.detach().clone() for k, v in model.named_parameters()}
     task = Sinusoid().sample(0, 0, 4).to("cpu", DT)
     alpha = 0.1
-    lazy = LazyMAML(model, "regression", OuterConfig(), inner_lr=alpha, inner_steps=1, leap=1.0, vectorize=False)
-    maml = MAML(model, "regression", OuterConfig(), inner_lr=alpha, inner_steps=1, vectorize=False)
+    lazy = LazyMAML(model, "regression", inner_lr=alpha, inner_steps=1, leap=1.0, vectorize=False)
+    maml = MAML(model, "regression", inner_lr=alpha, inner_steps=1, vectorize=False)
     got = lazy.task_update(theta, task).contribution
     ref = maml.task_update(theta, task).contribution
     for name in theta:
@@ -163,7 +162,7 @@ def test_lazy_maml_memory_does_not_grow_with_inner_steps():
     task = Task(x(), torch.sin(x()), x(), torch.sin(x()))
 
     def peak(cls, k):
-        algo = cls(model, "regression", OuterConfig(), inner_lr=0.01, inner_steps=k, vectorize=False)
+        algo = cls(model, "regression", inner_lr=0.01, inner_steps=k, vectorize=False)
         return peak_allocated_bytes(lambda: algo.task_update(theta, task))
 
     peak(LazyMAML, 1), peak(MAML, 1)  # warm-up: one-time allocations of torch.func are not the method's

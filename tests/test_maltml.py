@@ -16,15 +16,19 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from conftest import OMNIGLOT, ROOT
+from conftest import OMNIGLOT, ROOT, bare_learner
 from references import assert_params_close, finite_differences, relative_gap
-from metaserve.algorithms import MAML, MALTML, MALTML2nd, OuterConfig
+from faults import reconfigure, faulty_executor
+from metaserve import registry
+from metaserve.algorithms.outer import build_outer, descent_direction
+from metaserve.config import OuterSection
+from metaserve.algorithms import MAML, MALTML, MALTML2nd
 from metaserve.api import as_config, load
 from metaserve.config import ConfigError, SinusoidTaskConfig, parse_config
 from metaserve.experiment import build_distribution
 from metaserve.family_eval import evaluate_families
 from metaserve.models.mlp import MLP
-from metaserve.runtime.learner import train_loop
+from metaserve.runtime.loop import train_loop
 from metaserve.tasks import make_distribution
 from metaserve.tasks.families import AlphabetFamilies
 from metaserve.tasks.images import ClassPool, FewShotImages, ImageSpace
@@ -111,8 +115,8 @@ def objective_2nd(model, theta, family, through_meta_step=True, third_order=True
     return mse(model, theta2, family.query_x[0, K:], family.query_y[0, K:])
 
 
-def maltml(model, meta_learner="fomaml", k=2, m=3, vectorize=False, outer=OuterConfig(), lrs=(ALPHA, BETA, GAMMA)):
-    return MALTML(model, "regression", outer, meta_learner=meta_learner, task_steps=k, meta_steps=m, split=K,
+def maltml(model, meta_learner="fomaml", k=2, m=3, vectorize=False, lrs=(ALPHA, BETA, GAMMA)):
+    return MALTML(model, "regression", meta_learner=meta_learner, task_steps=k, meta_steps=m, split=K,
                   task_lr=lrs[0], meta_lr=lrs[1], finetune_lr=lrs[2], finetune_steps=2, vectorize=vectorize)
 
 
@@ -135,10 +139,12 @@ def test_maltml_outer_step_moves_toward_the_meta_finetuned_parameters():
     """theta <- theta + eta mean_j (theta'_j - theta): the mean over the family batch (the paper sums; eta absorbs it)."""
     model, theta = mlp_and_params()
     eta = 0.5
-    algo = maltml(model, "reptile", outer=OuterConfig(lr=eta, optimizer="sgd"), vectorize=True)
+    algo = maltml(model, "reptile", vectorize=True)
     batch = families(3, seed=4)
     update = algo.batch_update(theta, batch)
-    new, _ = algo.outer_step(theta, {k: v / update.count for k, v in update.contribution.items()}, algo.init_outer_state(theta))
+    opt = build_outer(OuterSection(optimizer="sgd", lr=eta))
+    mean = descent_direction(registry.entry("maltml").contribution, update.mean_contribution())
+    new, _ = opt.update(theta, mean, opt.init(theta))
     targets = [hand_maltml(model, theta, f, "reptile", k=2, m=3) for f in batch]
     want = {n: theta[n] + eta * sum(t[n] - theta[n] for t in targets) / 3 for n in theta}
     assert_params_close(new, want, rtol=1e-9, atol=1e-12)
@@ -148,7 +154,7 @@ def test_maltml_outer_step_moves_toward_the_meta_finetuned_parameters():
 def test_maltml_2nd_gradient_matches_finite_differences():
     model, theta = mlp_and_params(hidden=(6, 6))
     family = families(seed=2)[0]
-    algo = MALTML2nd(model, "regression", OuterConfig(), split=K, task_lr=ALPHA, meta_lr=BETA, finetune_lr=GAMMA,
+    algo = MALTML2nd(model, "regression", split=K, task_lr=ALPHA, meta_lr=BETA, finetune_lr=GAMMA,
                      finetune_steps=1, vectorize=False)
     got = algo.task_update(theta, family)
     want = finite_differences(lambda p: objective_2nd(model, p, family), theta)
@@ -161,7 +167,7 @@ def test_maltml_2nd_gradient_matches_finite_differences():
         approx = dict(zip(leaves, torch.autograd.grad(objective_2nd(model, leaves, family, **variant), list(leaves.values()))))
         assert relative_gap(approx, want) > 1e-3, variant
     # vmapped over the L tasks: the same gradient
-    vec = MALTML2nd(model, "regression", OuterConfig(), split=K, task_lr=ALPHA, meta_lr=BETA, finetune_lr=GAMMA,
+    vec = MALTML2nd(model, "regression", split=K, task_lr=ALPHA, meta_lr=BETA, finetune_lr=GAMMA,
                     finetune_steps=1, vectorize=True).task_update(theta, family)
     assert_params_close(vec.contribution, got.contribution, rtol=1e-9, atol=1e-12)
 
@@ -268,15 +274,15 @@ def test_family_evaluation_matches_hand_written_protocol():
     dist = make_distribution(SinusoidTaskConfig(name="sinusoid-families", shots=K, query=Q, tasks_per_family=L))
     n, steps = 5, 2
     lrs = alpha, beta, gamma = 0.02, 0.05, 0.03  # small: the finetuning of an untrained model stays finite
-    maml = MAML(model, "regression", OuterConfig(), inner_lr=gamma, inner_steps=1)
-    for algo in (maltml(model, "fomaml", vectorize=True, lrs=lrs), maml):
+    maml = MAML(model, "regression", inner_lr=gamma, inner_steps=1)
+    for algo, name in ((maltml(model, "fomaml", vectorize=True, lrs=lrs), "maltml"), (maml, "maml")):
         losses = torch.zeros(n, steps + 1, dtype=DT)
         for i in range(n):
             fam = dist.sample(9, 0, i, None, "test").to("cpu", DT)
             start = hand_maltml(model, theta, fam, "fomaml", k=2, m=3, alpha=alpha, beta=beta) if algo is not maml else theta
             for s in range(steps + 1):
                 losses[i, s] = mse(model, sgd(model, start, fam.query_x[0, :K], fam.query_y[0, :K], gamma, s), fam.query_x[0, K:], fam.query_y[0, K:])
-        got = evaluate_families(algo, theta, dist, seed=9, split=K, families=n, steps=steps, dtype=DT, chunk=2)
+        got = evaluate_families(bare_learner(algo, name), theta, dist, seed=9, split=K, families=n, steps=steps, chunk=2)
         assert got.metric == "mse" and got.families == n
         assert [r["mean"] for r in got.curve] == pytest.approx(losses.mean(0).tolist(), rel=1e-9)
         assert [r["ci95"] for r in got.curve] == pytest.approx((1.96 * losses.std(0) / n**0.5).tolist(), rel=1e-7)
@@ -308,8 +314,7 @@ def test_maltml_run_evaluates_and_loads_as_a_meta_model(tmp_path):
 
 
 def test_ray_backend_equals_local_for_maltml_and_a_metric_learner(ray_session, tmp_path):
-    from metaserve.runtime.ray_executor import RayExecutor
-
+    
     configs = [tiny_family_config(tmp_path, {"name": "maltml", "meta_steps": 2})]
     if OMNIGLOT.is_dir():
         configs.append(as_config({
@@ -319,12 +324,12 @@ def test_ray_backend_equals_local_for_maltml_and_a_metric_learner(ray_session, t
             "model": {"name": "conv4", "hidden": 8}, "algorithm": {"name": "relation"},
             "train": {"steps": 2, "meta_batch": 3, "log_every": 2, "checkpoint_every": 2, "val_tasks": 0, "dtype": "float64", "device": "cpu"},
             "runtime": {"num_workers": 2, "cpus_per_worker": 1}}))
-    executor = RayExecutor(as_config(configs[0], ["runtime.backend=ray"]))
+    executor = faulty_executor(as_config(configs[0], ["runtime.backend=ray"]))
     try:
         for config in configs:
             reference = train_loop(config, final_eval=False).params
             ray_config = as_config(config, ["runtime.backend=ray"])
-            executor.reconfigure(ray_config)
+            reconfigure(executor, ray_config)
             got = train_loop(ray_config, final_eval=False, executor=executor).params
             for k in reference:
                 torch.testing.assert_close(got[k], reference[k], rtol=1e-10, atol=1e-12, msg=f"{config.algorithm.name} {k}")

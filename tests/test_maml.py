@@ -10,9 +10,12 @@ import pytest
 import torch
 from torch.func import functional_call
 
+from conftest import bare_learner
 from references import assert_params_close, finite_differences, relative_gap
+from metaserve import registry
+from metaserve.algorithms.outer import build_outer, descent_direction
+from metaserve.config import OuterSection
 from metaserve.algorithms import FOMAML, MAML, LazyMAML, ProtoNet, Reptile
-from metaserve.algorithms.base import OuterConfig
 from metaserve.algorithms.outer import adam_init, adam_update, sgd_update
 from metaserve.models.conv4 import Conv4
 from metaserve.models.mlp import MLP
@@ -71,14 +74,14 @@ def finite_difference_meta_gradient(model, theta, task, lr, k, eps=1e-6):
 def test_maml_meta_gradient_matches_finite_differences(k):
     model, theta = mlp_and_params()
     task = sinusoid_task()
-    maml = MAML(model, "regression", OuterConfig(), inner_lr=ALPHA, inner_steps=k, vectorize=False)
+    maml = MAML(model, "regression", inner_lr=ALPHA, inner_steps=k, vectorize=False)
 
     got = maml.task_update(theta, task).contribution
     want = finite_difference_meta_gradient(model, theta, task, ALPHA, k)
 
     assert_params_close(got, want, rtol=1e-5, atol=1e-7)
     # The first-order approximation must be measurably off, or this test could not tell them apart.
-    fomaml = FOMAML(model, "regression", OuterConfig(), inner_lr=ALPHA, inner_steps=k, vectorize=False)
+    fomaml = FOMAML(model, "regression", inner_lr=ALPHA, inner_steps=k, vectorize=False)
     assert relative_gap(fomaml.task_update(theta, task).contribution, want) > 1e-3
 
 
@@ -86,7 +89,7 @@ def test_maml_meta_gradient_matches_finite_differences(k):
 def test_fomaml_is_query_gradient_at_adapted_parameters(k):
     model, theta = mlp_and_params()
     task = sinusoid_task(index=1)
-    fomaml = FOMAML(model, "regression", OuterConfig(), inner_lr=ALPHA, inner_steps=k, vectorize=False)
+    fomaml = FOMAML(model, "regression", inner_lr=ALPHA, inner_steps=k, vectorize=False)
 
     phi = plain_sgd(model, theta, task.support_x, task.support_y, ALPHA, k)
     want = grad_at(model, phi, task.query_x, task.query_y)
@@ -98,7 +101,7 @@ def test_fomaml_is_query_gradient_at_adapted_parameters(k):
 def test_reptile_contribution_is_sgd_displacement(k):
     model, theta = mlp_and_params()
     task = sinusoid_task(index=2)
-    reptile = Reptile(model, "regression", OuterConfig(optimizer="sgd"), inner_lr=ALPHA, inner_steps=k, vectorize=False)
+    reptile = Reptile(model, "regression", inner_lr=ALPHA, inner_steps=k, vectorize=False)
 
     phi = plain_sgd(model, theta, task.support_x, task.support_y, ALPHA, k)
     want = {n: phi[n] - theta[n] for n in theta}
@@ -117,12 +120,12 @@ def test_reptile_contribution_is_sgd_displacement(k):
 def _gradient_learner(name, model, vectorize):
     kw = dict(inner_lr=ALPHA, inner_steps=3, vectorize=vectorize)
     if name == "maml":
-        return MAML(model, "regression", OuterConfig(), **kw)
+        return MAML(model, "regression", **kw)
     if name == "fomaml":
-        return FOMAML(model, "regression", OuterConfig(), **kw)
+        return FOMAML(model, "regression", **kw)
     if name == "reptile":
-        return Reptile(model, "regression", OuterConfig(), **kw)
-    return LazyMAML(model, "regression", OuterConfig(), leap=0.5, leap_target="mean", **kw)
+        return Reptile(model, "regression", **kw)
+    return LazyMAML(model, "regression", leap=0.5, leap_target="mean", **kw)
 
 
 def _assert_same_update(a, b):
@@ -158,8 +161,8 @@ def test_protonet_vectorised_batch_equals_per_task_loop():
     theta = {k: v.detach().clone() for k, v in model.named_parameters()}
     gen = torch.Generator().manual_seed(0)
     tasks = [_image_task(gen) for _ in range(4)]
-    vec = ProtoNet(model, "classification", OuterConfig(), ways=3, vectorize=True).batch_update(theta, tasks)
-    loop = ProtoNet(model, "classification", OuterConfig(), ways=3, vectorize=False).batch_update(theta, tasks)
+    vec = ProtoNet(model, "classification", ways=3, vectorize=True).batch_update(theta, tasks)
+    loop = ProtoNet(model, "classification", ways=3, vectorize=False).batch_update(theta, tasks)
     _assert_same_update(vec, loop)
     assert set(vec.metrics) == {"loss", "acc"}
 
@@ -178,7 +181,7 @@ def test_protonet_gradient_matches_hand_written_episode_loss():
     loss = torch.nn.functional.cross_entropy(logits, task.query_y)
     want = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
 
-    got = ProtoNet(model, "classification", OuterConfig(), ways=3, vectorize=False).task_update(theta, task)
+    got = ProtoNet(model, "classification", ways=3, vectorize=False).task_update(theta, task)
     assert_params_close(got.contribution, want, rtol=1e-8, atol=1e-10)
     assert got.metrics["loss"] == pytest.approx(float(loss.detach()), rel=1e-10)
 
@@ -226,16 +229,22 @@ def test_sgd_update_matches_torch_optim_sgd():
     assert_params_close(params, {k: v.detach() for k, v in ref.items()}, rtol=1e-13, atol=1e-15)
 
 
+def outer_step(name, optimizer, lr, params, mean, state=None):
+    """The learner loop's outer step for algorithm `name`: its entry's direction, the configured optimiser."""
+    opt = build_outer(OuterSection(optimizer=optimizer, lr=lr))
+    return opt.update(params, descent_direction(registry.entry(name).contribution, mean),
+                      opt.init(params) if state is None else state)
+
+
 def test_maml_outer_step_is_adam_descent_on_mean_gradient():
     model, theta = mlp_and_params(hidden=(4,))
-    maml = MAML(model, "regression", OuterConfig(lr=0.01, optimizer="adam"), inner_lr=ALPHA, inner_steps=1)
     ref = {k: v.clone().requires_grad_(True) for k, v in theta.items()}
     opt = torch.optim.Adam(list(ref.values()), lr=0.01)
-    params, state = theta, maml.init_outer_state(theta)
+    params, state = theta, None
     gen = torch.Generator().manual_seed(2)
     for _ in range(3):
         g = {k: torch.randn(v.shape, generator=gen, dtype=DT) for k, v in theta.items()}
-        params, state = maml.outer_step(params, g, state)
+        params, state = outer_step("maml", "adam", 0.01, params, g, state)
         for k, p in ref.items():
             p.grad = g[k].clone()
         opt.step()
@@ -246,11 +255,11 @@ def test_reptile_outer_step_sgd_moves_toward_adapted_parameters():
     """Nichol et al. 2018, Algorithm 2: theta <- theta + epsilon * mean_i (phi_i - theta)."""
     model, theta = mlp_and_params()
     eps = 0.3
-    reptile = Reptile(model, "regression", OuterConfig(lr=eps, optimizer="sgd"), inner_lr=ALPHA, inner_steps=4)
+    reptile = Reptile(model, "regression", inner_lr=ALPHA, inner_steps=4)
     tasks = [sinusoid_task(index=i, seed=5) for i in range(3)]
     update = reptile.batch_update(theta, tasks)
     mean_delta = {k: v / update.count for k, v in update.contribution.items()}
-    new, _ = reptile.outer_step(theta, mean_delta, reptile.init_outer_state(theta))
+    new, _ = outer_step("reptile", "sgd", eps, theta, mean_delta)
 
     phis = [plain_sgd(model, theta, t.support_x, t.support_y, ALPHA, 4) for t in tasks]
     want = {k: theta[k] + eps * sum(p[k] - theta[k] for p in phis) / len(phis) for k in theta}
@@ -259,9 +268,8 @@ def test_reptile_outer_step_sgd_moves_toward_adapted_parameters():
 
 def test_reptile_outer_step_adam_treats_delta_as_negative_gradient():
     model, theta = mlp_and_params(hidden=(4,))
-    reptile = Reptile(model, "regression", OuterConfig(lr=0.01, optimizer="adam"), inner_lr=ALPHA, inner_steps=1)
     delta = {k: torch.randn_like(v) for k, v in theta.items()}
-    new, _ = reptile.outer_step(theta, delta, reptile.init_outer_state(theta))
+    new, _ = outer_step("reptile", "adam", 0.01, theta, delta)
     ref = {k: v.clone().requires_grad_(True) for k, v in theta.items()}
     opt = torch.optim.Adam(list(ref.values()), lr=0.01)
     for k, p in ref.items():
@@ -285,8 +293,8 @@ def test_evaluate_matches_hand_written_adaptation_curve():
             losses[i, j] = mse(model, plain_sgd(model, theta, t.support_x, t.support_y, ALPHA, j), t.query_x, t.query_y)
 
     for vectorize in (True, False):
-        algo = MAML(model, "regression", OuterConfig(), inner_lr=ALPHA, inner_steps=1, eval_inner_steps=steps, vectorize=vectorize)
-        result = evaluate(algo, theta, dist, seed=7, episodes=episodes, dtype=DT, chunk=5)
+        algo = MAML(model, "regression", inner_lr=ALPHA, inner_steps=1, eval_inner_steps=steps, vectorize=vectorize)
+        result = evaluate(bare_learner(algo, "maml"), theta, dist, seed=7, episodes=episodes, chunk=5)
         assert result.metric == "mse" and result.episodes == episodes
         assert [r["loss"] for r in result.curve] == pytest.approx(losses.mean(0).tolist(), rel=1e-10)
         assert result.mean == pytest.approx(float(losses[:, -1].mean()), rel=1e-10)
@@ -316,8 +324,8 @@ def test_protonet_evaluate_vectorised_equals_loop_and_nearest_prototype():
         es, eq = model_embed(model, theta, t.support_x), model_embed(model, theta, t.query_x)
         protos = torch.stack([es[t.support_y == c].mean(0) for c in range(3)])
         accs.append(float((torch.cdist(eq, protos).argmin(1) == t.query_y).to(DT).mean()))
-    results = [evaluate(ProtoNet(model, "classification", OuterConfig(), ways=3, vectorize=v), theta, dist, seed=0, episodes=6, dtype=DT)
-               for v in (True, False)]
+    results = [evaluate(bare_learner(ProtoNet(model, "classification", ways=3, vectorize=v), "protonet"), theta, dist,
+                        seed=0, episodes=6) for v in (True, False)]
     for r in results:
         assert r.metric == "acc" and len(r.curve) == 1
         assert r.mean == pytest.approx(sum(accs) / len(accs), rel=1e-12)

@@ -13,11 +13,11 @@ from torch import nn
 from torch.func import functional_call
 
 from conftest import OMNIGLOT, ROOT
-from metaserve.algorithms import Matching, OuterConfig, ProtoNet, Relation, Siamese
+from metaserve.algorithms import Matching, ProtoNet, Relation, Siamese
 from metaserve.api import as_config
 from metaserve.models.conv4 import Conv4
 from metaserve.models.metric_heads import MatchingConv4, RelationConv4, SiameseConv4
-from metaserve.runtime.learner import train_loop
+from metaserve.runtime.loop import train_loop
 from metaserve.tasks.base import Task
 
 DT = torch.float64
@@ -79,7 +79,7 @@ def test_protonet_scores_are_negative_squared_distances_to_prototypes():
         scores = torch.stack([torch.stack([-((eq[q] - protos[c]) ** 2).sum() for c in range(WAYS)]) for q in range(len(eq))])
         return scores, F.cross_entropy(scores, t.query_y)
 
-    check(ProtoNet(model, "classification", OuterConfig(), ways=WAYS, vectorize=False), theta, task, reference)
+    check(ProtoNet(model, "classification", ways=WAYS, vectorize=False), theta, task, reference)
 
 
 def cosine_attention(eq, es):
@@ -104,7 +104,7 @@ def test_matching_scores_are_log_cosine_attention_over_support_labels():
         probs = label_mixture(attention["a"], t.support_y)
         return torch.log(probs), -torch.log(probs[torch.arange(len(eq)), t.query_y]).mean()
 
-    algo = Matching(model, "classification", OuterConfig(), ways=WAYS, vectorize=False)
+    algo = Matching(model, "classification", ways=WAYS, vectorize=False)
     got = check(algo, theta, task, reference)
     from metaserve.algorithms.matching import attention as attention_weights
 
@@ -151,7 +151,7 @@ def test_matching_full_context_embeddings_follow_appendix_a():
         probs = label_mixture(cosine_attention(h, g), t.support_y)
         return torch.log(probs), -torch.log(probs[torch.arange(len(f0)), t.query_y]).mean()
 
-    got = check(Matching(model, "classification", OuterConfig(), ways=WAYS, fce=True, fce_steps=steps, vectorize=False), theta, task, reference)
+    got = check(Matching(model, "classification", ways=WAYS, fce=True, fce_steps=steps, vectorize=False), theta, task, reference)
     assert all(float(g.norm()) > 0 for g in got.contribution.values())
 
 
@@ -169,7 +169,7 @@ def test_relation_scores_are_relation_module_on_concatenated_pairs_with_mse():
         target = torch.stack([torch.tensor([float(t.query_y[q] == c) for c in range(WAYS)], dtype=DT) for q in range(len(mq))])
         return scores, ((scores - target) ** 2).mean()
 
-    got = check(Relation(model, "classification", OuterConfig(), ways=WAYS, vectorize=False), theta, task, reference)
+    got = check(Relation(model, "classification", ways=WAYS, vectorize=False), theta, task, reference)
     assert all(float(g.norm()) > 0 for g in got.contribution.values())
 
 
@@ -187,7 +187,7 @@ def test_siamese_scores_are_l1_verification_logits_and_best_support_wins():
         diff = [-torch.log(1 - torch.sigmoid(logit[q][i])) for q in range(len(eq)) for i in range(len(es)) if t.query_y[q] != t.support_y[i]]
         return scores, 0.5 * (sum(same) / len(same) + sum(diff) / len(diff))
 
-    got = check(Siamese(model, "classification", OuterConfig(), ways=WAYS, vectorize=False), theta, task, reference)
+    got = check(Siamese(model, "classification", ways=WAYS, vectorize=False), theta, task, reference)
     assert all(float(g.norm()) > 0 for g in got.contribution.values())
 
 
@@ -204,8 +204,8 @@ def test_vectorised_batch_equals_per_task_loop(name):
     cls, net, extra = LEARNERS[name]
     model, theta = model_and_params(net)
     tasks = [episode(10 + i) for i in range(3)]
-    vec = cls(model, "classification", OuterConfig(), ways=WAYS, vectorize=True, **extra).batch_update(theta, tasks)
-    loop = cls(model, "classification", OuterConfig(), ways=WAYS, vectorize=False, **extra).batch_update(theta, tasks)
+    vec = cls(model, "classification", ways=WAYS, vectorize=True, **extra).batch_update(theta, tasks)
+    loop = cls(model, "classification", ways=WAYS, vectorize=False, **extra).batch_update(theta, tasks)
     assert vec.count == loop.count == 3
     for k in theta:
         torch.testing.assert_close(vec.contribution[k], loop.contribution[k], rtol=1e-10, atol=1e-12)
@@ -215,7 +215,7 @@ def test_vectorised_batch_equals_per_task_loop(name):
 def test_metric_learners_need_classification():
     model, _ = model_and_params(RelationConv4)
     with pytest.raises(ValueError, match="Relation needs a classification task"):
-        Relation(model, "regression", OuterConfig(), ways=WAYS)
+        Relation(model, "regression", ways=WAYS)
 
 
 # --- short Omniglot runs -------------------------------------------------------------------------

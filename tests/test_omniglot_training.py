@@ -5,7 +5,7 @@ import pytest
 
 from conftest import OMNIGLOT, ROOT
 from metaserve.api import as_config
-from metaserve.runtime.learner import train_loop
+from metaserve.runtime.loop import train_loop
 
 pytestmark = pytest.mark.skipif(not OMNIGLOT.is_dir(), reason=f"Omniglot data not found at {OMNIGLOT}")
 

@@ -27,9 +27,8 @@ import yaml
 
 from metaserve.api import as_config, load
 from metaserve.experiment import build_distribution, build_learner
-from metaserve.runtime.learner import train_loop
+from metaserve.runtime.loop import train_loop
 from metaserve.runtime.local import LocalExecutor
-from metaserve.runtime.ray_executor import RayExecutor
 from metaserve.runtime.work import NonFiniteUpdate
 from metaserve.store.checkpoint import latest_good_state, list_checkpoints
 from metaserve.store.metrics import read_metrics
@@ -225,7 +224,7 @@ class PoisonedTasks:
 
 @pytest.fixture
 def poison_step_5(monkeypatch):
-    import metaserve.runtime.learner as learner_module
+    import metaserve.runtime.loop as learner_module
 
     real = learner_module.build_distribution
     monkeypatch.setattr(learner_module, "build_distribution", lambda config: PoisonedTasks(real(config), step=5, index=3))
@@ -251,7 +250,7 @@ def test_nonfinite_update_stops_with_the_last_good_checkpoint(tmp_path, poison_s
 
 @pytest.mark.parametrize("poisoned, every", [(5, 2), (9, 2), (9, 1)])  # 9: the last step; every=1: a window of only it
 def test_nonfinite_update_skipped_when_asked(tmp_path, monkeypatch, poisoned, every, one_thread):
-    import metaserve.runtime.learner as learner_module
+    import metaserve.runtime.loop as learner_module
 
     real = learner_module.build_distribution
     monkeypatch.setattr(learner_module, "build_distribution", lambda config: PoisonedTasks(real(config), step=poisoned, index=0))
@@ -288,27 +287,3 @@ def test_diverging_run_on_ray_stops_naming_the_worker(ray_session, tmp_path):
     state = latest_good_state(run_dir)
     assert failed >= 1 and state["step"] == failed
     assert all(bool(v.isfinite().all()) for v in state["params"].values())
-
-
-# --- 4. a worker restarted after `reconfigure` serves the new config -----------------------------
-
-
-def test_restarted_worker_keeps_the_reconfigured_config(ray_session, tmp_path):
-    first = as_config(config_dict(tmp_path, runtime={"backend": "ray", "num_workers": 2}))
-    second = as_config(config_dict(tmp_path, seed=9, algorithm={"name": "fomaml", "inner_lr": 0.05},
-                                   runtime={"backend": "ray", "num_workers": 2}))
-    learner = build_learner(second)
-    params = learner.initial_params()
-    local = LocalExecutor(learner, build_distribution(second))
-    executor = RayExecutor(first)
-    try:
-        executor.reconfigure(second)
-        old_pid = executor.worker_info()[0]["pid"]
-        ray.get(executor.workers[0].die_at_step.remote(4))
-        executor.compute(params, 4, range(7))  # worker 0 dies mid-step; Ray restarts it
-        assert executor.worker_info()[0]["pid"] != old_pid  # waits for the restarted worker 0
-        got, _ = executor.compute(params, 5, range(7))  # worker 0 computes its own slice again
-        expected, _ = local.compute(params, 5, range(7))
-        assert_params_close(got.contribution, expected.contribution, 1e-10, "restarted worker after reconfigure")
-    finally:
-        executor.close()

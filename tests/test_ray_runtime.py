@@ -5,11 +5,12 @@ import pytest
 import ray
 import torch
 
+from faults import reconfigure, faulty_executor
 from metaserve.api import as_config
 from metaserve.experiment import build_distribution, build_learner
-from metaserve.runtime.learner import train_loop
+from metaserve.runtime.loop import train_loop
 from metaserve.runtime.local import LocalExecutor
-from metaserve.runtime.ray_executor import RayExecutor, worker_slices
+from metaserve.runtime.ray_executor import worker_slices
 from metaserve.runtime.work import NonFiniteUpdate
 
 TINY = {
@@ -44,12 +45,12 @@ ALGORITHMS = ["maml", "fomaml", "reptile", "lazy-maml"]
 @pytest.mark.parametrize("workers", [1, 2, 3])
 def test_ray_backend_matches_local(ray_session, tmp_path, workers):
     # One worker group per worker count, reconfigured for each algorithm (actor start-up dominates).
-    executor = RayExecutor(tiny(tmp_path, ALGORITHMS[0], backend="ray", num_workers=workers))
+    executor = faulty_executor(tiny(tmp_path, ALGORITHMS[0], backend="ray", num_workers=workers))
     try:
         for algorithm in ALGORITHMS:
             reference = final_params(tiny(tmp_path, algorithm, backend="local"))
             config = tiny(tmp_path, algorithm, backend="ray", num_workers=workers)
-            executor.reconfigure(config)
+            reconfigure(executor, config)
             got = final_params(config, executor)
             for k in reference:
                 torch.testing.assert_close(got[k], reference[k], rtol=1e-10, atol=1e-12, msg=f"{algorithm}, {workers} workers, {k}")
@@ -62,7 +63,7 @@ def test_killed_worker_mid_step_gives_fault_free_result(ray_session, tmp_path):
     learner = build_learner(config)
     params = learner.initial_params()
     expected, _ = LocalExecutor(learner, build_distribution(config)).compute(params, 4, range(7))
-    executor = RayExecutor(config)
+    executor = faulty_executor(config)
     try:
         pids_before = {w["pid"] for w in executor.worker_info()}
         ray.get(executor.workers[0].die_at_step.remote(4))
@@ -83,7 +84,7 @@ def test_compiled_graph_transport_matches_local_and_survives_a_killed_worker(ray
     learner = build_learner(config)
     params = learner.initial_params()
     expected, _ = LocalExecutor(learner, build_distribution(config)).compute(params, 4, range(7))
-    executor = RayExecutor(config)
+    executor = faulty_executor(config)
     try:
         assert executor._graph is not None  # the steps below really go through the compiled graph
         got = final_params(config, executor)
@@ -106,7 +107,7 @@ def test_nonfinite_contribution_names_worker_and_tasks(ray_session, tmp_path):
     config = tiny(tmp_path, "maml", backend="ray", num_workers=2)
     learner = build_learner(config)
     params = {k: torch.full_like(v, float("nan")) if k == "0.weight" else v for k, v in learner.initial_params().items()}
-    executor = RayExecutor(config)
+    executor = faulty_executor(config)
     try:
         with pytest.raises(NonFiniteUpdate, match=r"step 0 from worker (0, task indices \[0, 1, 2, 3\]|1, task indices \[4, 5, 6\])"):
             executor.compute(params, 0, range(7))

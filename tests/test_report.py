@@ -18,7 +18,7 @@ from metaserve.api import as_config
 from metaserve.evaluation import evaluate
 from metaserve.experiment import build_distribution, build_learner
 from metaserve.report import figure_data, learning_curves, omega_trajectory, report
-from metaserve.runtime.learner import train_loop
+from metaserve.runtime.loop import train_loop
 from metaserve.store.checkpoint import latest_good_state
 from metaserve.store.metrics import read_metrics
 from metaserve.tuning.spec import parse_sweep
@@ -72,11 +72,11 @@ def test_cli_report_of_a_run_plots_its_metrics(tmp_path):
     np.testing.assert_allclose(omega["teacher centre"]["y"], metrics["teacher_mean_amplitude_high"], rtol=1e-15)
     # adaptation curves: an independent evaluation of the initial and the final parameters
     config, state = as_config(yaml.safe_load((run_dir / "config.yaml").read_text())), latest_good_state(run_dir)
-    learner, dist = build_learner(config), build_distribution(config)
-    kw = dict(seed=config.seed, episodes=7, device="cpu", dtype=torch.float64)
+    learner, dist = build_learner(config, "cpu"), build_distribution(config)
+    kw = dict(episodes=7)
     adapt = lines(pd.read_csv(out / "adaptation.csv"), "query loss")
     for params, label in ((learner.initial_params(), "before meta-training"), (state["params"], "after meta-training (step 12)")):
-        expected = [r["loss"] for r in evaluate(learner.algorithm, params, dist, **kw).curve]
+        expected = [r["loss"] for r in evaluate(learner, params, dist, **kw).curve]
         np.testing.assert_allclose(adapt[label]["y"], expected, rtol=1e-12)
         assert adapt[label]["x"].tolist() == [0, 1, 2]
     summary = (out / "summary.md").read_text()

@@ -193,7 +193,7 @@ def test_nothing_listening_fails_fast_with_the_address(capsys):
 
 def test_uri_output_dir_mirrors_the_run(tmp_path, monkeypatch):
     from metaserve.api import as_config
-    from metaserve.runtime.learner import train_loop
+    from metaserve.runtime.loop import train_loop
     from metaserve.store import storage
 
     monkeypatch.setenv("METASERVE_CACHE", str(tmp_path / "cache"))

@@ -13,10 +13,11 @@ import pytest
 import torch
 import yaml
 
+from faults import trainable_failing_after
 from metaserve import cli
 from metaserve.api import as_config
 from metaserve.config import ConfigError, parse_config
-from metaserve.runtime.learner import train_loop
+from metaserve.runtime.loop import train_loop
 from metaserve.store.checkpoint import latest_good_state
 from metaserve.store.metrics import read_metrics
 from metaserve.tuning import load_sweep, reported_metrics, run_sweep
@@ -172,7 +173,7 @@ def test_pbt_trial_exploits_a_checkpoint_and_mutates_the_teacher(ray_session, tm
 
 def test_interrupted_sweep_resumes_from_checkpoints(ray_session, tmp_path, capsys):
     path = write_spec(tmp_path, space={"algorithm.inner_lr": {"choice": [0.03]}})  # one trial: 2 shared cores
-    interrupted = run_sweep(load_sweep(path), verbose=0, fail_at_step=4)  # the trial dies after checkpointing step 4
+    interrupted = run_sweep(load_sweep(path), verbose=0, trainable=trainable_failing_after(4))  # the trial dies after checkpointing step 4
     assert set(interrupted.results["status"]) == {"ERROR"} and set(interrupted.results["step"]) == {4}
     assert cli.main(["tune", "--resume", str(interrupted.sweep_dir)]) == 0
     resumed = pd.read_parquet(interrupted.sweep_dir / "results.parquet")

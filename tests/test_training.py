@@ -14,7 +14,7 @@ import metaserve
 from metaserve.config import ConfigError, apply_overrides, load_config, parse_config
 from metaserve.evaluation import evaluate
 from metaserve.experiment import build_distribution, build_learner
-from metaserve.runtime.learner import train_loop
+from metaserve.runtime.loop import train_loop
 from metaserve.store.metrics import read_metrics
 
 from references import tensorboard_events, tensorboard_scalars
@@ -101,8 +101,8 @@ def test_short_maml_training_beats_its_initialisation(tmp_path):
     })
     result = train_loop(config, final_eval=False)
     learner, dist = build_learner(config), build_distribution(config)
-    before = evaluate(learner.algorithm, learner.initial_params(), dist, seed=0, episodes=100, dtype=learner.dtype)
-    after = evaluate(learner.algorithm, result.params, dist, seed=0, episodes=100, dtype=learner.dtype)
+    before = evaluate(learner, learner.initial_params(), dist, seed=0, episodes=100)
+    after = evaluate(learner, result.params, dist, seed=0, episodes=100)
     assert len(after.curve) == 11  # query loss after 0..10 inner steps
     assert after.mean < 0.5 * before.mean, (before.mean, after.mean)
     assert after.curve[-1]["loss"] < after.curve[0]["loss"]  # adaptation itself helps the learned init

@@ -9,7 +9,7 @@ from ray import tune
 
 from metaserve.api import as_config
 from metaserve.config import config_to_dict
-from metaserve.runtime.learner import train_loop
+from metaserve.runtime.loop import train_loop
 from metaserve.runtime.tune_trainable import metaserve_trainable, trial_resources
 from metaserve.store.checkpoint import load_state
 

@@ -1,20 +1,20 @@
 """The one interface every meta-learner implements, and the batching the runtime relies on.
 
 An algorithm maps (meta-parameters, task) to a *contribution* (a meta-gradient, or a Reptile-style
-parameter delta). The learner only sums and averages contributions, then calls `outer_step`, so the
-same code runs in one process or on many Ray workers.
+parameter delta, as its registry entry says). The learner only sums and averages contributions and
+hands the mean to the outer optimiser (algorithms/outer.py), so the same code runs in one process
+or on many Ray workers.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
-from metaserve.algorithms import outer
-from metaserve.algorithms.params import Params, detach, scale
+from metaserve.algorithms.params import Params, detach
 from metaserve.models.functional import forward_fn
 from metaserve.tasks.base import Task, stack_tasks
 
@@ -38,34 +38,12 @@ class TaskUpdate:
         return dict(zip(names, torch._foreach_mul([self.contribution[k] for k in names], 1.0 / self.count)))
 
 
-def merge(updates: list[TaskUpdate]) -> TaskUpdate:
-    """Sum several updates (e.g. one per worker) into one."""
-    contribution = {k: sum(u.contribution[k] for u in updates) for k in updates[0].contribution}
-    metrics = {k: sum(u.metrics[k] for u in updates) for k in updates[0].metrics}
-    return TaskUpdate(contribution, metrics, sum(u.count for u in updates))
-
-
-@dataclass(frozen=True)
-class OuterConfig:
-    """How the mean contribution moves the meta-parameters."""
-
-    lr: float = 1e-3
-    optimizer: str = "adam"  # "adam" | "sgd"
-
-
 class Algorithm:
     """Base class: subclasses implement `contribute` (one task, pure, vmappable) and `adapt`."""
 
-    #: True when the contribution is a meta-gradient (descend on it), False when it is a parameter
-    #: delta to move along (Reptile-style).
-    contribution_is_gradient: bool = True
-    #: False for metric learners that use the model's embedding only.
-    uses_head: bool = True
-
-    def __init__(self, model: nn.Module, kind: str, outer_cfg: OuterConfig, vectorize: bool = True):
+    def __init__(self, model: nn.Module, kind: str, vectorize: bool = True):
         self.model = model
         self.kind = kind
-        self.outer_cfg = outer_cfg
         self.vectorize = vectorize
         self.forward: Callable[[Params, Tensor], Tensor] = forward_fn(model)
 
@@ -109,27 +87,37 @@ class Algorithm:
     # --- the interface the runtime uses ----------------------------------------------------------
     def task_update(self, params: Params, task: Task) -> TaskUpdate:
         """The contribution of one task."""
-        c, m = self.contribute(params, task.support_x, task.support_y, task.query_x, task.query_y)
-        return TaskUpdate(detach(c), {k: float(v) for k, v in m.items()}, 1)
+        return self.batch_update(params, [task])
 
     def batch_update(self, params: Params, tasks: list[Task]) -> TaskUpdate:
         """The summed contribution of several tasks: vmapped when enabled, else a per-task loop."""
-        if not self.vectorize or len(tasks) == 1:
-            return merge([self.task_update(params, t) for t in tasks])
-        b = stack_tasks(tasks)
-        c, m = vmap(self.contribute, in_dims=(None, 0, 0, 0, 0), randomness="error")(
-            params, b.support_x, b.support_y, b.query_x, b.query_y
-        )
-        return TaskUpdate(
-            {k: v.detach().sum(0) for k, v in c.items()}, {k: float(v.sum()) for k, v in m.items()}, len(tasks)
-        )
+        c, m = map_tasks(lambda sx, sy, qx, qy: self.contribute(params, sx, sy, qx, qy), tasks, self.vectorize)
+        return TaskUpdate({k: v.detach().sum(0) for k, v in c.items()}, {k: float(v.sum()) for k, v in m.items()}, len(tasks))
 
-    def init_outer_state(self, params: Params) -> dict:
-        return outer.adam_init(params) if self.outer_cfg.optimizer == "adam" else {}
 
-    def outer_step(self, params: Params, mean_contribution: Params, state: dict) -> tuple[Params, dict]:
-        """Move the meta-parameters by the batch-mean contribution."""
-        direction = mean_contribution if self.contribution_is_gradient else scale(mean_contribution, -1.0)
-        if self.outer_cfg.optimizer == "adam":
-            return outer.adam_update(params, direction, state, self.outer_cfg.lr)
-        return outer.sgd_update(params, direction, state, self.outer_cfg.lr)
+def section_keywords(cfg: Any) -> dict[str, Any]:
+    """An algorithm config section's own keys (all but `name` and `outer`): its constructor's keywords."""
+    return {k: v for k, v in cfg if k not in ("name", "outer")}
+
+
+def map_tasks(fn: Callable[..., Any], tasks: list[Task] | Task, vectorize: bool) -> Any:
+    """`fn(support_x, support_y, query_x, query_y)` of every task, stacked on a new dim 0.
+
+    One `vmap`ped call when `vectorize` (and more than one task), else a loop whose outputs are
+    stacked the same way, so callers never care which ran. `tasks` is a list or an already stacked Task.
+    """
+    b = tasks if isinstance(tasks, Task) else stack_tasks(tasks)
+    fields = (b.support_x, b.support_y, b.query_x, b.query_y)
+    if vectorize and b.support_x.shape[0] > 1:
+        return vmap(fn, randomness="error")(*fields)
+    return _stack([fn(*(f[i] for f in fields)) for i in range(b.support_x.shape[0])])
+
+
+def _stack(outs: list[Any]) -> Any:
+    """Stack a list of equally shaped outputs (tensors, dicts or tuples of them) on a new dim 0."""
+    first = outs[0]
+    if isinstance(first, dict):
+        return {k: _stack([o[k] for o in outs]) for k in first}
+    if isinstance(first, tuple):
+        return tuple(_stack([o[j] for o in outs]) for j in range(len(first)))
+    return torch.stack(outs)

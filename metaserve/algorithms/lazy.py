@@ -15,25 +15,37 @@ lazy-reptile contribution: theta_T - theta = gamma * (phi - theta), applied as i
 """
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
+from pydantic import Field
 from torch import Tensor, nn
 from torch.func import grad, vjp
 
-from metaserve.algorithms.base import Algorithm, Metrics, OuterConfig
+from metaserve.algorithms.base import Metrics
+from metaserve.algorithms.inner import InnerLoopLearner, InnerLoopSection
 from metaserve.algorithms.params import Params, add, detach, interpolate, scale, sgd_step, subtract, total
+from metaserve.registry import AlgorithmEntry, register
 
 
-class LazyMAML(Algorithm):
+class LazyConfig(InnerLoopSection):
+    """lazy-maml / lazy-reptile (Jamal, Wang & Gong 2021): student k steps, teacher leap gamma."""
+
+    name: Literal["lazy-maml", "lazy-reptile"] = "lazy-maml"
+    leap: Annotated[float, Field(gt=0, le=1)] = 1.0  # gamma
+    leap_target: Literal["last", "mean"] = "last"
+
+
+class LazyMAML(InnerLoopLearner):
     """Student explores k SGD steps without a graph; the teacher leaps toward it; meta-gradient via HVPs."""
 
-    def __init__(self, model: nn.Module, kind: str, outer_cfg: OuterConfig, *, inner_lr: float, inner_steps: int, leap: float = 1.0, leap_target: str = "last", eval_inner_steps: int | None = None, vectorize: bool = True):
-        super().__init__(model, kind, outer_cfg, vectorize)
+    def __init__(self, model: nn.Module, kind: str, *, inner_lr: float, inner_steps: int, leap: float = 1.0,
+                 leap_target: str = "last", eval_inner_steps: int | None = None, vectorize: bool = True):
+        super().__init__(model, kind, inner_lr=inner_lr, inner_steps=inner_steps, eval_inner_steps=eval_inner_steps,
+                         vectorize=vectorize)
         if leap_target not in ("last", "mean"):
             raise ValueError(f"leap_target={leap_target!r} is not one of ['last', 'mean']")
-        self.inner_lr = inner_lr
-        self.inner_steps = inner_steps
         self.leap = leap
         self.leap_target = leap_target
-        self.eval_inner_steps = eval_inner_steps or inner_steps
 
     def student(self, theta: Params, sx: Tensor, sy: Tensor) -> Params:
         """The student's leap target: its last iterate, or the mean of phi_1..phi_k."""
@@ -59,13 +71,6 @@ class LazyMAML(Algorithm):
             phi = sgd_step(phi, g, self.inner_lr)
         return acc
 
-    def adapt(self, params: Params, x: Tensor, y: Tensor, steps: int | None = None) -> Params:
-        steps = self.eval_inner_steps if steps is None else steps
-        phi = detach(params)
-        for _ in range(steps):
-            phi = sgd_step(phi, grad(self.loss)(phi, x, y), self.inner_lr)
-        return phi
-
     def contribute(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Params, Metrics]:
         theta = detach(params)
         theta_t = self.teacher(theta, sx, sy)
@@ -77,9 +82,11 @@ class LazyMAML(Algorithm):
 class LazyReptile(LazyMAML):
     """Contribution = theta_T - theta; the outer step moves along it as in Reptile."""
 
-    contribution_is_gradient = False
-
     def contribute(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Params, Metrics]:
         theta = detach(params)
         theta_t = self.teacher(theta, sx, sy)
         return subtract(theta_t, theta), self.before_after(theta, theta_t, qx, qy)
+
+
+register(AlgorithmEntry("lazy-maml", LazyConfig, LazyMAML.from_section))
+register(AlgorithmEntry("lazy-reptile", LazyConfig, LazyReptile.from_section, contribution="delta"))

@@ -22,30 +22,46 @@ tasks in `query_*`, each task's K and Q examples joined at `split`.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Annotated, Any, Callable, Literal
 
-import torch
+from pydantic import Field
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
-from metaserve.algorithms.base import Algorithm, Metrics, OuterConfig
+from metaserve.algorithms.base import Algorithm, Metrics, map_tasks, section_keywords
 from metaserve.algorithms.inner import LossFn, sgd_adapt
 from metaserve.algorithms.params import Params, add, detach, sgd_step, subtract
+from metaserve.config import AlgorithmSection, PositiveFloat, PositiveInt, task_kind
+from metaserve.registry import AlgorithmEntry, register
 from metaserve.tasks.base import Task
-from metaserve.tasks.families import family_tasks, goal_tasks, unpack
+from metaserve.tasks.families import family_split, family_tasks, goal_tasks, unpack
 
 TaskFn = Callable[[Params, Task], dict[str, Tensor]]
 
 
+class MALTML2ndConfig(AlgorithmSection):
+    """maltml-2nd: MALTML's Algorithm 1 with single steps, differentiated through both levels."""
+
+    name: Literal["maltml-2nd"] = "maltml-2nd"
+    task_lr: PositiveFloat = 0.01  # alpha: SGD on a task's K examples
+    meta_lr: PositiveFloat = 0.01  # beta: meta-step over the family's L tasks (their Q examples)
+    finetune_lr: PositiveFloat = 0.01  # gamma: SGD on the goal task's K examples
+    finetune_steps: PositiveInt = 10  # goal finetuning steps at meta-test (training takes one)
+
+
+class MALTMLConfig(MALTML2ndConfig):
+    """maltml (first order): m meta-steps (fomaml or reptile) on each family's L tasks; contribution theta'_j - theta."""
+
+    name: Literal["maltml"] = "maltml"  # type: ignore[assignment]
+    meta_learner: Literal["fomaml", "reptile"] = "fomaml"  # the first-order meta-step taken on the family
+    task_steps: PositiveInt = 1  # SGD steps per task inside a meta-step
+    meta_steps: Annotated[int, Field(ge=2)] = 5  # m > 1 meta-steps per family (one would be a plain first-order step)
+
+
 def task_mean(fn: TaskFn, params: Params, tasks: Task, vectorize: bool) -> dict[str, Tensor]:
     """mean_i fn(params, T_i) over tasks stacked on dim 0: vmapped, or a per-task loop."""
-    if vectorize:
-        out = vmap(lambda sx, sy, qx, qy: fn(params, Task(sx, sy, qx, qy)), randomness="error")(
-            tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y)
-        return {k: v.mean(0) for k, v in out.items()}
-    n = tasks.support_x.shape[0]
-    outs = [fn(params, Task(tasks.support_x[i], tasks.support_y[i], tasks.query_x[i], tasks.query_y[i])) for i in range(n)]
-    return {k: torch.stack([o[k] for o in outs]).mean(0) for k in outs[0]}
+    out = map_tasks(lambda sx, sy, qx, qy: fn(params, Task(sx, sy, qx, qy)), tasks, vectorize)
+    return {k: v.mean(0) for k, v in out.items()}
 
 
 def fomaml_meta_step(loss: LossFn, theta: Params, tasks: Task, alpha: float, steps: int, beta: float, vectorize: bool) -> Params:
@@ -89,13 +105,20 @@ class FamilyLearner(Algorithm):
     finetuning; `family_eval.evaluate_families` gives the whole protocol, 0..s finetuning steps.
     """
 
-    def __init__(self, model: nn.Module, kind: str, outer_cfg: OuterConfig, *, split: int, task_lr: float, meta_lr: float,
+    def __init__(self, model: nn.Module, kind: str, *, split: int, task_lr: float, meta_lr: float,
                  finetune_lr: float, finetune_steps: int, vectorize: bool = True):
-        super().__init__(model, kind, outer_cfg, vectorize)
+        super().__init__(model, kind, vectorize)
         self.split = split  # K (or N*K): where a task's task-step examples end
         self.task_lr, self.meta_lr, self.finetune_lr = task_lr, meta_lr, finetune_lr  # alpha, beta, gamma
         self.finetune_steps = finetune_steps
         self.example_ndim = 4 if kind == "classification" else 2  # one task's inputs: [n, C, H, W] or [n, features]
+
+    @classmethod
+    def from_section(cls, cfg: MALTML2ndConfig, model: nn.Module, task: Any, vectorize: bool) -> "FamilyLearner":
+        """Built from its config section (the registry's constructor), with the family layout of `task`."""
+        kind = task_kind(task)
+        split = family_split(task.shots, task.ways if kind == "classification" else 1)
+        return cls(model, kind, split=split, vectorize=vectorize, **section_keywords(cfg))
 
     def meta_finetune(self, params: Params, tasks: Task) -> Params:
         """theta'_j from theta and a family's L tasks (stacked, support = task step, query = meta step)."""
@@ -132,11 +155,8 @@ class FamilyLearner(Algorithm):
 class MALTML(FamilyLearner):
     """First-order maltml: contribution theta'_j - theta after m FOMAML or Reptile meta-steps on the family."""
 
-    contribution_is_gradient = False
-
-    def __init__(self, model: nn.Module, kind: str, outer_cfg: OuterConfig, *, meta_learner: str, task_steps: int,
-                 meta_steps: int, **kwargs):
-        super().__init__(model, kind, outer_cfg, **kwargs)
+    def __init__(self, model: nn.Module, kind: str, *, meta_learner: str, task_steps: int, meta_steps: int, **kwargs):
+        super().__init__(model, kind, **kwargs)
         if meta_learner not in ("fomaml", "reptile"):
             raise ValueError(f"meta_learner={meta_learner!r} is not one of ['fomaml', 'reptile']")
         self.meta_step = fomaml_meta_step if meta_learner == "fomaml" else reptile_meta_step
@@ -175,3 +195,9 @@ def _metrics(post: dict[str, Tensor], pre: dict[str, Tensor]) -> Metrics:
     """Goal-task metrics after (plain names) and before (`_pre`) the family's adaptation."""
     keep = lambda m: {k: v.detach() for k, v in m.items() if k != "objective"}  # noqa: E731
     return {**keep(post), **{f"{k}_pre": v for k, v in keep(pre).items()}}
+
+
+register(AlgorithmEntry("maltml", MALTMLConfig, MALTML.from_section, contribution="delta", evaluation="family",
+                        learns_from="families"))
+register(AlgorithmEntry("maltml-2nd", MALTML2ndConfig, MALTML2nd.from_section, evaluation="family",
+                        learns_from="families"))

@@ -7,26 +7,25 @@ The outer step descends on the batch mean: theta <- theta - beta * mean_i contri
 """
 from __future__ import annotations
 
-from torch import Tensor, nn
+from typing import Literal
+
+from torch import Tensor
 from torch.func import grad
 
-from metaserve.algorithms.base import Algorithm, Metrics, OuterConfig
-from metaserve.algorithms.inner import sgd_adapt
+from metaserve.algorithms.base import Metrics
+from metaserve.algorithms.inner import InnerLoopLearner, InnerLoopSection, sgd_adapt
 from metaserve.algorithms.params import Params, detach
+from metaserve.registry import AlgorithmEntry, register
 
 
-class MAML(Algorithm):
+class MAMLConfig(InnerLoopSection):
+    """maml (second order) or fomaml (first order)."""
+
+    name: Literal["maml", "fomaml"] = "maml"
+
+
+class MAML(InnerLoopLearner):
     """Second-order MAML: the meta-gradient flows through the k inner SGD steps."""
-
-    def __init__(self, model: nn.Module, kind: str, outer_cfg: OuterConfig, *, inner_lr: float, inner_steps: int, eval_inner_steps: int | None = None, vectorize: bool = True):
-        super().__init__(model, kind, outer_cfg, vectorize)
-        self.inner_lr = inner_lr
-        self.inner_steps = inner_steps
-        self.eval_inner_steps = eval_inner_steps or inner_steps
-
-    def adapt(self, params: Params, x: Tensor, y: Tensor, steps: int | None = None) -> Params:
-        steps = self.eval_inner_steps if steps is None else steps
-        return sgd_adapt(self.loss, detach(params), x, y, self.inner_lr, steps, first_order=True)
 
     def contribute(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Params, Metrics]:
         def query_loss_after_adaptation(p: Params) -> tuple[Tensor, Metrics]:
@@ -37,10 +36,14 @@ class MAML(Algorithm):
         return g, {**post, **self.pre_metrics(params, qx, qy)}
 
 
-class FOMAML(MAML):
+class FOMAML(InnerLoopLearner):
     """First-order MAML: the contribution is grad L_Q evaluated at the adapted parameters."""
 
     def contribute(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Params, Metrics]:
         adapted = detach(sgd_adapt(self.loss, detach(params), sx, sy, self.inner_lr, self.inner_steps, first_order=True))
         g, post = grad(self.measure, has_aux=True)(adapted, qx, qy)
         return g, {**post, **self.pre_metrics(params, qx, qy)}
+
+
+register(AlgorithmEntry("maml", MAMLConfig, MAML.from_section))
+register(AlgorithmEntry("fomaml", MAMLConfig, FOMAML.from_section))

@@ -9,13 +9,16 @@ support, an attention LSTM with `fce_steps` processing steps for each query).
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 
-from metaserve.algorithms.base import OuterConfig
 from metaserve.algorithms.metric import MetricLearner
 from metaserve.algorithms.params import Params
+from metaserve.config import AlgorithmSection, PositiveInt
 from metaserve.models.functional import forward_fn
+from metaserve.registry import AlgorithmEntry, register
 
 
 def attention(query: Tensor, support: Tensor) -> Tensor:
@@ -24,12 +27,20 @@ def attention(query: Tensor, support: Tensor) -> Tensor:
     return torch.softmax(cos, dim=-1)
 
 
+class MatchingConfig(AlgorithmSection):
+    """Matching networks (Vinyals et al. 2016): cosine attention over support embeddings."""
+
+    name: Literal["matching"] = "matching"
+    fce: bool = False  # full-context embeddings (appendix A.2): a bidirectional LSTM over the support, attention LSTM for queries
+    fce_steps: PositiveInt = 2  # fce: processing steps K of the attention LSTM
+
+
 class Matching(MetricLearner):
     """Scores = log of the attention-weighted support labels."""
 
-    def __init__(self, model: nn.Module, kind: str, outer_cfg: OuterConfig, *, ways: int, fce: bool = False,
-                 fce_steps: int = 2, vectorize: bool = True):
-        super().__init__(model, kind, outer_cfg, ways=ways, vectorize=vectorize)
+    def __init__(self, model: nn.Module, kind: str, *, ways: int, fce: bool = False, fce_steps: int = 2,
+                 vectorize: bool = True):
+        super().__init__(model, kind, ways=ways, vectorize=vectorize)
         self.fce = fce
         self.fce_steps = fce_steps
         if fce:
@@ -41,3 +52,7 @@ class Matching(MetricLearner):
             support = self.context_support(params, support)
             query = self.context_query(params, query, support, self.fce_steps)
         return torch.log(attention(query, support) @ onehot)  # [query, ways]; never log 0: softmax of cos in [-1, 1]
+
+
+register(AlgorithmEntry("matching", MatchingConfig, Matching.from_section, head="matching", evaluation="closed-form",
+                        tasks=("classification",), reports_pre=False, fixed_ways=True))

@@ -16,7 +16,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad
 
-from metaserve.algorithms.base import Algorithm, Metrics, OuterConfig
+from typing import Any
+
+from metaserve.algorithms.base import Algorithm, Metrics, section_keywords
 from metaserve.algorithms.params import Params, detach
 from metaserve.models.functional import forward_fn
 
@@ -43,14 +45,17 @@ def accuracy(scores: Tensor, labels: Tensor) -> Tensor:
 class MetricLearner(Algorithm):
     """Episode-loss gradient as contribution; the embedded support set as the adapted state."""
 
-    uses_head = False
-
-    def __init__(self, model: nn.Module, kind: str, outer_cfg: OuterConfig, *, ways: int, vectorize: bool = True):
+    def __init__(self, model: nn.Module, kind: str, *, ways: int, vectorize: bool = True):
         if kind != "classification":
             raise ValueError(f"{type(self).__name__} needs a classification task, got a {kind} task")
-        super().__init__(model, kind, outer_cfg, vectorize)
+        super().__init__(model, kind, vectorize)
         self.ways = ways
         self.embed = forward_fn(model, "embed")
+
+    @classmethod
+    def from_section(cls, cfg: Any, model: nn.Module, task: Any, vectorize: bool) -> "MetricLearner":
+        """Built from its config section (the registry's constructor), for `task.ways` classes."""
+        return cls(model, "classification", ways=task.ways, vectorize=vectorize, **section_keywords(cfg))
 
     def compare(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor) -> Tensor:
         """Scores [query, ways] of query embeddings against support embeddings and their one-hot labels."""

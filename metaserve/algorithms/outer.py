@@ -1,4 +1,4 @@
-"""The outer (meta) optimiser as pure init/update functions over parameter dicts.
+"""The outer (meta) optimiser: pure (init, update) pairs over parameter dicts, chosen by `outer.optimizer`.
 
 State is a dict of tensors, so it goes into a `weights_only` checkpoint as it is and resumes exactly.
 Updates run as multi-tensor (`torch._foreach_*`) kernels, as torch.optim does: one call per
@@ -9,7 +9,34 @@ from __future__ import annotations
 
 import torch
 
-from metaserve.algorithms.params import Params
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+from metaserve.algorithms.params import Params, scale
+
+
+@dataclass(frozen=True)
+class OuterOptimizer:
+    """`init(params) -> state` and `update(params, direction, state) -> (params, state)`, both pure."""
+
+    init: Callable[[Params], dict]
+    update: Callable[[Params, Params, dict], tuple[Params, dict]]
+
+
+def build_outer(section: Any) -> OuterOptimizer:
+    """The optimiser of an `outer:` config section (`optimizer`: adam | sgd, `lr`)."""
+    lr = section.lr
+    if section.optimizer == "adam":
+        return OuterOptimizer(adam_init, lambda p, g, s: adam_update(p, g, s, lr))
+    if section.optimizer == "sgd":
+        return OuterOptimizer(lambda p: {}, lambda p, g, s: sgd_update(p, g, s, lr))
+    raise ValueError(f"outer.optimizer={section.optimizer!r} is not one of ['adam', 'sgd']")
+
+
+def descent_direction(contribution: Literal["gradient", "delta"], mean: Params) -> Params:
+    """What the optimiser descends on: a meta-gradient as it is, a parameter delta negated (Reptile,
+    Nichol et al. 2018: theta <- theta + eps * mean delta is SGD on -delta; with Adam, the paper's variant)."""
+    return mean if contribution == "gradient" else scale(mean, -1.0)
 
 
 def adam_init(params: Params) -> dict:

@@ -8,27 +8,37 @@ trains the oracle baseline.
 """
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import torch
 from torch import Tensor, nn
 from torch.func import grad
 
-from metaserve.algorithms.base import Algorithm, Metrics, OuterConfig
-from metaserve.algorithms.inner import sgd_adapt
-from metaserve.algorithms.params import Params, detach
+from metaserve.algorithms.base import Metrics
+from metaserve.algorithms.inner import InnerLoopLearner
+from metaserve.algorithms.params import Params
+from metaserve.config import AlgorithmSection, PositiveFloat, PositiveInt, task_kind
+from metaserve.registry import AlgorithmEntry, register
 
 
-class Pretrain(Algorithm):
+class PretrainConfig(AlgorithmSection):
+    """Joint training on all tasks, then SGD finetuning at meta-test (MALTML's pretraining baseline)."""
+
+    name: Literal["pretrain"] = "pretrain"
+    inner_lr: PositiveFloat = 0.01  # finetuning step at meta-test
+    eval_inner_steps: PositiveInt = 10  # finetuning steps at meta-test
+
+
+class Pretrain(InnerLoopLearner):
     """Contribution = grad L(theta) on the task's support and query examples; adapt = SGD finetuning."""
 
-    def __init__(self, model: nn.Module, kind: str, outer_cfg: OuterConfig, *, inner_lr: float, eval_inner_steps: int,
-                 vectorize: bool = True):
-        super().__init__(model, kind, outer_cfg, vectorize)
-        self.inner_lr = inner_lr
-        self.eval_inner_steps = eval_inner_steps
+    @classmethod
+    def from_section(cls, cfg: PretrainConfig, model: nn.Module, task: Any, vectorize: bool) -> "Pretrain":
+        # Training takes no inner steps; the meta-test finetunes `eval_inner_steps` of them.
+        return cls(model, task_kind(task), inner_lr=cfg.inner_lr, inner_steps=cfg.eval_inner_steps, vectorize=vectorize)
 
     def contribute(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Params, Metrics]:
         return grad(self.measure, has_aux=True)(params, torch.cat([sx, qx]), torch.cat([sy, qy]))
 
-    def adapt(self, params: Params, x: Tensor, y: Tensor, steps: int | None = None) -> Params:
-        steps = self.eval_inner_steps if steps is None else steps
-        return sgd_adapt(self.loss, detach(params), x, y, self.inner_lr, steps, first_order=True)
+
+register(AlgorithmEntry("pretrain", PretrainConfig, Pretrain.from_section, reports_pre=False))

@@ -6,10 +6,14 @@ query cross-entropy. The episode, contribution and adapt/predict are shared (alg
 """
 from __future__ import annotations
 
+from typing import Literal
+
 from torch import Tensor
 
 from metaserve.algorithms.metric import MetricLearner, class_means
 from metaserve.algorithms.params import Params
+from metaserve.config import AlgorithmSection
+from metaserve.registry import AlgorithmEntry, register
 
 
 def proto_logits(query_embeddings: Tensor, protos: Tensor) -> Tensor:
@@ -17,8 +21,18 @@ def proto_logits(query_embeddings: Tensor, protos: Tensor) -> Tensor:
     return -((query_embeddings.unsqueeze(1) - protos.unsqueeze(0)) ** 2).sum(-1)
 
 
+class ProtoNetConfig(AlgorithmSection):
+    """Prototypical networks (metric-based; no inner loop)."""
+
+    name: Literal["protonet"] = "protonet"
+
+
 class ProtoNet(MetricLearner):
     """Scores = negative squared distances to the class means of the support embeddings."""
 
     def compare(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor) -> Tensor:
         return proto_logits(query, class_means(support, onehot))
+
+
+register(AlgorithmEntry("protonet", ProtoNetConfig, ProtoNet.from_section, head="embedding", evaluation="closed-form",
+                        tasks=("classification",), reports_pre=False, fixed_ways=True))

@@ -11,13 +11,17 @@ to 1x1), where Sung et al. use two conv blocks then two FC layers on 5x5 feature
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 
-from metaserve.algorithms.base import Metrics, OuterConfig
+from metaserve.algorithms.base import Metrics
 from metaserve.algorithms.metric import MetricLearner, accuracy, one_hot
 from metaserve.algorithms.params import Params
+from metaserve.config import AlgorithmSection
 from metaserve.models.functional import forward_fn
+from metaserve.registry import AlgorithmEntry, register
 
 
 def relation_pairs(classes: Tensor, query: Tensor) -> Tensor:
@@ -26,11 +30,17 @@ def relation_pairs(classes: Tensor, query: Tensor) -> Tensor:
     return torch.cat([classes.unsqueeze(0).expand(q, n, -1), query.unsqueeze(1).expand(q, n, -1)], dim=-1)
 
 
+class RelationConfig(AlgorithmSection):
+    """Relation networks (Sung et al. 2018): a learned relation module scores (class, query) pairs."""
+
+    name: Literal["relation"] = "relation"
+
+
 class Relation(MetricLearner):
     """Scores = relation module on (class sum, query) embedding pairs; loss = MSE against one-hot."""
 
-    def __init__(self, model: nn.Module, kind: str, outer_cfg: OuterConfig, *, ways: int, vectorize: bool = True):
-        super().__init__(model, kind, outer_cfg, ways=ways, vectorize=vectorize)
+    def __init__(self, model: nn.Module, kind: str, *, ways: int, vectorize: bool = True):
+        super().__init__(model, kind, ways=ways, vectorize=vectorize)
         self.relate = forward_fn(model, "relate")
 
     def compare(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor) -> Tensor:
@@ -39,3 +49,7 @@ class Relation(MetricLearner):
     def score(self, out: Tensor, y: Tensor) -> tuple[Tensor, Metrics]:
         loss = ((out - one_hot(y, self.ways, out.dtype)) ** 2).mean()
         return loss, {"loss": loss.detach(), "acc": accuracy(out, y).detach()}
+
+
+register(AlgorithmEntry("relation", RelationConfig, Relation.from_section, head="relation", evaluation="closed-form",
+                        tasks=("classification",), reports_pre=False, fixed_ways=True))

@@ -8,13 +8,17 @@ support class with the highest score; with K > 1 shots a class scores as its bes
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 
-from metaserve.algorithms.base import Metrics, OuterConfig
+from metaserve.algorithms.base import Metrics
 from metaserve.algorithms.metric import MetricLearner, accuracy, one_hot
 from metaserve.algorithms.params import Params
+from metaserve.config import AlgorithmSection
 from metaserve.models.functional import forward_fn
+from metaserve.registry import AlgorithmEntry, register
 
 
 def balanced_bce(logits: Tensor, same: Tensor) -> Tensor:
@@ -30,11 +34,17 @@ def best_per_class(logits: Tensor, onehot: Tensor) -> Tensor:
     return logits.unsqueeze(1).expand(q, n, s).masked_fill(other_class, float("-inf")).amax(-1)
 
 
+class SiameseConfig(AlgorithmSection):
+    """Siamese networks (Koch et al. 2015): a learned verifier of same-class pairs."""
+
+    name: Literal["siamese"] = "siamese"
+
+
 class Siamese(MetricLearner):
     """Scores = best verification logit among each class's supports; loss = balanced pair BCE."""
 
-    def __init__(self, model: nn.Module, kind: str, outer_cfg: OuterConfig, *, ways: int, vectorize: bool = True):
-        super().__init__(model, kind, outer_cfg, ways=ways, vectorize=vectorize)
+    def __init__(self, model: nn.Module, kind: str, *, ways: int, vectorize: bool = True):
+        super().__init__(model, kind, ways=ways, vectorize=vectorize)
         self.verify = forward_fn(model, "verify")
 
     def pair_logits(self, params: Params, support: Tensor, query: Tensor) -> Tensor:
@@ -55,3 +65,7 @@ class Siamese(MetricLearner):
         """On class scores (`predict`): the balanced BCE of each query's best pair per class (the training loss when K = 1)."""
         loss = balanced_bce(out, one_hot(y, self.ways, out.dtype))
         return loss, {"loss": loss.detach(), "acc": accuracy(out, y).detach()}
+
+
+register(AlgorithmEntry("siamese", SiameseConfig, Siamese.from_section, head="siamese", evaluation="closed-form",
+                        tasks=("classification",), reports_pre=False, fixed_ways=True))

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from metaserve.api import as_config
-    from metaserve.runtime.learner import train_loop
+    from metaserve.runtime.loop import train_loop
     from metaserve.store.rundir import read_run_config
 
     if args.resume:

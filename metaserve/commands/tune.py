@@ -22,9 +22,10 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.spec) == bool(args.resume):
         raise ConfigError("metaserve tune needs exactly one of SPEC (a sweep YAML) and --resume SWEEP_DIR")
     sweep = load_sweep(args.spec, args.set) if args.spec else None  # every check before Ray or any trial starts
+    from metaserve.runtime.cluster import connect
     from metaserve.tuning.run import resume_sweep, run_sweep
 
-    _connect(args.address)
+    connect(args.address, quiet=True)
     result = run_sweep(sweep) if sweep is not None else resume_sweep(args.resume)
     print(result.table)
     for path in result.files:
@@ -32,16 +33,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"sweep directory: {result.sweep_dir}")
     return 0
 
-
-def _connect(address: str | None) -> None:
-    import os
-
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(include_dashboard=False)

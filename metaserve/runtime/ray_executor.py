@@ -7,7 +7,6 @@ worker died is re-sent to another (or the restarted) worker, giving exactly the 
 """
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from collections import deque
@@ -23,32 +22,18 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from metaserve.algorithms.base import TaskUpdate
 from metaserve.config import Config, config_to_dict
 from metaserve.models.functional import Params
+from metaserve.runtime.cluster import connect
+from metaserve.runtime.executor import worker_bundle
 from metaserve.runtime.graph import GraphBroken, StepGraph
 from metaserve.runtime.work import check_finite
 from metaserve.runtime.wire import Layout, flatten, layout_of, unflatten
-from metaserve.runtime.workers import AdaptationWorker, config_version
+from metaserve.runtime.workers import AdaptationWorker
 
 INLINE_BYTES = 100 * 1024  # Ray passes arguments up to 100 KiB inline with the call
 
 
 class WorkersUnavailable(RuntimeError):
     """No adaptation worker could be had for `runtime.worker_wait_s` seconds."""
-
-
-def ensure_ray(config: Config) -> None:
-    """Connect to `runtime.address` / RAY_ADDRESS, or start an embedded local Ray sized for the workers."""
-    if ray.is_initialized():
-        return
-    rc = config.runtime
-    address = rc.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return
-    needed = int(np.ceil(rc.num_workers * rc.cpus_per_worker))
-    # address="local": never attach to a cluster some other `ray start` left on this machine.
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False, log_to_driver=True)
-    print("Ray: embedded local instance (dashboard off; `ray start --head --dashboard-host 127.0.0.1` then "
-          "--address auto serves it at http://127.0.0.1:8265)")
 
 
 def trial_group(config: Config) -> PlacementGroup | None:
@@ -90,13 +75,14 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, config: Config, group: PlacementGroup | None = None, bundle_offset: int = 0):
-        ensure_ray(config)
+    def __init__(self, config: Config, group: PlacementGroup | None = None, bundle_offset: int = 0,
+                 worker_class: type = AdaptationWorker):
         rc = config.runtime
+        connect(rc.address, int(np.ceil(rc.num_workers * rc.cpus_per_worker)))
         self.config = config
         self.wait_s = rc.worker_wait_s
         self._own_group = group is None
-        bundle = {"CPU": rc.cpus_per_worker, **({"GPU": rc.gpus_per_worker} if rc.gpus_per_worker else {})}
+        bundle = worker_bundle(rc)
         self.group = group or placement_group([bundle] * rc.num_workers, strategy=rc.placement_strategy)
         try:
             ray.get(self.group.ready(), timeout=self.wait_s)
@@ -106,9 +92,8 @@ class RayExecutor:
                 f"could not reserve {rc.num_workers} workers x {bundle} within runtime.worker_wait_s={self.wait_s}s; "
                 f"the cluster has {ray.cluster_resources()}"
             ) from None
-        remote = ray.remote(AdaptationWorker).options
+        remote = ray.remote(worker_class).options
         cfg = config_to_dict(config)
-        self._set_config(config)
         self.workers = [
             remote(num_cpus=rc.cpus_per_worker, num_gpus=rc.gpus_per_worker, max_restarts=-1, max_task_retries=0,
                    scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=bundle_offset + i)
@@ -133,18 +118,6 @@ class RayExecutor:
         if wanted:
             self._graph_ready(0)
 
-    def reconfigure(self, config: Config) -> None:
-        """Rebuild every worker's learner and tasks for another config with the same resources."""
-        self._close_graph()  # workers must not compute while they rebuild
-        ray.get([w.configure.remote(config_to_dict(config)) for w in self.workers], timeout=self.wait_s)
-        self._set_config(config)
-        self._want_graph()
-
-    def _set_config(self, config: Config) -> None:
-        # Every call names the config version; a worker restarted with its creation config fetches this one.
-        cfg = config_to_dict(config)
-        self.config, self._version, self._config_box = config, config_version(cfg), [ray.put(cfg)]
-
     def compute(self, params: Params, step: int, indices: Sequence[int], space=None) -> tuple[TaskUpdate, dict[str, float]]:
         """Summed update of the meta-batch, and timings (max worker compute, communication overhead)."""
         start = time.perf_counter()
@@ -161,7 +134,7 @@ class RayExecutor:
     def _by_graph(self, flat: np.ndarray, step: int, slices: list[list[int]], space) -> list[tuple[int, tuple]] | None:
         """(worker, result) per slice through the compiled graph; None when the graph broke."""
         try:
-            outs = self._graph.run((flat, step, slices, space, self._version), self.wait_s, 0.9 * min(self._recent, default=0.0))
+            outs = self._graph.run((flat, step, slices, space), self.wait_s, 0.9 * min(self._recent, default=0.0))
         except GraphBroken as err:
             warnings.warn(f"step {step}: the compiled graph broke ({err}); this step goes by actor calls", stacklevel=3)
             self._graph, self._graph_retry = None, (step + 1, 1)
@@ -222,7 +195,7 @@ class RayExecutor:
 
     def _send(self, worker: int, ref, step: int, sl: list[int], space):
         # A streaming generator: its first item is the result; the worker then samples its next slice.
-        return self.workers[worker].compute.options(num_returns="streaming").remote(ref, step, sl, space, self._version, self._config_box)
+        return self.workers[worker].compute.options(num_returns="streaming").remote(ref, step, sl, space)
 
     def _graph_ready(self, step: int) -> bool:
         """Whether this step can go through a compiled graph, building one when it is due."""
@@ -230,7 +203,7 @@ class RayExecutor:
             return self._graph is not None
         # Build only when every worker answers at once; otherwise try again later, less and less often.
         _, wait = self._graph_retry
-        infos = [w.sync_config.remote(self._version, self._config_box) for w in self.workers]
+        infos = [w.info.remote() for w in self.workers]
         ready, _ = ray.wait(infos, num_returns=len(infos), timeout=1.0)
         if len(ready) < len(infos):
             self._graph_retry = (step + 2 * wait, 2 * wait)

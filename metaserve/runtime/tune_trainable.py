@@ -17,7 +17,8 @@ from ray.tune import Checkpoint
 from ray.tune.result import TIMESTEPS_TOTAL  # Tune's TensorBoard logger plots against it: meta-steps
 
 from metaserve.config import Config, parse_config
-from metaserve.runtime.learner import train_loop
+from metaserve.runtime.executor import worker_bundle
+from metaserve.runtime.loop import train_loop
 from metaserve.store.checkpoint import checkpoint_dir, load_state
 
 LEARNER_BUNDLE = {"CPU": 1.0}
@@ -28,15 +29,11 @@ def trial_resources(config: Config) -> tune.PlacementGroupFactory:
     rc = config.runtime
     if rc.backend == "local":
         return tune.PlacementGroupFactory([LEARNER_BUNDLE])
-    worker = {"CPU": rc.cpus_per_worker, **({"GPU": rc.gpus_per_worker} if rc.gpus_per_worker else {})}
-    return tune.PlacementGroupFactory([LEARNER_BUNDLE] + [worker] * rc.num_workers, strategy=rc.placement_strategy)
+    return tune.PlacementGroupFactory([LEARNER_BUNDLE] + [worker_bundle(rc)] * rc.num_workers,
+                                      strategy=rc.placement_strategy)
 
 
-class InjectedFault(RuntimeError):
-    """Raised by the test hook `fail_at_step`: a trial dies right after checkpointing that step."""
-
-
-def run_trial(config: Config, fail_at_step: int | None = None) -> None:
+def run_trial(config: Config) -> None:
     """Run `train_loop` as the current Tune trial: one report per log row, checkpoints through Tune.
 
     The last row's report waits for the meta-test and carries its result and `done_training`, so
@@ -51,8 +48,6 @@ def run_trial(config: Config, fail_at_step: int | None = None) -> None:
             last.update(ckpt=ckpt)  # reported below, with the meta-test result
             return
         tune.report({**row, "start_step": float(start), TIMESTEPS_TOTAL: row["step"]}, checkpoint=_as_checkpoint(ckpt))
-        if fail_at_step is not None and start < fail_at_step == row["step"] and ckpt is not None:
-            raise InjectedFault(f"injected fault after the checkpoint of step {row['step']}")
 
     result = train_loop(config, run_dir=run_dir, resume=True, on_log=on_log, tensorboard=False)  # Tune's logger writes it
     tune.report({**result.metrics, "start_step": float(start), "done_training": 1.0, TIMESTEPS_TOTAL: config.train.steps},

@@ -7,8 +7,6 @@ re-send a slice after a fault and keep one result per slice.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from typing import Any, Iterator, Sequence
@@ -21,11 +19,6 @@ from metaserve.config import parse_config
 from metaserve.experiment import build_distribution, build_learner
 from metaserve.runtime.work import sample_slice
 from metaserve.runtime.wire import flatten, layout_of, unflatten
-
-
-def config_version(config: dict[str, Any]) -> str:
-    """A short fingerprint of a config: workers compare it instead of the whole config."""
-    return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def worker_device() -> torch.device:
@@ -44,50 +37,31 @@ class AdaptationWorker:
         torch.set_num_threads(max(1, num_threads))
         self.index = index
         self.device = worker_device()
-        self._die_at_step: int | None = None
-        self.configure(config)
-
-    def configure(self, config: dict[str, Any]) -> None:
-        """Build the learner and load the task distribution of `config` (once per run)."""
         cfg = parse_config(config)
         self.learner = build_learner(cfg, self.device)
         self.distribution = build_distribution(cfg)
         self.layout = layout_of(self.learner.initial_params())
-        self.version = config_version(config)
         self._next: tuple[tuple, list] | None = None  # (slice key, tasks) sampled ahead
 
-    def compute(self, flat_params: np.ndarray, step: int, indices: Sequence[int], space, version: str,
-                config_box: list) -> Iterator[tuple[np.ndarray, dict[str, float], int, float]]:
+    def compute(self, flat_params: np.ndarray, step: int, indices: Sequence[int], space
+                ) -> Iterator[tuple[np.ndarray, dict[str, float], int, float]]:
         """Yields the summed contribution of tasks `indices` of `step` (flat), summed metrics, count and
         compute seconds; then samples the same slice of step + 1, which the learner usually asks for next.
 
         Called as a Ray streaming generator: the learner has the result at the `yield`, and the sampling
         after it fills the time the worker would otherwise wait for the learner's next call.
-        `version` names the executor's current config; a worker that Ray restarted with the arguments
-        it was created with, after the executor was reconfigured, fetches that config from
-        `config_box` (a list, so Ray does not resolve the reference unless it is needed).
         """
-        self.sync_config(version, config_box)
         yield self._compute(flat_params, step, indices, space)
         self._next = (_slice_key(step + 1, indices, space), sample_slice(self.learner, self.distribution, step + 1, indices, space))
 
     def graph_step(self, payload: tuple) -> tuple[np.ndarray, dict[str, float], int, float] | None:
         """`compute` as a node of the executor's compiled graph: every worker reads the same payload
-        (flat params, step, the slices of all workers, space, config version) and takes its own slice."""
-        flat_params, step, slices, space, version = payload
-        if version != self.version:
-            raise RuntimeError(f"worker {self.index} holds config {self.version}, the graph sent {version}")
+        (flat params, step, the slices of all workers, space) and takes its own slice."""
+        flat_params, step, slices, space = payload
         mine = slices[self.index] if self.index < len(slices) else []
         return self._compute(flat_params, step, mine, space) if mine else None
 
-    def sync_config(self, version: str, config_box: list) -> None:
-        """Rebuild from the executor's current config if this worker holds another one."""
-        if version != self.version:
-            self.configure(ray.get(config_box[0]))
-
     def _compute(self, flat_params: np.ndarray, step: int, indices: Sequence[int], space) -> tuple:
-        if self._die_at_step == step:
-            os._exit(1)  # fault injection for tests: the process dies mid-step
         start = time.perf_counter()
         params = unflatten(flat_params, self.layout, self.device, self.learner.dtype)
         ready, self._next = self._next, None
@@ -100,7 +74,3 @@ class AdaptationWorker:
     def info(self) -> dict[str, Any]:
         """Where this worker runs: node id, device, process id."""
         return {"index": self.index, "node_id": ray.get_runtime_context().get_node_id(), "device": str(self.device), "pid": os.getpid()}
-
-    def die_at_step(self, step: int) -> None:
-        """Test hook: exit the process abruptly when asked to compute `step`."""
-        self._die_at_step = step

@@ -75,14 +75,13 @@ def latest_good_state(run_dir: Path, map_location: str | torch.device = "cpu") -
     return None
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run directory, checkpoint directory or state.pt file -> the state file to load."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A state.pt file, a checkpoints/<step> directory, or a run directory's newest good checkpoint."""
     path = Path(path)
-    if path.is_file():
-        return path
-    if (path / STATE_FILE).is_file():
-        return path / STATE_FILE
-    found = list_checkpoints(path)
-    if not found:
-        raise FileNotFoundError(f"no checkpoint at {str(path)!r}: give a run directory, a checkpoints/<step> directory or a state.pt file")
-    return found[-1] / STATE_FILE
+    if path.is_file() or (path / STATE_FILE).is_file():
+        return load_state(path, map_location)
+    state = latest_good_state(path, map_location)
+    if state is None:
+        raise FileNotFoundError(f"no loadable checkpoint at {str(path)!r}: give a run directory, a checkpoints/<step> "
+                                "directory or a state.pt file")
+    return state

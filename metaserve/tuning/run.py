@@ -18,7 +18,7 @@ from metaserve.config import ConfigError
 from metaserve.tuning.results import collect, format_table, write_results
 from metaserve.tuning.search import make_scheduler, param_space
 from metaserve.tuning.spec import Sweep, parse_sweep
-from metaserve.tuning.trainable import make_trainable
+from metaserve.tuning.trainable import make_trainable, sweep_trainable
 
 SPEC_FILE = "sweep.yaml"
 TUNE_DIR = "tune"
@@ -43,15 +43,15 @@ def new_sweep_dir(sweep: Sweep) -> Path:
     return path.resolve()
 
 
-def run_sweep(sweep: Sweep, *, sweep_dir: Path | None = None, verbose: int = 1, fail_at_step: int | None = None) -> SweepResult:
-    """Start every trial of `sweep` and write its results. `fail_at_step` is a test hook (see trainable.py)."""
+def run_sweep(sweep: Sweep, *, sweep_dir: Path | None = None, verbose: int = 1, trainable=sweep_trainable) -> SweepResult:
+    """Start every trial of `sweep` and write its results; `trainable(params, bases)` runs one trial."""
     sweep_dir = new_sweep_dir(sweep) if sweep_dir is None else Path(sweep_dir).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / SPEC_FILE).write_text(yaml.safe_dump(sweep.to_dict(), sort_keys=False))
     # reuse_actors stays off (Tune's default): in a reused actor get_trial_dir() may still name the
     # previous trial, and a trial's run directory lives there.
     tuner = tune.Tuner(
-        make_trainable(sweep.bases, fail_at_step),
+        make_trainable(sweep.bases, trainable),
         param_space=param_space(sweep),
         tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, scheduler=make_scheduler(sweep),
                                     num_samples=sweep.num_samples, max_concurrent_trials=sweep.max_concurrent),

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from metaserve.config import Config, ConfigError, ImageTaskConfig, apply_overrides, parse_config, set_dotted
+from metaserve.config import Config, ConfigError, ImageTaskConfig, apply_overrides, parse_config, set_dotted, task_kind
 from metaserve.curriculum.teacher import Teacher
 from metaserve.tasks.images import ImageSpace
 from metaserve.tasks.sinusoid import SinusoidSpace
@@ -137,12 +137,11 @@ def compose(bases: dict[str, dict], params: dict[str, Any]) -> dict:
 def reported_metrics(config: Config) -> set[str]:
     """Every metric a trial of `config` reports to Tune (the learner's log rows, the final test result)."""
     image = isinstance(config.task, ImageTaskConfig)
-    per_task = {"loss", "acc"} if image else {"loss"}
-    names = set(per_task) | {"step", "worker_time", "comm_time", "learner_time", "step_time", "tasks_per_s", "done_training", "start_step"}
-    if config.algorithm.name != "protonet":
-        names |= {f"{m}_pre" for m in per_task}
+    spec, kind = config.entry, task_kind(config.task)
+    names = spec.metrics(kind) | {"step", "worker_time", "comm_time", "learner_time", "step_time", "tasks_per_s",
+                                  "done_training", "start_step"}
     if config.train.val_tasks:
-        names |= {f"val_{m}{s}" for m in per_task for s in ("", "_pre")}
+        names |= {f"val_{m}" for m in spec.eval_metrics(kind)}
     test = "acc" if image else "mse"
     names |= {f"test_{test}", f"test_{test}_ci95"}
     teacher = Teacher(config.curriculum, ImageSpace() if image else SinusoidSpace(), config.seed)

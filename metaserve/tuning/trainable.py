@@ -4,7 +4,7 @@ The trial itself is `runtime.tune_trainable.run_trial`, the same code path as `m
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from ray import tune
 
@@ -18,12 +18,12 @@ def trial_config(bases: dict[str, dict], params: dict[str, Any]) -> Config:
     return parse_config(compose(bases, params))
 
 
-def sweep_trainable(params: dict[str, Any], bases: dict[str, dict], fail_at_step: int | None = None) -> None:
+def sweep_trainable(params: dict[str, Any], bases: dict[str, dict]) -> None:
     """Tune function trainable of one sweep trial (wrap with `tune.with_parameters(..., bases=...)`)."""
-    run_trial(trial_config(bases, params), fail_at_step)
+    run_trial(trial_config(bases, params))
 
 
-def make_trainable(bases: dict[str, dict], fail_at_step: int | None = None):
-    """The trainable with its bases shipped through the object store and per-trial placement groups."""
-    trainable = tune.with_parameters(sweep_trainable, bases=bases, fail_at_step=fail_at_step)
+def make_trainable(bases: dict[str, dict], fn: Callable[[dict[str, Any], dict[str, dict]], None] = sweep_trainable):
+    """`fn` (by default `sweep_trainable`) with the bases shipped through the object store and per-trial placement groups."""
+    trainable = tune.with_parameters(fn, bases=bases)
     return tune.with_resources(trainable, lambda params: trial_resources(trial_config(bases, params)))

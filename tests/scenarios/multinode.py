@@ -53,7 +53,7 @@ def main(output_dir: str) -> dict:
     from ray.cluster_utils import Cluster
 
     from metaserve.experiment import build_distribution, build_learner
-    from metaserve.runtime.learner import train_loop
+    from metaserve.runtime.loop import train_loop
     from metaserve.runtime.local import LocalExecutor
     from metaserve.runtime.ray_executor import RayExecutor, WorkersUnavailable
 

@@ -1,0 +1,248 @@
+"""The central learner's loop: one object for every backend and entry point.
+
+Per meta-step the executor returns the summed contributions of the meta-batch; the loop averages
+them and hands the mean to the outer optimiser (as a gradient, or a negated delta, as the
+algorithm's registry entry says). `metaserve train` calls `train_loop`; the Tune trainable wraps
+it, passing `on_log` to report metrics and checkpoints.
+"""
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from metaserve.algorithms.outer import descent_direction
+from metaserve.config import Config, config_to_dict
+from metaserve.curriculum import Teacher, build_teacher
+from metaserve.evaluation import EvalResult, evaluate
+from metaserve.experiment import Learner, build_distribution, build_learner
+from metaserve.models.functional import Params
+from metaserve.runtime.executor import Executor, make_executor
+from metaserve.runtime.work import NonFiniteUpdate
+from metaserve.store.checkpoint import latest_good_state, save_checkpoint
+from metaserve.store.metrics import read_rows, write_metrics
+from metaserve.store.rundir import init_run_dir, new_run_dir
+from metaserve.store.storage import location, publish
+from metaserve.store.tensorboard import TensorBoardLog
+from metaserve.tasks.base import TaskDistribution
+
+LogHook = Callable[[dict, "Path | None"], None]
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint holds: enough to continue exactly where the run stopped.
+
+    The metrics history is not in it: metrics.parquet holds it, and a resumed run keeps that file's
+    rows up to the checkpoint's step.
+    """
+
+    params: Params
+    outer_state: dict
+    step: int = 0
+    skipped: int = 0
+    teacher: dict = field(default_factory=dict)  # the curriculum teacher's state (plain values; {} without one)
+
+    def to_dict(self, config: Config) -> dict:
+        return {"params": self.params, "outer_state": self.outer_state, "step": self.step, "skipped": self.skipped,
+                "rng": torch.get_rng_state(), "config": config_to_dict(config), "teacher": self.teacher}
+
+    @classmethod
+    def from_dict(cls, d: dict, device: torch.device) -> "TrainState":
+        torch.set_rng_state(d["rng"])
+
+        def move(t: object) -> object:
+            return t.to(device) if isinstance(t, torch.Tensor) and t.dim() > 0 else t
+
+        outer = {k: ({n: move(v) for n, v in s.items()} if isinstance(s, dict) else s) for k, s in d["outer_state"].items()}
+        return cls({k: v.to(device) for k, v in d["params"].items()}, outer, d["step"], d.get("skipped", 0),
+                   dict(d.get("teacher", {})))
+
+
+@dataclass
+class TrainResult:
+    """What a finished run leaves: where it is, its final parameters and its final metrics."""
+
+    run_dir: Path
+    params: Params
+    metrics: dict[str, float]
+    test: EvalResult | None = None
+
+
+class TrainLoop:
+    """One run's loop: its pieces, its state and its metric rows in one place."""
+
+    def __init__(self, config: Config, learner: Learner, distribution: TaskDistribution, teacher: Teacher,
+                 run_dir: Path, state: TrainState, rows: list[dict], on_log: LogHook | None = None,
+                 say: Callable[[str], None] | None = None):
+        self.config, self.learner, self.distribution, self.teacher = config, learner, distribution, teacher
+        self.run_dir, self.state, self.rows = run_dir, state, rows
+        self.on_log, self.say = on_log, say or (lambda _msg: None)
+        self.outer = learner.outer
+        self.window: list[dict] = []  # per-step metrics and timings since the last log row
+
+    def run(self, executor: Executor) -> None:
+        """Meta-train until `train.steps`, logging and checkpointing on the way."""
+        tc = self.config.train
+        while self.state.step < tc.steps:
+            space = self.teacher.space(self.state.teacher)  # omega of this meta-step
+            columns = self.teacher.columns(self.state.teacher)
+            self.step(executor, space)
+            if self.teacher.due(self.state.step):  # between meta-steps: the teacher sees the student's val loss on omega
+                self.state.teacher = self.teacher.update(self.state.teacher, self.teacher_loss(space))
+            # A skipped step still counts: its log row (if any step of the window ran) and checkpoint are due.
+            if self.state.step % tc.log_every == 0 or self.state.step == tc.steps:
+                if self.window:
+                    extra = {**columns, "teacher_loss": self.teacher.last_loss(self.state.teacher)} if self.teacher.active else {}
+                    self.log(extra)
+                elif self.checkpoint_due():
+                    self.checkpoint()
+                self.window = []
+
+    def step(self, executor: Executor, space: object | None) -> None:
+        """One meta-step: the executor's summed update, averaged, then the outer step."""
+        t0 = time.perf_counter()
+        state = self.state
+        try:
+            update, timing = executor.compute(state.params, state.step, range(self.config.train.meta_batch), space)
+        except NonFiniteUpdate as err:
+            if self.config.runtime.on_nonfinite == "stop":
+                raise NonFiniteUpdate(f"{err}; the run stopped, its last good checkpoint is in "
+                                      f"{self.run_dir / 'checkpoints'}") from None
+            warnings.warn(f"skipping step: {err}", stacklevel=2)
+            state.step, state.skipped = state.step + 1, state.skipped + 1
+            return
+        t1 = time.perf_counter()
+        direction = descent_direction(self.config.entry.contribution, update.mean_contribution())
+        state.params, state.outer_state = self.outer.update(state.params, direction, state.outer_state)
+        state.step += 1
+        t2 = time.perf_counter()
+        self.window.append({**update.mean_metrics(), **timing, "learner_time": t2 - t1, "step_time": t2 - t0})
+
+    def checkpoint_due(self) -> bool:
+        return self.state.step % self.config.train.checkpoint_every == 0 or self.state.step == self.config.train.steps
+
+    def checkpoint(self) -> Path:
+        tc = self.config.train
+        return save_checkpoint(self.run_dir, self.state.step, self.state.to_dict(self.config), keep=tc.keep_checkpoints)
+
+    def log(self, extra: dict) -> None:
+        """One metrics row (window means, meta-validation, the teacher's columns), its checkpoint, progress."""
+        tc, window = self.config.train, self.window
+        row = {"step": self.state.step, **{k: sum(w[k] for w in window) / len(window) for k in window[0]}}
+        row["tasks_per_s"] = tc.meta_batch / row["step_time"]
+        row |= extra  # the teacher's omega at this step, its stage or centre, its latest meta-validation loss
+        if tc.val_tasks:
+            row |= self.validation_columns()
+        self.rows.append(row)
+        ckpt = self.checkpoint() if self.checkpoint_due() else None
+        write_metrics(self.run_dir, self.rows)
+        publish(self.run_dir, self.config.output_dir)  # a URI output_dir: mirror the new rows and checkpoint
+        self.say(progress_line(row, tc.steps))
+        if self.on_log is not None:
+            self.on_log(row, ckpt)
+
+    def validation_columns(self) -> dict[str, float]:
+        """val_<metric> after adaptation and, for learners that adapt by steps, val_<metric>_pre before it."""
+        val = evaluate(self.learner, self.state.params, self.distribution, episodes=self.config.train.val_tasks,
+                       stream="val")
+        cols = {f"val_{k}": v for k, v in val.curve[-1].items() if k != "inner_step"}
+        if self.config.entry.evaluation != "closed-form":
+            cols |= {f"val_{k}_pre": v for k, v in val.curve[0].items() if k != "inner_step"}
+        return cols
+
+    def teacher_loss(self, space: object | None) -> float:
+        """Post-adaptation query loss on `curriculum.val_tasks` validation tasks of `space` (the same tasks each time)."""
+        val = evaluate(self.learner, self.state.params, self.distribution, episodes=self.config.curriculum.val_tasks,
+                       stream="val", space=space)
+        return val.curve[-1]["loss"]
+
+    def meta_test(self) -> EvalResult:
+        """The final meta-test on held-out tasks, saved as test.json."""
+        test = evaluate(self.learner, self.state.params, self.distribution, episodes=self.config.eval.episodes,
+                        steps=self.config.eval.inner_steps)
+        (self.run_dir / "test.json").write_text(json.dumps({"metric": test.metric, "mean": test.mean, "ci95": test.ci95,
+                                                            "episodes": test.episodes, "curve": test.curve}, indent=2))
+        return test
+
+
+def train_loop(config: Config, *, run_dir: Path | None = None, resume: bool = False, on_log: LogHook | None = None,
+               progress: Callable[[str], None] | None = None, final_eval: bool = True, executor: Executor | None = None,
+               tensorboard: bool = True) -> TrainResult:
+    """Meta-train `config` to `train.steps`, writing the run directory; resume from its latest good checkpoint.
+
+    `executor` lends an already running executor (the caller keeps and closes it); by default one is
+    made for `runtime.backend` and closed at the end. `tensorboard=False` skips the run's own
+    TensorBoard events (a Tune trial's reports are written by Tune's logger instead).
+    """
+    distribution = build_distribution(config)  # reads and validates data before any worker starts
+    learner = build_learner(config)
+    teacher = build_teacher(config, distribution)  # checks every task space it may pick against the data
+    run_dir = new_run_dir(config) if run_dir is None else init_run_dir(run_dir, config)
+    state, rows = initial_state(config, learner, run_dir if resume else None, teacher)
+    loop = TrainLoop(config, learner, distribution, teacher, run_dir, state, rows, on_log, progress)
+    loop.say(f"run directory: {location(run_dir, config.output_dir)}" + (f" (resumed at step {state.step})" if state.step else ""))
+    owned = executor is None
+    with TensorBoardLog(run_dir, state.step) if tensorboard else nullcontext() as board:
+        if board is not None:
+            loop.on_log = _also_to(board, on_log)
+        executor = make_executor(config, learner, distribution) if owned else executor
+        try:
+            loop.run(executor)
+        finally:
+            if owned:
+                executor.close()
+        test = loop.meta_test() if final_eval else None
+        if test is not None:
+            if board is not None:
+                board.write({"step": state.step, f"test_{test.metric}": test.mean})
+            loop.say(str(test))
+    metrics = dict(rows[-1]) if rows else {}
+    if test is not None:
+        metrics |= {f"test_{test.metric}": test.mean, f"test_{test.metric}_ci95": test.ci95}
+        publish(run_dir, config.output_dir, final=True)  # a URI output_dir: mirror the finished run
+    return TrainResult(run_dir, state.params, metrics, test)
+
+
+def _also_to(board: TensorBoardLog, on_log: LogHook | None) -> LogHook:
+    """`on_log`, preceded by writing the row to TensorBoard."""
+
+    def log(row: dict, ckpt: Path | None) -> None:
+        board.write(row)
+        if on_log is not None:
+            on_log(row, ckpt)
+
+    return log
+
+
+def initial_state(config: Config, learner: Learner, resume_dir: Path | None, teacher: Teacher) -> tuple[TrainState, list[dict]]:
+    """The latest good checkpoint of `resume_dir` with the metric rows up to it, or a fresh start."""
+    if resume_dir is not None:
+        saved = latest_good_state(resume_dir, learner.device)
+        if saved is not None:
+            state = TrainState.from_dict(saved, learner.device)
+            state.teacher = teacher.restore(state.teacher)
+            return state, [r for r in read_rows(resume_dir) if r["step"] <= state.step]
+        if any(resume_dir.glob("checkpoints/*")):
+            warnings.warn(f"no loadable checkpoint in {str(resume_dir)!r}: starting from step 0", stacklevel=3)
+    params = learner.initial_params()
+    return TrainState(params, learner.outer.init(params), teacher=teacher.init()), []
+
+
+def progress_line(row: dict, steps: int) -> str:
+    """One progress line of a metrics row."""
+    parts = [f"step {row['step']:>{len(str(steps))}}/{steps}", f"loss {row['loss']:.4f}"]
+    if "acc" in row:
+        parts.append(f"acc {100 * row['acc']:.1f}%")
+    if "val_loss" in row:
+        parts.append(f"val loss {row['val_loss']:.4f}")
+    if "val_acc" in row:
+        parts.append(f"val acc {100 * row['val_acc']:.1f}%")
+    parts.append(f"{row['tasks_per_s']:.0f} tasks/s")
+    return " | ".join(parts)
