@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -16,11 +18,42 @@ from pydantic_core import PydanticCustomError
 
 from metaserve import registry
 from metaserve.registry import AlgorithmEntry
-from metaserve.store.storage import check_output_dir
 
 PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Range = tuple[float, float]
+
+
+# The URI schemes `pyarrow.fs.FileSystem.from_uri` understands.
+SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$")
+
+def is_uri(path: str | os.PathLike) -> bool:
+    """True for `scheme://...` (a filesystem URI), False for a local path."""
+    return bool(_URI.match(str(path)))
+
+
+def check_output_dir(value: str) -> str:
+    """`value` if it is a local path or a URI of a pyarrow filesystem; ValueError naming it otherwise.
+
+    Only the form is checked here (no network), so a config validates offline; the filesystem itself
+    is reached when the run starts.
+    """
+    match = _URI.match(value)
+    if match is None:
+        return value
+    scheme, rest = match.group(1).lower(), match.group(2)
+    if scheme not in SCHEMES:
+        raise ValueError(f"output_dir={value!r}: {scheme}:// is not a pyarrow filesystem; use a local directory or one of "
+                         + ", ".join(f"{s}://" for s in SCHEMES))
+    if not rest.strip("/"):
+        raise ValueError(f"output_dir={value!r} names no bucket or directory")
+    return value
+
+
+def cache_root() -> Path:
+    """Where metaserve keeps caches (decoded images, staged runs): $METASERVE_CACHE or ~/.cache/metaserve."""
+    return Path(os.environ.get("METASERVE_CACHE") or Path.home() / ".cache" / "metaserve").expanduser()
 
 
 class ConfigError(ValueError):

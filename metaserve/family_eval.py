@@ -15,7 +15,7 @@ from torch import Tensor
 
 from metaserve.algorithms.base import Algorithm, map_tasks
 from metaserve.config import ImageTaskConfig, SinusoidTaskConfig
-from metaserve.evaluation import ci95
+from metaserve.evaluation import ci95, episode_curve
 from metaserve.experiment import Learner
 from metaserve.models.functional import Params
 from metaserve.tasks.base import Stream, Task, TaskDistribution
@@ -55,15 +55,8 @@ def goal_curve(algorithm: Algorithm, params: Params, family: Task, split: int, s
     """
     start = algorithm.meta_finetune(params, family_tasks(family, split)) if meta_finetune else params
     goals = goal_tasks(family, split)
-    curves = []
-    for g in range(goals.support_x.shape[0]):
-        adapted, rows = algorithm.adapt(start, goals.support_x[g], goals.support_y[g], steps=0), []
-        for s in range(steps + 1):
-            if s > 0:
-                adapted = algorithm.adapt(adapted, goals.support_x[g], goals.support_y[g], steps=1)
-            loss, metrics = algorithm.score(algorithm.predict(adapted, goals.query_x[g]), goals.query_y[g])
-            rows.append(torch.stack([loss.detach(), metrics.get("acc", torch.zeros_like(loss)).detach()]))
-        curves.append(torch.stack(rows))
+    curves = [episode_curve(algorithm, start, goals.support_x[g], goals.support_y[g], goals.query_x[g], goals.query_y[g], steps)
+              for g in range(goals.support_x.shape[0])]
     return torch.stack(curves).mean(0)
 
 

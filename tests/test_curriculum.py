@@ -11,7 +11,7 @@ import torch
 from metaserve.api import as_config
 from metaserve.config import ConfigError, parse_config
 from metaserve.curriculum import (AdaptiveHyper, StaticState, Teacher, adaptive_init, adaptive_update, apply_omega,
-                                  difficulty_gradient, static_update)
+                                  difficulty_gradient, make_teacher, static_update)
 from metaserve.experiment import build_distribution, build_learner
 from metaserve.runtime.loop import train_loop
 from metaserve.store.checkpoint import latest_good_state
@@ -78,7 +78,7 @@ def sinusoid_teacher(seed: int = 0, **curriculum) -> Teacher:
     cur = {"teacher": "adaptive", "target_loss": 1.0, "window": 3,
            "params": {"amplitude_high": {"low": 1.0, "high": 5.0, "step": 0.5}}, **curriculum}
     config = as_config({"seed": seed, "curriculum": cur})
-    return Teacher(config.curriculum, SinusoidSpace(), seed)
+    return make_teacher(config.curriculum, SinusoidSpace(), seed)
 
 
 def simulate(teacher: Teacher, loss_of, updates: int = 40) -> list[dict]:
@@ -124,7 +124,7 @@ def test_adaptive_teacher_is_deterministic_given_seed():
 def test_adaptive_integer_parameters_stay_integers_in_bounds():
     config = as_config({"task": {"name": "omniglot", "ways": 5}, "model": {"name": "conv4"},
                         "curriculum": {"teacher": "adaptive", "target_loss": 0.5, "params": {"ways": {"low": 2, "high": 5}}}})
-    teacher = Teacher(config.curriculum, ImageSpace(5, 1, 15), 0)
+    teacher = make_teacher(config.curriculum, ImageSpace(5, 1, 15), 0)
     assert teacher.hp.step == (2.0,) and teacher.hp.noise == (1.0,)  # Table I's teacher gradient step 2
     states = simulate(teacher, lambda om: 0.05 * om["ways"])
     for s in states:
@@ -147,7 +147,7 @@ def test_static_advances_only_past_the_threshold():
 def test_static_teacher_uses_a_threshold_per_transition():
     config = as_config({"curriculum": {"teacher": "static", "threshold": [0.2, 1.0], "patience": 1,
                                        "stages": [{"amplitude_high": 1.0}, {"amplitude_high": 3.0}, {"amplitude_high": 5.0}]}})
-    teacher = Teacher(config.curriculum, SinusoidSpace(), 0)
+    teacher = make_teacher(config.curriculum, SinusoidSpace(), 0)
     s = teacher.init()
     seen = []
     for loss in [0.5, 0.1, 0.9]:
@@ -239,7 +239,7 @@ def test_omega_columns_follow_the_teacher_and_resume_exactly(tmp_path):
     full = train_loop(as_config(tiny(tmp_path / "full", **ADAPTIVE)), final_eval=False)
     df = read_metrics(full.run_dir)
     # replay the pure teacher on the logged losses: row k trained on the omega after k-1 updates (every = log_every)
-    teacher = Teacher(as_config(tiny(tmp_path, **ADAPTIVE)).curriculum, SinusoidSpace(), 1)
+    teacher = make_teacher(as_config(tiny(tmp_path, **ADAPTIVE)).curriculum, SinusoidSpace(), 1)
     state = teacher.init()
     for _, row in df.iterrows():
         assert row["omega_amplitude_high"] == state["omega"][0]

@@ -140,7 +140,7 @@ def prepare(argv: list[str], cwd: Path, working_dir: Path, storage: str | None) 
 
 def pin_train(plan: Plan, ns: argparse.Namespace, cwd: Path, storage: str | None) -> None:
     """Validate the run config; pin output_dir (absolute path or URI) and relative data paths."""
-    from metaserve.store.storage import check_output_dir, is_uri
+    from metaserve.config import check_output_dir, is_uri
 
     if ns.resume:  # a resumed run continues in its own directory
         if storage is not None:

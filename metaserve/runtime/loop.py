@@ -141,8 +141,8 @@ class TrainLoop:
         if tc.val_tasks:
             row |= self.validation_columns()
         self.rows.append(row)
+        write_metrics(self.run_dir, self.rows)  # before the checkpoint: a checkpoint's rows are always on disk
         ckpt = self.checkpoint() if self.checkpoint_due() else None
-        write_metrics(self.run_dir, self.rows)
         publish(self.run_dir, self.config.output_dir)  # a URI output_dir: mirror the new rows and checkpoint
         self.say(progress_line(row, tc.steps))
         if self.on_log is not None:

@@ -12,13 +12,19 @@ from metaserve.store.storage import local_root
 CONFIG_FILE = "config.yaml"
 
 
-def new_run_dir(config: Config) -> Path:
-    """`<output_dir>/<name>-<timestamp>/`, made unique, with the whole config saved in it."""
-    base = local_root(config.output_dir) / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"  # staged if a URI
+def unique_dir(parent: Path, name: str) -> Path:
+    """A new, empty `parent/<name>-<timestamp>[-n]` directory."""
+    base = Path(parent) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     path, n = base, 1
     while path.exists():
         path, n = Path(f"{base}-{n}"), n + 1
-    return init_run_dir(path, config)
+    path.mkdir(parents=True)
+    return path
+
+
+def new_run_dir(config: Config) -> Path:
+    """`<output_dir>/<name>-<timestamp>/`, made unique, with the whole config saved in it."""
+    return init_run_dir(unique_dir(local_root(config.output_dir), config.name), config)  # staged if a URI
 
 
 def init_run_dir(path: Path, config: Config) -> Path:

@@ -15,41 +15,15 @@ import shutil
 import warnings
 from pathlib import Path, PurePosixPath
 
-# The URI schemes `pyarrow.fs.FileSystem.from_uri` understands.
-SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
-_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$")
+from metaserve.config import cache_root, is_uri
 
 # What has been sent from this process: target -> {relative path: (size, mtime_ns)}.
 _SENT: dict[str, dict[str, tuple[int, int]]] = {}
 
 
-def is_uri(path: str | os.PathLike) -> bool:
-    """True for `scheme://...` (a filesystem URI), False for a local path."""
-    return bool(_URI.match(str(path)))
-
-
-def check_output_dir(value: str) -> str:
-    """`value` if it is a local path or a URI of a pyarrow filesystem; ValueError naming it otherwise.
-
-    Only the form is checked here (no network), so a config validates offline; the filesystem itself
-    is reached when the run starts.
-    """
-    match = _URI.match(value)
-    if match is None:
-        return value
-    scheme, rest = match.group(1).lower(), match.group(2)
-    if scheme not in SCHEMES:
-        raise ValueError(f"output_dir={value!r}: {scheme}:// is not a pyarrow filesystem; use a local directory or one of "
-                         + ", ".join(f"{s}://" for s in SCHEMES))
-    if not rest.strip("/"):
-        raise ValueError(f"output_dir={value!r} names no bucket or directory")
-    return value
-
-
 def staging_root(uri: str) -> Path:
     """The local directory a URI's runs are written to first: `$METASERVE_CACHE/staging/<uri>`."""
-    base = Path(os.environ.get("METASERVE_CACHE") or Path.home() / ".cache" / "metaserve")
-    return base / "staging" / re.sub(r"[^A-Za-z0-9._-]+", "_", uri.rstrip("/"))
+    return cache_root() / "staging" / re.sub(r"[^A-Za-z0-9._-]+", "_", uri.rstrip("/"))
 
 
 def local_root(output_dir: str) -> Path:

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
+from metaserve.config import cache_root
 from metaserve.tasks.images import ClassPool
 
 CACHE_VERSION = 1
@@ -28,8 +29,7 @@ CACHE_VERSION = 1
 
 def default_cache_dir(kind: str) -> Path:
     """`$METASERVE_CACHE/<kind>` if that variable is set, else `~/.cache/metaserve/<kind>`."""
-    base = os.environ.get("METASERVE_CACHE") or Path.home() / ".cache" / "metaserve"
-    return Path(base).expanduser() / kind
+    return cache_root() / kind
 
 
 def resolve_source(root: Path, source: str, what: str) -> Path:

@@ -6,7 +6,6 @@ all a resume needs), `tune/` (Tune's experiment: trials, their run directories a
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import yaml
 from ray import tune
 
 from metaserve.config import ConfigError
+from metaserve.store.rundir import unique_dir
 from metaserve.tuning.results import collect, format_table, write_results
 from metaserve.tuning.search import make_scheduler, param_space
 from metaserve.tuning.spec import Sweep, parse_sweep
@@ -35,12 +35,7 @@ class SweepResult:
 
 
 def new_sweep_dir(sweep: Sweep) -> Path:
-    base = Path(sweep.storage) / f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    path, n = base, 1
-    while path.exists():
-        path, n = Path(f"{base}-{n}"), n + 1
-    path.mkdir(parents=True)
-    return path.resolve()
+    return unique_dir(Path(sweep.storage), sweep.name).resolve()
 
 
 def run_sweep(sweep: Sweep, *, sweep_dir: Path | None = None, verbose: int = 1, trainable=sweep_trainable) -> SweepResult:

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from metaserve.config import Config, ConfigError, ImageTaskConfig, apply_overrides, parse_config, set_dotted, task_kind
-from metaserve.curriculum.teacher import Teacher
+from metaserve.curriculum.teacher import make_teacher
 from metaserve.tasks.images import ImageSpace
 from metaserve.tasks.sinusoid import SinusoidSpace
 
@@ -144,11 +144,9 @@ def reported_metrics(config: Config) -> set[str]:
         names |= {f"val_{m}" for m in spec.eval_metrics(kind)}
     test = "acc" if image else "mse"
     names |= {f"test_{test}", f"test_{test}_ci95"}
-    teacher = Teacher(config.curriculum, ImageSpace() if image else SinusoidSpace(), config.seed)
+    teacher = make_teacher(config.curriculum, ImageSpace() if image else SinusoidSpace(), config.seed)
     if teacher.active:
-        omega = teacher.stages[0] if teacher.kind == "static" else dict.fromkeys(teacher.hp.names, 0.0)
-        names |= {f"omega_{n}" for n in omega} | {"teacher_loss"}
-        names |= {"teacher_stage"} if teacher.kind == "static" else {f"teacher_mean_{n}" for n in omega}
+        names |= set(teacher.columns(teacher.init())) | {"teacher_loss"}
     return names | TUNE_METRICS
 
 
