@@ -157,6 +157,9 @@ class TrainConfig(_Section):
     dtype: Literal["float32", "float64"] = "float32"
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:N"
     vectorize: Literal["auto", "on", "off"] = "auto"  # vmap over tasks; auto: on, except conv4 on CPU
+    # Tasks per block of the fixed-order meta-batch sum: block sums are added in block order, so every
+    # backend and worker count gives the same bits; Ray workers get whole blocks (BENCHMARKS.md: its cost).
+    task_block: PositiveInt = 4
 
     @field_validator("vectorize", mode="before")
     @classmethod

@@ -11,6 +11,7 @@ from metaserve.experiment import build_distribution, build_learner
 from metaserve.runtime.loop import train_loop
 from metaserve.runtime.local import LocalExecutor
 from metaserve.runtime.ray_executor import worker_slices
+from metaserve.runtime.work import task_blocks
 from metaserve.runtime.work import NonFiniteUpdate
 
 TINY = {
@@ -34,9 +35,15 @@ def final_params(config, executor=None) -> dict[str, torch.Tensor]:
     return train_loop(config, final_eval=False, executor=executor).params
 
 
-def test_slices_cover_the_batch_once():
-    assert worker_slices(range(7), 3) == [[0, 1, 2], [3, 4], [5, 6]]
-    assert worker_slices(range(2), 3) == [[0], [1]]
+def test_slices_are_whole_blocks_covering_the_batch_once_and_evenly():
+    assert task_blocks(range(7), 3) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert worker_slices(task_blocks(range(7), 1), 3) == [[[0], [1]], [[2], [3], [4]], [[5], [6]]]
+    assert worker_slices(task_blocks(range(2), 1), 3) == [[[0]], [[1]]]
+    for n, workers, size in [(25, 2, 4), (25, 3, 4), (32, 3, 4), (9, 2, 4)]:
+        slices = worker_slices(task_blocks(range(n), size), workers)
+        assert [i for s in slices for b in s for i in b] == list(range(n))
+        counts = [sum(map(len, s)) for s in slices]
+        assert max(counts) - min(counts) <= size, (n, workers, counts)
 
 
 ALGORITHMS = ["maml", "fomaml", "reptile", "lazy-maml"]
@@ -113,3 +120,27 @@ def test_nonfinite_contribution_names_worker_and_tasks(ray_session, tmp_path):
             executor.compute(params, 0, range(7))
     finally:
         executor.close()
+
+
+def test_float32_runs_are_bit_identical_locally_on_1_2_3_workers_and_through_worker_kills(ray_session, tmp_path):
+    """The meta-batch sum is one fixed computation (blocks of task indices added in order), so float32
+    parameters after 200 steps are torch.equal whatever ran them."""
+    def config(**runtime):
+        cfg = tiny(tmp_path, "maml", **runtime).model_dump(mode="json")
+        cfg["train"] |= {"steps": 200, "meta_batch": 12, "task_block": 2, "log_every": 100, "checkpoint_every": 100,
+                         "dtype": "float32"}
+        return as_config(cfg)
+
+    reference = final_params(config(backend="local"))
+    runs = {f"{n} workers": (config(backend="ray", num_workers=n), {}) for n in (1, 2, 3)}
+    runs["2 workers, both killed once"] = (config(backend="ray", num_workers=2), {0: 50, 1: 120})
+    for name, (cfg, kills) in runs.items():
+        executor = faulty_executor(cfg)
+        try:
+            for worker, step in kills.items():
+                ray.get(executor.workers[worker].die_at_step.remote(step))
+            got = final_params(cfg, executor)
+        finally:
+            executor.close()
+        for k in reference:
+            assert torch.equal(got[k], reference[k]), f"{name}: {k} differs by {(got[k] - reference[k]).abs().max()}"

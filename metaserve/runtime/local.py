@@ -7,7 +7,7 @@ from typing import Sequence
 from metaserve.algorithms.base import TaskUpdate
 from metaserve.experiment import Learner
 from metaserve.models.functional import Params
-from metaserve.runtime.work import check_finite, compute_slice
+from metaserve.runtime.work import check_finite, compute_blocks, fold, sample_slice, task_blocks
 
 
 class LocalExecutor:
@@ -22,7 +22,9 @@ class LocalExecutor:
     def compute(self, params: Params, step: int, indices: Sequence[int], space=None) -> tuple[TaskUpdate, dict[str, float]]:
         """Summed update of the meta-batch, and timings (worker compute, communication)."""
         start = time.perf_counter()
-        update = compute_slice(self.learner, self.distribution, params, step, indices, space)
+        tasks = sample_slice(self.learner, self.distribution, step, indices, space)
+        blocks = task_blocks(indices, self.learner.config.train.task_block)
+        update = fold(compute_blocks(self.learner, params, blocks, tasks))
         check_finite(update, "the local process", step, indices)
         return update, {"worker_time": time.perf_counter() - start, "comm_time": 0.0}
 

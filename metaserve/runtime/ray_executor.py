@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import warnings
+import itertools
 from collections import deque
 from typing import Sequence
 
@@ -25,7 +26,7 @@ from metaserve.models.functional import Params
 from metaserve.runtime.cluster import connect
 from metaserve.runtime.executor import worker_bundle
 from metaserve.runtime.graph import GraphBroken, StepGraph
-from metaserve.runtime.work import check_finite
+from metaserve.runtime.work import check_finite, fold, task_blocks
 from metaserve.runtime.wire import Layout, flatten, layout_of, unflatten
 from metaserve.runtime.workers import AdaptationWorker
 
@@ -46,28 +47,32 @@ def trial_group(config: Config) -> PlacementGroup | None:
     return group
 
 
-def worker_slices(indices: Sequence[int], n: int) -> list[list[int]]:
-    """Split task indices into at most n contiguous, non-empty slices (the first ones one longer when uneven)."""
-    idx = [int(i) for i in indices]
-    k = min(n, len(idx))
-    if k == 0:
-        return []
-    size, extra = divmod(len(idx), k)
-    bounds = [s * size + min(s, extra) for s in range(k + 1)]
-    return [idx[a:b] for a, b in zip(bounds, bounds[1:])]
+def worker_slices(blocks: Sequence[Sequence[int]], n: int) -> list[list[list[int]]]:
+    """Split blocks of task indices into at most n contiguous, non-empty runs of whole blocks whose task
+    counts are as even as whole blocks allow."""
+    blocks = [[int(i) for i in b] for b in blocks]
+    k = min(n, len(blocks))
+    cum = list(itertools.accumulate((len(b) for b in blocks), initial=0))  # tasks before block j
+    cuts = [0]
+    for s in range(1, k):  # each cut nearest its share of the tasks, leaving a block for every later slice
+        options = range(cuts[-1] + 1, len(blocks) - (k - s) + 1)
+        cuts.append(min(options, key=lambda j: abs(cum[j] - cum[-1] * s / k)))
+    cuts.append(len(blocks))
+    return [blocks[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
 def combine(results: list[tuple[int, tuple]], layout: Layout, device: torch.device, step: int,
-            slices: list[list[int]]) -> TaskUpdate:
-    """One update from the (worker, flat result) of every slice; a NaN/inf result names its worker and tasks."""
-    for s, (worker, (contribution, metrics, count, _)) in enumerate(results):
-        if not np.isfinite(contribution).all():
-            check_finite(TaskUpdate(unflatten(contribution, layout), metrics, count), f"worker {worker}", step, slices[s])
-    flat_sum = results[0][1][0]
-    for _, r in results[1:]:  # in slice order, so the sum never depends on which worker ran what
-        flat_sum = flat_sum + r[0]
-    metrics = {k: sum(r[1][k] for _, r in results) for k in results[0][1][1]}
-    return TaskUpdate(unflatten(flat_sum, layout, device), metrics, sum(r[2] for _, r in results))
+            slices: list[list[list[int]]]) -> TaskUpdate:
+    """One update from the block rows of every slice, folded in block order (so the sum never depends on
+    which worker ran what, or how many there are); a NaN/inf block names its worker and tasks."""
+    updates = []
+    for s, (worker, (rows, metrics, counts, _)) in enumerate(results):
+        for b, row in enumerate(rows):
+            update = TaskUpdate(unflatten(row, layout, device), metrics[b], counts[b])
+            if not np.isfinite(row).all():
+                check_finite(update, f"worker {worker}", step, slices[s][b])
+            updates.append(update)
+    return fold(updates)
 
 
 class RayExecutor:
@@ -122,7 +127,7 @@ class RayExecutor:
         """Summed update of the meta-batch, and timings (max worker compute, communication overhead)."""
         start = time.perf_counter()
         flat = flatten(params)
-        slices = worker_slices(indices, len(self.workers))
+        slices = worker_slices(task_blocks(indices, self.config.train.task_block), len(self.workers))
         results = self._by_graph(flat, step, slices, space) if self._graph_ready(step) else None
         if results is None:
             results = self._by_calls(flat, step, slices, space)

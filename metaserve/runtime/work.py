@@ -1,4 +1,11 @@
-"""The unit of work every executor runs: regenerate a slice of tasks and sum their contributions."""
+"""The unit of work every executor runs: regenerate tasks and sum their contributions, block by block.
+
+The meta-batch sum is one fixed floating-point computation whatever the backend or worker count:
+task indices form blocks of `train.task_block` consecutive tasks, each block is computed by one
+batched call and summed over its tasks, and the block sums are added left to right in block order
+(`fold`). A worker computes whole blocks and returns each block's sum, so local, 1, 2 or 3 Ray
+workers, and a slice re-sent after a fault, all give the same bits.
+"""
 from __future__ import annotations
 
 from typing import Sequence
@@ -16,9 +23,25 @@ def sample_slice(learner: Learner, distribution, step: int, indices: Sequence[in
     return [distribution.sample(seed, step, i, space, "train").to(learner.device, learner.dtype) for i in indices]
 
 
-def compute_slice(learner: Learner, distribution, params: Params, step: int, indices: Sequence[int], space=None) -> TaskUpdate:
-    """Summed contribution of tasks `indices` of meta-step `step` (tasks rebuilt from the seed)."""
-    return learner.algorithm.batch_update(params, sample_slice(learner, distribution, step, indices, space))
+def task_blocks(indices: Sequence[int], size: int) -> list[list[int]]:
+    """Consecutive blocks of `size` task indices (the last one shorter when uneven)."""
+    idx = [int(i) for i in indices]
+    return [idx[a:a + size] for a in range(0, len(idx), size)]
+
+
+def compute_blocks(learner: Learner, params: Params, blocks: Sequence[Sequence[int]], tasks: list[Task]) -> list[TaskUpdate]:
+    """The summed update of each block; `tasks` are the blocks' tasks in order."""
+    return learner.algorithm.block_updates(params, tasks, [len(b) for b in blocks])
+
+
+def fold(updates: Sequence[TaskUpdate]) -> TaskUpdate:
+    """The left-to-right sum of block updates: the one order every backend adds them in."""
+    contribution, metrics, count = dict(updates[0].contribution), dict(updates[0].metrics), updates[0].count
+    for u in updates[1:]:
+        contribution = {k: v + u.contribution[k] for k, v in contribution.items()}
+        metrics = {k: v + u.metrics[k] for k, v in metrics.items()}
+        count += u.count
+    return TaskUpdate(contribution, metrics, count)
 
 
 class NonFiniteUpdate(RuntimeError):

@@ -17,7 +17,7 @@ import torch
 
 from metaserve.config import parse_config
 from metaserve.experiment import build_distribution, build_learner
-from metaserve.runtime.work import sample_slice
+from metaserve.runtime.work import compute_blocks, sample_slice
 from metaserve.runtime.wire import flatten, layout_of, unflatten
 
 
@@ -43,33 +43,36 @@ class AdaptationWorker:
         self.layout = layout_of(self.learner.initial_params())
         self._next: tuple[tuple, list] | None = None  # (slice key, tasks) sampled ahead
 
-    def compute(self, flat_params: np.ndarray, step: int, indices: Sequence[int], space
-                ) -> Iterator[tuple[np.ndarray, dict[str, float], int, float]]:
-        """Yields the summed contribution of tasks `indices` of `step` (flat), summed metrics, count and
-        compute seconds; then samples the same slice of step + 1, which the learner usually asks for next.
+    def compute(self, flat_params: np.ndarray, step: int, blocks: Sequence[Sequence[int]], space) -> Iterator[tuple]:
+        """Yields the summed contribution of each block of task indices of `step` (one flat row per block),
+        their summed metrics and counts, and the compute seconds; then samples the same slice of step + 1,
+        which the learner usually asks for next.
 
         Called as a Ray streaming generator: the learner has the result at the `yield`, and the sampling
         after it fills the time the worker would otherwise wait for the learner's next call.
         """
-        yield self._compute(flat_params, step, indices, space)
+        yield self._compute(flat_params, step, blocks, space)
+        indices = [i for b in blocks for i in b]
         self._next = (_slice_key(step + 1, indices, space), sample_slice(self.learner, self.distribution, step + 1, indices, space))
 
-    def graph_step(self, payload: tuple) -> tuple[np.ndarray, dict[str, float], int, float] | None:
+    def graph_step(self, payload: tuple) -> tuple | None:
         """`compute` as a node of the executor's compiled graph: every worker reads the same payload
         (flat params, step, the slices of all workers, space) and takes its own slice."""
         flat_params, step, slices, space = payload
         mine = slices[self.index] if self.index < len(slices) else []
         return self._compute(flat_params, step, mine, space) if mine else None
 
-    def _compute(self, flat_params: np.ndarray, step: int, indices: Sequence[int], space) -> tuple:
+    def _compute(self, flat_params: np.ndarray, step: int, blocks: Sequence[Sequence[int]], space) -> tuple:
         start = time.perf_counter()
+        indices = [i for b in blocks for i in b]
         params = unflatten(flat_params, self.layout, self.device, self.learner.dtype)
         ready, self._next = self._next, None
         # Tasks are pure functions of (seed, step, index, space): a slice sampled ahead is the same slice.
         tasks = ready[1] if ready and ready[0] == _slice_key(step, indices, space) else \
             sample_slice(self.learner, self.distribution, step, indices, space)
-        update = self.learner.algorithm.batch_update(params, tasks)
-        return flatten(update.contribution), update.metrics, update.count, time.perf_counter() - start
+        updates = compute_blocks(self.learner, params, blocks, tasks)
+        rows = np.stack([flatten(u.contribution) for u in updates])
+        return rows, [u.metrics for u in updates], [u.count for u in updates], time.perf_counter() - start
 
     def info(self) -> dict[str, Any]:
         """Where this worker runs: node id, device, process id."""
