@@ -147,16 +147,15 @@ class RayExecutor:
         return [(s, outs[s]) for s in range(len(slices))]
 
     def _by_calls(self, flat: np.ndarray, step: int, slices: list[list[int]], space) -> list[tuple[int, tuple]]:
-        """(worker, result) per slice by actor calls; a dead worker's slice is re-sent to the next live worker."""
+        """(worker, result) per slice by actor calls; a dead worker's slice is re-sent to a worker known to be up."""
         # Large parameter sets go to the object store once per step; small ones travel inline, which is cheaper.
         ref = ray.put(flat) if flat.nbytes > INLINE_BYTES else flat
-        live, failed = self._live_workers(), set()
+        deadline = time.monotonic() + self.wait_s
         pending = {}  # call in flight -> (slice, attempt, worker)
         for s in range(len(slices)):
-            worker = self._pick(s, 0, live, failed)
+            worker = self._target(s, deadline)
             pending[self._send(worker, ref, step, slices[s], space)] = (s, 0, worker)
         results: dict[int, tuple[int, tuple]] = {}
-        deadline = time.monotonic() + self.wait_s
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             if not done:
@@ -165,10 +164,8 @@ class RayExecutor:
             try:
                 result = ray.get(next(done[0]))
             except (RayActorError, StopIteration):  # the worker died (before its item): skip it until it answers again
-                failed.add(worker)
                 self._down.setdefault(worker, None)
-                time.sleep(min(2.0, 0.05 * 2**attempt))
-                retry = self._pick(s, attempt + 1, live, failed)
+                retry = self._target(s + attempt + 1, deadline)
                 pending[self._send(retry, ref, step, slices[s], space)] = (s, attempt + 1, retry)
                 continue
             self._down.pop(worker, None)
@@ -191,12 +188,28 @@ class RayExecutor:
                     self._down[i] = self.workers[i].info.remote()
         return [i for i in range(len(self.workers)) if i not in self._down]
 
-    def _pick(self, s: int, attempt: int, live: list[int], failed: set[int]) -> int:
-        """The worker for slice s at this attempt: round robin over the live workers that have not failed
-        this step; if every one has, over the others; if all have, over all (Ray may have restarted one)."""
-        everyone = range(len(self.workers))
-        up = [w for w in live if w not in failed] or [w for w in everyone if w not in failed] or list(everyone)
-        return up[(s + attempt) % len(up)]
+    def _target(self, s: int, deadline: float) -> int:
+        """A worker for slice s: round robin over those known to be up; when none is, the first whose
+        probe answers (a restarting worker is never sent work it would fail)."""
+        up = self._live_workers()
+        return up[s % len(up)] if up else self._first_up(deadline)
+
+    def _first_up(self, deadline: float) -> int:
+        """Wait for the first down worker to answer its probe (Ray restarting it); raise at the deadline."""
+        while True:
+            self._live_workers()  # probes for workers that have none yet
+            probes = {ref: i for i, ref in self._down.items() if ref is not None}
+            ready, _ = ray.wait(list(probes), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise WorkersUnavailable(f"no adaptation worker came back within runtime.worker_wait_s={self.wait_s}s")
+            i = probes[ready[0]]
+            try:
+                ray.get(ready[0])
+                del self._down[i]
+                return i
+            except RayActorError:  # not restarted yet: ask again shortly
+                self._down[i] = None
+                time.sleep(0.05)
 
     def _send(self, worker: int, ref, step: int, sl: list[int], space):
         # A streaming generator: its first item is the result; the worker then samples its next slice.
