@@ -180,6 +180,7 @@ class EvalConfig(_Section):
 
     episodes: PositiveInt = 600
     inner_steps: PositiveInt | None = None  # default: the algorithm's eval_inner_steps
+    curve: bool = True  # the query metrics after every inner step (False: after the last only, one query pass)
 
 
 class RuntimeConfig(_Section):

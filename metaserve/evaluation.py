@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -39,42 +40,59 @@ def ci95(values: Tensor) -> float:
     return 1.96 * float(values.std(unbiased=True)) / math.sqrt(n) if n > 1 else float("nan")
 
 
-def episode_curve(algorithm: Algorithm, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, steps: int) -> Tensor:
-    """[steps + 1, 2]: query (loss, accuracy or 0) after 0..steps inner steps of one episode."""
+def episode_curve(algorithm: Algorithm, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, steps: int,
+                  curve: bool = True) -> Tensor:
+    """[steps + 1, 2]: query (loss, accuracy or 0) after 0..steps inner steps of one episode; with
+    `curve=False` only after the last one, [1, 2] (one query pass instead of steps + 1)."""
     rows = []
-    adapted = algorithm.adapt(params, sx, sy, steps=0)
-    for j in range(steps + 1):
+    adapted = algorithm.adapt(params, sx, sy, steps=0 if curve else steps)
+    for j in range(steps + 1 if curve else 1):
         if j > 0:
             adapted = algorithm.adapt(adapted, sx, sy, steps=1)
-        out = algorithm.predict(adapted, qx)
-        loss, metrics = algorithm.score(out, qy)
+        loss, metrics = algorithm.score(algorithm.predict(adapted, qx), qy)
         rows.append(torch.stack([loss.detach(), metrics.get("acc", torch.zeros_like(loss)).detach()]))
     return torch.stack(rows)
 
 
+def protocol_steps(learner: Learner, steps: int | None) -> int:
+    """Inner steps at meta-test, as the registry entry's protocol says: an inner-loop learner takes
+    `steps` (default: its `eval_inner_steps`); a closed-form (metric) or family learner none (a family
+    learner's goal tasks after meta-finetuning; family_eval.py has the whole family protocol)."""
+    if learner.config.entry.evaluation != "inner-loop":
+        return 0
+    return learner.algorithm.eval_inner_steps if steps is None else steps
+
+
+def episode_curves(learner: Learner, params: Params, distribution: TaskDistribution, indices: Sequence[int], *,
+                   steps: int, stream: Stream = "test", space: object | None = None, seed: int | None = None,
+                   curve: bool = True, chunk: int = 100) -> Tensor:
+    """[len(indices), rows, 2]: `episode_curve` of held-out episodes `indices`, `chunk` at a time.
+
+    Episodes are pure functions of (seed, index), so any process (a Ray worker) computes the same rows."""
+    algorithm, seed, idx = learner.algorithm, learner.config.seed if seed is None else seed, list(indices)
+    out = []
+    for start in range(0, len(idx), chunk):
+        tasks = [distribution.sample(seed, 0, i, space, stream).to(learner.device, learner.dtype) for i in idx[start:start + chunk]]
+        out.append(map_tasks(lambda *t: episode_curve(algorithm, params, *t, steps, curve), tasks, algorithm.vectorize))
+    return torch.cat(out)
+
+
+def summarize(curves: Tensor, kind: str, steps: int) -> EvalResult:
+    """The final metric +- 95% CI and the mean curve of per-episode curves [episodes, rows, 2]."""
+    classification = kind == "classification"
+    final = curves[:, -1, 1] if classification else curves[:, -1, 0]
+    first = steps + 1 - curves.shape[1]  # 0 with the whole curve, `steps` with the final row only
+    rows = [{"inner_step": first + j, "loss": float(curves[:, j, 0].mean()),
+             **({"acc": float(curves[:, j, 1].mean())} if classification else {})} for j in range(curves.shape[1])]
+    return EvalResult("acc" if classification else "mse", float(final.mean()), ci95(final), curves.shape[0], rows)
+
+
 def evaluate(learner: Learner, params: Params, distribution: TaskDistribution, *, episodes: int = 600,
              steps: int | None = None, stream: Stream = "test", space: object | None = None, seed: int | None = None,
-             chunk: int = 100) -> EvalResult:
-    """Adapt to `episodes` held-out tasks and report the final metric with its 95% CI.
-
-    The algorithm's registry entry sets the protocol: an inner-loop learner takes `steps` inner steps
-    (default: its `eval_inner_steps`), a closed-form (metric) one none, a family learner none either
-    (its goal tasks after meta-finetuning; family_eval.py has the whole family protocol).
-    """
-    algorithm = learner.algorithm
-    if learner.config.entry.evaluation != "inner-loop":
-        steps = 0
-    elif steps is None:
-        steps = algorithm.eval_inner_steps
-    seed = learner.config.seed if seed is None else seed
-    curves = []
-    for start in range(0, episodes, chunk):
-        tasks = [distribution.sample(seed, 0, i, space, stream).to(learner.device, learner.dtype)
-                 for i in range(start, min(start + chunk, episodes))]
-        curves.append(map_tasks(lambda *t: episode_curve(algorithm, params, *t, steps), tasks, algorithm.vectorize))
-    curve = torch.cat(curves)  # [episodes, steps + 1, 2]
-    classification = algorithm.kind == "classification"
-    final = curve[:, -1, 1] if classification else curve[:, -1, 0]
-    rows = [{"inner_step": j, "loss": float(curve[:, j, 0].mean()), **({"acc": float(curve[:, j, 1].mean())} if classification else {})}
-            for j in range(steps + 1)]
-    return EvalResult("acc" if classification else "mse", float(final.mean()), ci95(final), episodes, rows)
+             curve: bool = True, chunk: int = 100) -> EvalResult:
+    """Adapt to `episodes` held-out tasks and report the final metric with its 95% CI (and the mean
+    adaptation curve unless `curve=False`). The registry entry's protocol sets the steps (`protocol_steps`)."""
+    steps = protocol_steps(learner, steps)
+    curves = episode_curves(learner, params, distribution, range(episodes), steps=steps, stream=stream, space=space,
+                            seed=seed, curve=curve, chunk=chunk)
+    return summarize(curves, learner.algorithm.kind, steps)

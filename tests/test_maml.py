@@ -299,6 +299,9 @@ def test_evaluate_matches_hand_written_adaptation_curve():
         assert [r["loss"] for r in result.curve] == pytest.approx(losses.mean(0).tolist(), rel=1e-10)
         assert result.mean == pytest.approx(float(losses[:, -1].mean()), rel=1e-10)
         assert result.ci95 == pytest.approx(1.96 * float(losses[:, -1].std()) / episodes**0.5, rel=1e-8)
+        final_only = evaluate(bare_learner(algo, "maml"), theta, dist, seed=7, episodes=episodes, chunk=5, curve=False)
+        assert final_only.curve == [{"inner_step": steps, "loss": pytest.approx(float(losses[:, -1].mean()), rel=1e-10)}]
+        assert (final_only.mean, final_only.ci95) == (pytest.approx(result.mean, rel=1e-12), pytest.approx(result.ci95, rel=1e-9))
 
 
 class _RandomImages:

@@ -144,3 +144,19 @@ def test_float32_runs_are_bit_identical_locally_on_1_2_3_workers_and_through_wor
             executor.close()
         for k in reference:
             assert torch.equal(got[k], reference[k]), f"{name}: {k} differs by {(got[k] - reference[k]).abs().max()}"
+
+
+def test_meta_test_spread_over_workers_equals_the_single_process_one(ray_session, tmp_path):
+    config = tiny(tmp_path, "maml", backend="ray", num_workers=2)
+    learner = build_learner(config)
+    params = learner.initial_params()
+    local = LocalExecutor(learner, build_distribution(config)).evaluate(params, range(9), steps=3)
+    executor = faulty_executor(config)
+    try:
+        spread = executor.evaluate(params, range(9), steps=3)
+        final_only = executor.evaluate(params, range(9), steps=3, curve=False)
+    finally:
+        executor.close()
+    assert spread.shape == local.shape == (9, 4, 2) and final_only.shape == (9, 1, 2)
+    torch.testing.assert_close(spread, local, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(final_only[:, 0], local[:, -1], rtol=1e-12, atol=1e-14)

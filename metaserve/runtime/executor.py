@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Protocol, Sequence
 
+from torch import Tensor
+
 from metaserve.algorithms.base import TaskUpdate
 from metaserve.config import Config, RuntimeConfig
 from metaserve.experiment import Learner
@@ -16,6 +18,10 @@ class Executor(Protocol):
     def compute(self, params: Params, step: int, indices: Sequence[int], space: object | None = None
                 ) -> tuple[TaskUpdate, dict[str, float]]:
         """The summed update of tasks `indices` of meta-step `step`, and timings (worker_time, comm_time)."""
+        ...
+
+    def evaluate(self, params: Params, indices: Sequence[int], steps: int, curve: bool = True) -> Tensor:
+        """Per-episode query curves [len(indices), rows, 2] of meta-test episodes `indices` (evaluation.py)."""
         ...
 
     def close(self) -> None:

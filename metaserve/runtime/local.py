@@ -4,7 +4,10 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
+from torch import Tensor
+
 from metaserve.algorithms.base import TaskUpdate
+from metaserve.evaluation import episode_curves
 from metaserve.experiment import Learner
 from metaserve.models.functional import Params
 from metaserve.runtime.work import check_finite, compute_blocks, fold, sample_slice, task_blocks
@@ -27,6 +30,10 @@ class LocalExecutor:
         update = fold(compute_blocks(self.learner, params, blocks, tasks))
         check_finite(update, "the local process", step, indices)
         return update, {"worker_time": time.perf_counter() - start, "comm_time": 0.0}
+
+    def evaluate(self, params: Params, indices: Sequence[int], steps: int, curve: bool = True) -> Tensor:
+        """Per-episode query curves of meta-test episodes `indices`, in this process."""
+        return episode_curves(self.learner, params, self.distribution, indices, steps=steps, curve=curve)
 
     def close(self) -> None:
         pass

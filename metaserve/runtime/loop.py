@@ -20,7 +20,7 @@ import torch
 from metaserve.algorithms.outer import descent_direction
 from metaserve.config import Config, config_to_dict
 from metaserve.curriculum import Teacher, build_teacher
-from metaserve.evaluation import EvalResult, evaluate
+from metaserve.evaluation import EvalResult, evaluate, protocol_steps, summarize
 from metaserve.experiment import Learner, build_distribution, build_learner
 from metaserve.models.functional import Params
 from metaserve.runtime.executor import Executor, make_executor
@@ -163,10 +163,12 @@ class TrainLoop:
                        stream="val", space=space)
         return val.curve[-1]["loss"]
 
-    def meta_test(self) -> EvalResult:
-        """The final meta-test on held-out tasks, saved as test.json."""
-        test = evaluate(self.learner, self.state.params, self.distribution, episodes=self.config.eval.episodes,
-                        steps=self.config.eval.inner_steps)
+    def meta_test(self, executor: Executor) -> EvalResult:
+        """The final meta-test on held-out tasks (spread over the executor's workers), saved as test.json."""
+        ec = self.config.eval
+        steps = protocol_steps(self.learner, ec.inner_steps)
+        curves = executor.evaluate(self.state.params, range(ec.episodes), steps, ec.curve)
+        test = summarize(curves, self.learner.algorithm.kind, steps)
         (self.run_dir / "test.json").write_text(json.dumps({"metric": test.metric, "mean": test.mean, "ci95": test.ci95,
                                                             "episodes": test.episodes, "curve": test.curve}, indent=2))
         return test
@@ -195,10 +197,10 @@ def train_loop(config: Config, *, run_dir: Path | None = None, resume: bool = Fa
         executor = make_executor(config, learner, distribution) if owned else executor
         try:
             loop.run(executor)
+            test = loop.meta_test(executor) if final_eval else None
         finally:
             if owned:
                 executor.close()
-        test = loop.meta_test() if final_eval else None
         if test is not None:
             if board is not None:
                 board.write({"step": state.step, f"test_{test.metric}": test.mean})

@@ -22,6 +22,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from metaserve.algorithms.base import TaskUpdate
 from metaserve.config import Config, config_to_dict
+from metaserve.evaluation import episode_curves
+from metaserve.experiment import build_distribution, build_learner
 from metaserve.models.functional import Params
 from metaserve.runtime.cluster import connect
 from metaserve.runtime.executor import worker_bundle
@@ -172,6 +174,27 @@ class RayExecutor:
             results.setdefault(s, (worker, result))  # keep one result per slice
             deadline = time.monotonic() + self.wait_s
         return [results[s] for s in range(len(slices))]
+
+    def evaluate(self, params: Params, indices: Sequence[int], steps: int, curve: bool = True) -> torch.Tensor:
+        """Per-episode query curves of meta-test episodes `indices`, spread over the workers in contiguous
+        slices; a slice whose worker fails is computed here instead (episodes are pure functions of their index)."""
+        flat = flatten(params)
+        ref = ray.put(flat) if flat.nbytes > INLINE_BYTES else flat
+        workers = self._live_workers() or list(range(len(self.workers)))
+        slices = [[i for b in s for i in b] for s in worker_slices(task_blocks(indices, 1), len(workers))]
+        calls = [self.workers[w].evaluate.remote(ref, sl, steps, curve) for w, sl in zip(workers, slices)]
+        device = next(iter(params.values())).device
+        out = []
+        for call, sl in zip(calls, slices):
+            try:
+                out.append(torch.from_numpy(ray.get(call, timeout=self.wait_s)).to(device))
+            except (RayActorError, GetTimeoutError):
+                out.append(self._evaluate_here(params, sl, steps, curve))
+        return torch.cat(out)
+
+    def _evaluate_here(self, params: Params, indices: Sequence[int], steps: int, curve: bool) -> torch.Tensor:
+        learner = build_learner(self.config, next(iter(params.values())).device)
+        return episode_curves(learner, params, build_distribution(self.config), indices, steps=steps, curve=curve)
 
     def _live_workers(self) -> list[int]:
         """Workers to use this step: all but those known to be down, whose probes have not answered yet."""

@@ -16,6 +16,7 @@ import ray
 import torch
 
 from metaserve.config import parse_config
+from metaserve.evaluation import episode_curves
 from metaserve.experiment import build_distribution, build_learner
 from metaserve.runtime.work import compute_blocks, sample_slice
 from metaserve.runtime.wire import flatten, layout_of, unflatten
@@ -73,6 +74,12 @@ class AdaptationWorker:
         updates = compute_blocks(self.learner, params, blocks, tasks)
         rows = np.stack([flatten(u.contribution) for u in updates])
         return rows, [u.metrics for u in updates], [u.count for u in updates], time.perf_counter() - start
+
+    def evaluate(self, flat_params: np.ndarray, indices: Sequence[int], steps: int, curve: bool) -> np.ndarray:
+        """Per-episode query curves of meta-test episodes `indices` (the learner concatenates the slices)."""
+        params = unflatten(flat_params, self.layout, self.device, self.learner.dtype)
+        curves = episode_curves(self.learner, params, self.distribution, indices, steps=steps, curve=curve)
+        return curves.cpu().numpy()
 
     def info(self) -> dict[str, Any]:
         """Where this worker runs: node id, device, process id."""
