@@ -112,6 +112,9 @@ class LazyAlgorithmConfig(GradientAlgorithmConfig):
     name: Literal["lazy-maml", "lazy-reptile"] = "lazy-maml"  # type: ignore[assignment]
     leap: Annotated[float, Field(gt=0, le=1)] = 1.0  # gamma
     leap_target: Literal["last", "mean"] = "last"
+    # lazy-maml: "exact" backpropagates through the student's trajectory with one HVP per step (lazy.py eq. 4-5);
+    # "linearised" is the first-order-in-alpha form (eq. 6), stable only while alpha * k * curvature << 1.
+    meta_gradient: Literal["exact", "linearised"] = "exact"
 
 
 class ProtoNetConfig(_Section):

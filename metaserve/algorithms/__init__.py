@@ -43,7 +43,7 @@ def build_algorithm(cfg: AlgorithmConfig, model: nn.Module, task: TaskConfig, ve
         return MALTML2nd(model, kind, outer_cfg, **family)
     kwargs = dict(inner_lr=cfg.inner_lr, inner_steps=cfg.inner_steps, eval_inner_steps=cfg.eval_inner_steps, vectorize=vectorize)
     if cfg.name in ("lazy-maml", "lazy-reptile"):
-        kwargs |= dict(leap=cfg.leap, leap_target=cfg.leap_target)
+        kwargs |= dict(leap=cfg.leap, leap_target=cfg.leap_target, meta_gradient=cfg.meta_gradient)
     return GRADIENT[cfg.name](model, kind, outer_cfg, **kwargs)
 
 
