@@ -67,10 +67,10 @@ class LazyMAML(Algorithm):
 
     # --- the student and the teacher (1-2) -------------------------------------------------------
     def student_run(self, theta: Params, sx: Tensor, sy: Tensor) -> tuple[Params, dict[int, Params]]:
-        """The leap target phi of (2), and the checkpoints {j: phi_j} for j = 0, s, 2s, ... < k."""
+        """The leap target phi of (2), and (exact mode) the checkpoints {j: phi_j} for j = 0, s, 2s, ... < k."""
         phi, running, checkpoints = theta, None, {}
         for j in range(self.inner_steps):
-            if j % self.segment == 0:
+            if j % self.segment == 0 and self.meta_gradient == "exact":
                 checkpoints[j] = phi
             phi = sgd_step(phi, grad(self.loss)(phi, sx, sy), self.inner_lr)
             if self.leap_target == "mean":
