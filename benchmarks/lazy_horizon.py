@@ -52,7 +52,8 @@ def stability(a) -> list[dict]:
     """Train lazy-maml at each k; the validation-loss curve and whether any update was non-finite."""
     rows = []
     for k in a.ks:
-        cfg = config(LAZY, [f"algorithm.inner_steps={k}", f"algorithm.meta_gradient={a.mode}"], a.steps, a.log_every, a.set)
+        overrides = [f"algorithm.inner_steps={k}", f"algorithm.meta_gradient={a.mode}"]
+        cfg = config(LAZY, overrides, a.steps, a.log_every, a.set)
         _, _, steps, seconds, metrics, status = train_for(cfg, a.budget_s, with_status=True,
                                                           progress=lambda m, k=k: print(f"    k={k} {m}", flush=True))
         val = metrics["val_loss"].dropna().tolist()
@@ -83,10 +84,11 @@ def compute(a) -> list[dict]:
     rows = []
     for k in a.ks:
         row = {"k": k, "meta_batch": a.meta_batch}
-        row["maml_s"] = seconds_per_step("configs/sinusoid-maml.yaml", [f"algorithm.inner_steps={k}"], a.meta_batch, a.reps)
+        maml = [f"algorithm.inner_steps={k}"]
+        row["maml_s"] = seconds_per_step("configs/sinusoid-maml.yaml", maml, a.meta_batch, a.reps)
         for mode in ("exact", "linearised"):
-            row[f"lazy_{mode}_s"] = seconds_per_step(LAZY, [f"algorithm.inner_steps={k}", f"algorithm.meta_gradient={mode}"],
-                                                     a.meta_batch, a.reps)
+            lazy = [f"algorithm.inner_steps={k}", f"algorithm.meta_gradient={mode}"]
+            row[f"lazy_{mode}_s"] = seconds_per_step(LAZY, lazy, a.meta_batch, a.reps)
         row["exact_over_maml"] = row["lazy_exact_s"] / row["maml_s"]
         row["exact_over_linearised"] = row["lazy_exact_s"] / row["lazy_linearised_s"]
         print(f"  k={k}: maml {row['maml_s']:.3f} s, lazy exact {row['lazy_exact_s']:.3f} s "
@@ -103,13 +105,15 @@ def claim(a) -> list[dict]:
         cfg = config(path, overrides, a.steps, a.log_every, a.set)
         _, params, steps, seconds, metrics, status = train_for(cfg, float("inf"), with_status=True)
         learner, dist = build_learner(cfg), build_distribution(cfg)
-        row = {"contender": label, "steps": steps, "meta_batch": cfg.train.meta_batch, "inner_lr": cfg.algorithm.inner_lr,
+        row = {"contender": label, "steps": steps, "meta_batch": cfg.train.meta_batch,
+               "inner_lr": cfg.algorithm.inner_lr,
                "train_s": seconds, "status": status}
         for k in a.eval_steps:
             r = evaluate(learner.algorithm, params, dist, seed=cfg.seed, episodes=a.episodes, steps=k,
                          device=learner.device, dtype=learner.dtype)
             row[f"mse_{k}"], row[f"ci95_{k}"] = r.mean, r.ci95
-        print(f"  {label}: " + ", ".join(f"{k} steps {row[f'mse_{k}']:.4f} +- {row[f'ci95_{k}']:.4f}" for k in a.eval_steps)
+        scores = ", ".join(f"{k} steps {row[f'mse_{k}']:.4f} +- {row[f'ci95_{k}']:.4f}" for k in a.eval_steps)
+        print(f"  {label}: " + scores
               + f" ({steps} meta-steps, {seconds:.0f} s, {status})", flush=True)
         rows.append(row)
     return rows
@@ -119,7 +123,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description="lazy-maml at long horizons")
     p.add_argument("what", choices=["stability", "compute", "claim"])
     p.add_argument("--ks", type=lambda s: [int(x) for x in s.split(",")], default=[10, 20, 50, 100])
-    p.add_argument("--mode", choices=["exact", "linearised"], default="exact", help="stability: lazy-maml's meta_gradient")
+    p.add_argument("--mode", choices=["exact", "linearised"], default="exact",
+                   help="stability: lazy-maml's meta_gradient")
     p.add_argument("--steps", type=int, default=5000, help="meta-steps (stability: at most; claim: each)")
     p.add_argument("--budget-s", type=float, default=300.0, help="stability: training seconds per k")
     p.add_argument("--log-every", type=int, default=50)

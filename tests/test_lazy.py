@@ -192,7 +192,8 @@ def test_lazy_maml_memory_does_not_grow_with_inner_steps():
     # checkpoints (ceil(k/s) + s with s = ceil(sqrt(k)): 5 copies at k = 5, 15 at k = 50), the linearised not at all.
     assert lazy50 - lazy5 <= (15 - 5 + 2) * params_bytes, (lazy5, lazy50, params_bytes)
     assert maml50 - maml5 > 10 * (lazy50 - lazy5), (maml5, maml50, lazy5, lazy50)
-    linear5, linear50 = peak(partial(LazyMAML, meta_gradient="linearised"), 5), peak(partial(LazyMAML, meta_gradient="linearised"), 50)
+    linearised = partial(LazyMAML, meta_gradient="linearised")
+    linear5, linear50 = peak(linearised, 5), peak(linearised, 50)
     assert linear50 <= 1.3 * linear5, (linear5, linear50)
 
 
@@ -202,7 +203,8 @@ def unrolled_meta_gradient(model, theta, task, alpha, k, gamma, target):
     leaves = {n: t.clone().requires_grad_(True) for n, t in theta.items()}
     phi, iterates = leaves, []
     for _ in range(k):
-        grads = torch.autograd.grad(mse(model, phi, task.support_x, task.support_y), list(phi.values()), create_graph=True)
+        support_loss = mse(model, phi, task.support_x, task.support_y)
+        grads = torch.autograd.grad(support_loss, list(phi.values()), create_graph=True)
         phi = {n: phi[n] - alpha * g for n, g in zip(phi, grads)}
         iterates.append(phi)
     leap_to = iterates[-1] if target == "last" else {n: sum(it[n] for it in iterates) / k for n in leaves}
@@ -280,7 +282,8 @@ def test_linearised_and_exact_differ_beyond_one_step():
     grads = {}
     for k in (1, 5):
         for mode in ("exact", "linearised"):
-            algo = LazyMAML(model, "regression", OuterConfig(), inner_lr=0.05, inner_steps=k, leap=0.5, meta_gradient=mode)
+            algo = LazyMAML(model, "regression", OuterConfig(), inner_lr=0.05, inner_steps=k, leap=0.5,
+                            meta_gradient=mode)
             grads[k, mode] = algo.task_update(theta, tasks[0]).contribution
     for name in theta:
         torch.testing.assert_close(grads[1, "exact"][name], grads[1, "linearised"][name], rtol=1e-10, atol=1e-12)
@@ -289,8 +292,8 @@ def test_linearised_and_exact_differ_beyond_one_step():
 
 
 # --- config validation and the shipped long-horizon config ------------------------------------------
-@pytest.mark.parametrize("override,named", [("algorithm.inner_steps=0", "inner_steps=0"), ("algorithm.leap=1.5", "leap=1.5"),
-                                            ("algorithm.leap=0", "leap=0"),
+@pytest.mark.parametrize("override,named", [("algorithm.inner_steps=0", "inner_steps=0"),
+                                            ("algorithm.leap=1.5", "leap=1.5"), ("algorithm.leap=0", "leap=0"),
                                             ("algorithm.meta_gradient=second", "meta_gradient='second'")])
 def test_bad_lazy_config_values_are_named(override, named):
     with pytest.raises(ConfigError, match=re.escape(named)):

@@ -23,7 +23,9 @@ TINY = {
 
 
 def tiny(tmp_path, algorithm: str, **runtime) -> object:
+    algorithm, _, mode = algorithm.partition(":")  # "lazy-maml:linearised": that meta-gradient mode
     extra = {"leap": 0.7, "inner_steps": 3} if algorithm.startswith("lazy") else {}
+    extra |= {"meta_gradient": mode} if mode else {}
     cfg = {**TINY, "output_dir": str(tmp_path), "algorithm": {**TINY["algorithm"], "name": algorithm, **extra},
            "runtime": {**TINY["runtime"], **runtime}}
     return as_config(cfg)
@@ -38,7 +40,7 @@ def test_slices_cover_the_batch_once():
     assert worker_slices(range(2), 3) == [[0], [1]]
 
 
-ALGORITHMS = ["maml", "fomaml", "reptile", "lazy-maml"]
+ALGORITHMS = ["maml", "fomaml", "reptile", "lazy-maml", "lazy-maml:linearised"]
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])
