@@ -187,7 +187,7 @@ class RayExecutor:
         out = []
         for call, sl in zip(calls, slices):
             try:
-                out.append(torch.from_numpy(ray.get(call, timeout=self.wait_s)).to(device))
+                out.append(torch.from_numpy(np.require(ray.get(call, timeout=self.wait_s), requirements="W")).to(device))
             except (RayActorError, GetTimeoutError):
                 out.append(self._evaluate_here(params, sl, steps, curve))
         return torch.cat(out)
