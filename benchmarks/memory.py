@@ -11,7 +11,7 @@ MAML differentiates through all k inner steps, so it keeps k steps of activation
 gradient graphs; lazy-maml replays the student's trajectory for its Hessian-vector products and
 should stay flat in k.
 
-  .venv/bin/python benchmarks/memory.py --ks 1,5,10,25,50 --algorithms maml,lazy-maml
+  .venv/bin/python -m benchmarks.memory --ks 1,5,10,25,50 --algorithms maml,lazy-maml
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ import subprocess
 import sys
 import time
 
-import _common
-from _common import markdown_table, print_machine, save
+from benchmarks import common as _common
+from benchmarks.common import markdown_table, print_machine, save
 
 MB = 2**20
 
@@ -78,7 +78,7 @@ def main() -> None:
     rows = []
     for algorithm in a.algorithms.split(","):
         for k in [int(x) for x in a.ks.split(",")]:
-            cmd = [sys.executable, __file__, "--child", algorithm, str(k), "--meta-batch", str(a.meta_batch),
+            cmd = [sys.executable, "-m", "benchmarks.memory", "--child", algorithm, str(k), "--meta-batch", str(a.meta_batch),
                    "--hidden", str(a.hidden), "--vectorize", a.vectorize]
             row = {"algorithm": algorithm, "k": k, "meta_batch": a.meta_batch, "hidden": a.hidden}
             t0 = time.perf_counter()

@@ -1,4 +1,9 @@
-"""Shared helpers of the benchmark scripts: machine description, result files, markdown tables."""
+"""Shared helpers of the benchmark scripts: machine description, result files, markdown tables,
+time-budgeted training and the meta-test every accuracy/MSE table uses.
+
+The scripts are modules of the `benchmarks` package, run from the project root as
+`python -m benchmarks.<name>`, so they import this checkout's `metaserve` without any path edits.
+"""
 from __future__ import annotations
 
 import csv
@@ -13,7 +18,6 @@ from typing import Any, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]  # the project root (holds `metaserve/`)
 RESULTS = ROOT / "benchmarks" / "results"
-sys.path.insert(0, str(ROOT))  # so `python benchmarks/x.py` imports this checkout's metaserve
 
 
 def machine() -> dict[str, Any]:
@@ -45,9 +49,26 @@ def machine() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "ray": ray_version,
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "command": " ".join([Path(sys.executable).relative_to(ROOT).as_posix() if sys.executable.startswith(str(ROOT)) else sys.executable]
-                            + [Path(sys.argv[0]).resolve().relative_to(ROOT).as_posix()] + sys.argv[1:]),
+        "command": command_line(),
     }
+
+
+def command_line() -> str:
+    """The command that is running, as it would be typed from the project root (`python -m benchmarks.x ...`)."""
+    exe = Path(sys.executable)
+    python = exe.relative_to(ROOT).as_posix() if exe.is_relative_to(ROOT) else sys.executable
+    script = Path(sys.argv[0]).resolve()
+    if script.parent == ROOT / "benchmarks":
+        target = ["-m", f"benchmarks.{script.stem}"]
+    else:
+        target = [script.relative_to(ROOT).as_posix() if script.is_relative_to(ROOT) else sys.argv[0]]
+    return " ".join([python, *target, *sys.argv[1:]])
+
+
+def relative(path: Path | str) -> str:
+    """`path` relative to the project root when it is inside it (for result files and printed paths)."""
+    path = Path(path).resolve()
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
 
 
 def print_machine(info: dict[str, Any]) -> None:
@@ -137,3 +158,21 @@ def train_for(config, budget_s: float, progress=None, with_status: bool = False)
     model = load(run_dir)
     out = (run_dir, model.params, model.step, seconds, read_metrics(run_dir))
     return (*out, status) if with_status else out
+
+
+def meta_test(config, params, *, episodes: int, steps: int | None = None, overrides: Sequence[str] = ()):
+    """Meta-test `params` on `config`'s held-out split (with `overrides`, e.g. `task.query=15`).
+
+    Returns (EvalResult, seconds). Every accuracy and MSE table of the benchmarks goes through here, so
+    they share one protocol: `episodes` test episodes drawn from the test stream of `config.seed`.
+    """
+    from metaserve.api import as_config
+    from metaserve.evaluation import evaluate
+    from metaserve.experiment import build_distribution, build_learner
+
+    test_config = as_config(config, list(overrides)) if overrides else config
+    learner = build_learner(test_config)
+    t0 = time.perf_counter()
+    result = evaluate(learner.algorithm, params, build_distribution(test_config), seed=config.seed, episodes=episodes,
+                      steps=steps, device=learner.device, dtype=learner.dtype)
+    return result, time.perf_counter() - t0
