@@ -5,16 +5,15 @@ N ways for Omniglot), the query loss and accuracy before adaptation (0 inner ste
 (eval_inner_steps), mean +- 95% CI over the episodes, the whole adaptation curve, and plots
 (adaptation curves, omega trajectories, meta-validation loss on the full space vs meta-step).
 
-  .venv/bin/python benchmarks/curriculum.py --task sinusoid --steps 2000
-  .venv/bin/python benchmarks/curriculum.py --task omniglot --steps 150 --episodes 200
+  .venv/bin/python -m benchmarks.curriculum --task sinusoid --steps 2000
+  .venv/bin/python -m benchmarks.curriculum --task omniglot --steps 150 --episodes 200
 """
 from __future__ import annotations
 
 import argparse
 import time
 
-import _common
-from _common import RESULTS, markdown_table, print_machine, save
+from benchmarks.common import RESULTS, ROOT, machine, markdown_table, print_machine, save
 
 import matplotlib
 
@@ -83,7 +82,7 @@ def main() -> None:
     p.add_argument("--tag", default="", help="suffix of the result files and plot folder (e.g. seed1)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    info = _common.machine()
+    info = machine()
     print_machine(info)
     config_path, overrides = SETUPS[args.task]
     label = f"curriculum-{args.task}" + (f"-{args.tag}" if args.tag else "")
@@ -93,7 +92,7 @@ def main() -> None:
                           f"output_dir={RESULTS / 'runs' / f'curriculum-{args.task}'}"] + args.set
     rows, curves, metrics = [], {}, {}
     for name in args.teachers.split(","):
-        config = as_config(str(_common.ROOT / config_path), common + [f"curriculum.teacher={name}", f"name=curriculum-{args.task}-{name}"])
+        config = as_config(str(ROOT / config_path), common + [f"curriculum.teacher={name}", f"name=curriculum-{args.task}-{name}"])
         t0 = time.perf_counter()
         result = train_loop(config, final_eval=False, progress=lambda m: print(f"[{name}] {m}", flush=True))
         seconds = time.perf_counter() - t0
@@ -110,10 +109,10 @@ def main() -> None:
         metrics[name] = df
         omega = {c.removeprefix("omega_"): float(df[c].iloc[-1]) for c in df if c.startswith("omega_")}
         rows.append({**summarise(name, table, classification), "meta_steps": config.train.steps, "train_s": round(seconds, 1),
-                     "final_omega": ", ".join(f"{k}={v:g}" for k, v in omega.items()) or "-", "run_dir": str(result.run_dir.relative_to(_common.ROOT))})
+                     "final_omega": ", ".join(f"{k}={v:g}" for k, v in omega.items()) or "-", "run_dir": str(result.run_dir.relative_to(ROOT))})
         print(f"[{name}] {rows[-1]}", flush=True)
     plots = plot(args.task, curves, metrics, classification, out_dir)
-    extra = {"args": vars(args), "overrides": common, "plots": [str(p.relative_to(_common.ROOT)) for p in plots],
+    extra = {"args": vars(args), "overrides": common, "plots": [str(p.relative_to(ROOT)) for p in plots],
              "curves": {k: {"loss": v[:, :, 0].mean(0).tolist(), "acc": v[:, :, 1].mean(0).tolist()} for k, v in curves.items()},
              "omega": {k: df[["step"] + [c for c in df if c.startswith(("omega_", "teacher_"))]].to_dict("list") for k, df in metrics.items()}}
     csv_path, json_path = save(label, rows, info, extra)

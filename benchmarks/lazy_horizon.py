@@ -10,9 +10,9 @@ Three measurements, each a subcommand (sinusoid K=10, the shipped configs/sinuso
              meta-steps, then meta-tests each on --episodes held-out tasks: query MSE +- 95% CI after
              --eval-steps SGD steps (each learner at its own inner_lr).
 
-  nice -n 10 .venv/bin/python benchmarks/lazy_horizon.py stability --ks 10,20,50,100 --budget-s 300
-  nice -n 10 .venv/bin/python benchmarks/lazy_horizon.py compute --ks 1,5,20,50
-  nice -n 10 .venv/bin/python benchmarks/lazy_horizon.py claim --steps 300
+  nice -n 10 .venv/bin/python -m benchmarks.lazy_horizon stability --ks 10,20,50,100 --budget-s 300
+  nice -n 10 .venv/bin/python -m benchmarks.lazy_horizon compute --ks 1,5,20,50
+  nice -n 10 .venv/bin/python -m benchmarks.lazy_horizon claim --steps 300
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import argparse
 import statistics
 import time
 
-import _common
-from _common import RESULTS, markdown_table, print_machine, save, train_for
+from benchmarks import common as _common
+from benchmarks.common import RESULTS, markdown_table, print_machine, save, train_for
 
 import torch
 

@@ -11,7 +11,7 @@ smaller one):
   oracle    pretrain with inputs (x, amplitude, phase)
 Writes results/maltml-families.{csv,json} and the plot results/maltml-families.png.
 
-  .venv/bin/python benchmarks/maltml_families.py --steps 1500 --meta-batch 10
+  .venv/bin/python -m benchmarks.maltml_families --steps 1500 --meta-batch 10
 """
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ import argparse
 import json
 import time
 
-import _common
-from _common import RESULTS, markdown_table, print_machine, save
+from benchmarks.common import RESULTS, ROOT, machine, markdown_table, print_machine, save
 
 import torch
 import yaml
@@ -32,7 +31,7 @@ from metaserve.runtime.loop import train_loop
 from metaserve.tasks import make_distribution
 
 RUNS = RESULTS / "runs" / "maltml-families"
-BASE = _common.ROOT / "configs" / "sinusoid-families-maltml.yaml"
+BASE = ROOT / "configs" / "sinusoid-families-maltml.yaml"
 
 
 def learners(a) -> dict[str, tuple[dict, dict]]:
@@ -68,7 +67,7 @@ def run(name: str, algorithm: dict, task: dict, a) -> dict:
            "train_s": round(train_s, 1),
            "eval_s": round(time.perf_counter() - t1, 1), "families": r.families,
            **{f"mse_{c['finetune_step']}": c["mean"] for c in r.curve}, **{f"ci95_{c['finetune_step']}": c["ci95"] for c in r.curve},
-           "run_dir": str(result.run_dir.relative_to(_common.ROOT))}
+           "run_dir": str(result.run_dir.relative_to(ROOT))}
     print(f"  {name}: {r}  (train {train_s:.0f} s)", flush=True)
     return row
 
@@ -119,7 +118,7 @@ def main() -> None:
     p.add_argument("--update", action="store_true", help="replace only these learners' rows in the existing results")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    info = _common.machine()
+    info = machine()
     print_machine(info)
     table = learners(a)
     rows = [run(name, *table[name], a) for name in a.learners.split(",")]
@@ -134,8 +133,8 @@ def main() -> None:
     csv_path, json_path = save(a.tag, rows, info, {"args": vars(a)})
     png = RESULTS / f"{a.tag}.png"
     if plot(rows, a.finetune_steps, png):
-        print(f"plot: {png.relative_to(_common.ROOT)}")
-    print(f"wrote {csv_path.relative_to(_common.ROOT)} and {json_path.relative_to(_common.ROOT)}")
+        print(f"plot: {png.relative_to(ROOT)}")
+    print(f"wrote {csv_path.relative_to(ROOT)} and {json_path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ gradient graphs; lazy-maml's exact meta-gradient keeps only parameter-sized chec
 trajectory (about 2 sqrt(k) copies, lazy.py) for its Hessian-vector products and should stay within 1.2x of
 its k=1 figure. `lazy-maml:linearised` selects the linearised meta-gradient (meta_gradient=linearised).
 
-  nice -n 10 .venv/bin/python benchmarks/memory.py --ks 1,10,50,100 --algorithms maml,lazy-maml,lazy-maml:linearised
+  nice -n 10 .venv/bin/python -m benchmarks.memory --ks 1,10,50,100 --algorithms maml,lazy-maml,lazy-maml:linearised
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ import subprocess
 import sys
 import time
 
-import _common
-from _common import markdown_table, print_machine, save
+from benchmarks import common as _common
+from benchmarks.common import markdown_table, print_machine, save
 
 MB = 2**20
 
@@ -82,7 +82,7 @@ def main() -> None:
     rows = []
     for algorithm in a.algorithms.split(","):
         for k in [int(x) for x in a.ks.split(",")]:
-            cmd = [sys.executable, __file__, "--child", algorithm, str(k), "--meta-batch", str(a.meta_batch),
+            cmd = [sys.executable, "-m", "benchmarks.memory", "--child", algorithm, str(k), "--meta-batch", str(a.meta_batch),
                    "--hidden", str(a.hidden), "--vectorize", a.vectorize]
             row = {"algorithm": algorithm, "k": k, "meta_batch": a.meta_batch, "hidden": a.hidden}
             t0 = time.perf_counter()

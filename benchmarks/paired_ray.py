@@ -6,7 +6,7 @@ times one meta-step of each path back to back (well under a second apart), and a
 over rounds of the ratio within a round. Paths keep their own parameters and optimizer state.
 
 Paths (second-order MAML, mlp 40-40, meta-batch 32, k=5, float32, one torch thread per process):
-  plain        benchmarks/plain_maml.py, the per-task loop users write today
+  plain        benchmarks.plain_maml, the per-task loop users write today
   vec          metaserve `batch_update` (torch.func.vmap over tasks) + outer step, in this process
   ray1-calls   the learner's step (RayExecutor.compute + outer step), 1 worker, actor calls
   ray2-calls   the same with 2 workers
@@ -14,7 +14,7 @@ Paths (second-order MAML, mlp 40-40, meta-batch 32, k=5, float32, one torch thre
                second phase with plain and vec only, because an idle graph worker polls a core
 The Ray paths time what `train_loop` records as `step_time` (executor round trip + outer step).
 
-  .venv/bin/python benchmarks/paired_ray.py --rounds 150 --tag paired-sinusoid
+  .venv/bin/python -m benchmarks.paired_ray --rounds 150 --tag paired-sinusoid
 """
 from __future__ import annotations
 
@@ -22,8 +22,7 @@ import argparse
 import statistics
 import time
 
-import _common
-from _common import markdown_table, print_machine, save
+from benchmarks.common import ROOT, machine, markdown_table, print_machine, save
 
 import ray
 import torch
@@ -33,8 +32,8 @@ from metaserve.config import Config
 from metaserve.experiment import build_distribution, build_learner
 from metaserve.runtime.ray_executor import RayExecutor
 
-import plain_maml
-from throughput import workload_config
+from benchmarks import plain_maml
+from benchmarks.throughput import workload_config
 
 META_BATCH = 32
 
@@ -45,15 +44,14 @@ class VecPath:
     def __init__(self, config: Config):
         self.config, self.learner, self.dist = config, build_learner(config), build_distribution(config)
         self.params = self.learner.initial_params()
-        self.state = self.learner.algorithm.init_outer_state(self.params)
+        self.state = self.learner.outer.init(self.params)
 
     def step(self, step: int) -> dict:
         t0 = time.perf_counter()
         tasks = [self.dist.sample(self.config.seed, step, i, None, "train").to(self.learner.device, self.learner.dtype)
                  for i in range(META_BATCH)]
         update = self.learner.algorithm.batch_update(self.params, tasks)
-        self.params, self.state = self.learner.algorithm.outer_step(
-            self.params, update.mean_contribution(), self.state)
+        self.params, self.state = self.learner.outer_step(self.params, update.mean_contribution(), self.state)
         return {"step_time": time.perf_counter() - t0}
 
 
@@ -67,8 +65,7 @@ class RayPath(VecPath):
     def step(self, step: int) -> dict:
         t0 = time.perf_counter()
         update, timing = self.executor.compute(self.params, step, range(META_BATCH))
-        self.params, self.state = self.learner.algorithm.outer_step(
-            self.params, update.mean_contribution(), self.state)
+        self.params, self.state = self.learner.outer_step(self.params, update.mean_contribution(), self.state)
         return {"step_time": time.perf_counter() - t0, "worker_time": timing["worker_time"]}
 
 
@@ -135,7 +132,7 @@ def main() -> None:
     p.add_argument("--tag", default="paired-sinusoid")
     a = p.parse_args()
     torch.set_num_threads(1)
-    info = _common.machine()
+    info = machine()
     print_machine(info)
     base = workload_config("sinusoid", META_BATCH, 10, 10**6, ["runtime.backend=ray"])
     ray.init(address="local", num_cpus=3, include_dashboard=False)  # logical CPUs for 3 one-thread workers
@@ -158,7 +155,7 @@ def main() -> None:
     print(markdown_table(rows, ["phase", "path", "step_time_ms", "worker_time_ms", "learner_comm_share", "tasks_per_s",
                                 "vs_vec", "vs_vec_iqr", "vs_plain", "vs_plain_iqr", "rounds"]))
     csv_path, json_path = save(a.tag, rows, info, {"raw": raw, "command": vars(a)})
-    print(f"\nwrote {csv_path.relative_to(_common.ROOT)} and {json_path.relative_to(_common.ROOT)}")
+    print(f"\nwrote {csv_path.relative_to(ROOT)} and {json_path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ steps, a Python loop over the tasks of the meta-batch, `loss.backward()` per tas
 Tasks come from metaserve's task distributions (the same numpy sampling every path pays for), so
 the comparison is about the adaptation and meta-gradient code only.
 
-Run alone:  .venv/bin/python benchmarks/plain_maml.py --task sinusoid --steps 50
+Run alone:  .venv/bin/python -m benchmarks.plain_maml --task sinusoid --steps 50
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import _common  # noqa: F401  (puts the project root on sys.path)
 
 
 class PlainMLP(nn.Module):

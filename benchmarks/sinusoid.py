@@ -5,15 +5,14 @@ stops at the first log row past `--budget-s`, whose checkpoint is then evaluated
 10 inner steps (and after the config's own eval_inner_steps, e.g. 32 for Reptile), plus the whole
 adaptation curve in the JSON.
 
-  .venv/bin/python benchmarks/sinusoid.py --algorithms maml,reptile,lazy-maml --budget-s 240
+  .venv/bin/python -m benchmarks.sinusoid --algorithms maml,reptile,lazy-maml --budget-s 240
 """
 from __future__ import annotations
 
 import argparse
 import time
 
-import _common
-from _common import RESULTS, markdown_table, print_machine, save, train_for
+from benchmarks.common import RESULTS, ROOT, machine, markdown_table, print_machine, save, train_for
 
 import torch
 
@@ -26,7 +25,7 @@ RUNS = RESULTS / "runs" / "sinusoid"
 
 
 def config_for(algorithm: str, steps: int, log_every: int, extra: list[str] = ()):
-    return as_config(str(_common.ROOT / CONFIGS[algorithm]),
+    return as_config(str(ROOT / CONFIGS[algorithm]),
                      [f"train.steps={steps}", f"train.log_every={log_every}", f"train.checkpoint_every={log_every}",
                       "train.val_tasks=100", "train.device=cpu", f"output_dir={RUNS}", *extra])
 
@@ -37,9 +36,9 @@ def run(algorithm: str, budget_s: float, max_steps: int, log_every: int, episode
         from metaserve.api import load
         from metaserve.store.metrics import read_metrics
 
-        model = load(_common.ROOT / from_run)
+        model = load(ROOT / from_run)
         config = model.config
-        run_dir, params, steps, train_s, metrics, status = _common.ROOT / from_run, model.params, model.step, None, read_metrics(_common.ROOT / from_run), "evaluated from an earlier run: see its log for how training ended"
+        run_dir, params, steps, train_s, metrics, status = ROOT / from_run, model.params, model.step, None, read_metrics(ROOT / from_run), "evaluated from an earlier run: see its log for how training ended"
     else:
         run_dir, params, steps, train_s, metrics, status = train_for(config, budget_s, progress=lambda m: print(f"    {algorithm} {m}", flush=True), with_status=True)
     learner = build_learner(config)
@@ -52,15 +51,14 @@ def run(algorithm: str, budget_s: float, max_steps: int, log_every: int, episode
     t1 = time.perf_counter()
     curve = None
     for k in eval_steps:
-        r = evaluate(learner.algorithm, params, dist, seed=config.seed, episodes=episodes, steps=k,
-                     device=learner.device, dtype=learner.dtype)
+        r = evaluate(learner, params, dist, episodes=episodes, steps=k)
         row[f"mse_{k}"] = r.mean
         row[f"ci95_{k}"] = r.ci95
         curve = r.curve  # the longest curve is kept (steps sorted)
     row["mse_0"] = curve[0]["loss"]
     row["eval_s"] = time.perf_counter() - t1
     row["curve"] = [round(c["loss"], 5) for c in curve]
-    row["run_dir"] = str(run_dir.relative_to(_common.ROOT))
+    row["run_dir"] = str(run_dir.relative_to(ROOT))
     print(f"  {algorithm}: " + ", ".join(f"{k} steps {row[f'mse_{k}']:.4f} +- {row[f'ci95_{k}']:.4f}" for k in eval_steps)
           + f" ({steps} training steps; {status})", flush=True)
     return row
@@ -80,7 +78,7 @@ def main() -> None:
     p.add_argument("--tag", default="sinusoid")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    info = _common.machine()
+    info = machine()
     print_machine(info)
     from_run = dict(item.split("=", 1) for item in a.from_run)
     rows = [run(alg, a.budget_s, a.max_steps, a.log_every, a.episodes, a.set, from_run.get(alg)) for alg in a.algorithms.split(",")]
@@ -88,7 +86,7 @@ def main() -> None:
     cols = ["algorithm", "status", "train_steps", "meta_batch", "inner_steps_train", "train_s", "mse_0", "mse_1", "ci95_1", "mse_10", "ci95_10", "mse_32", "ci95_32", "mse_20", "ci95_20"]
     print(markdown_table(rows, [c for c in cols if any(c in r for r in rows)]))
     csv_path, json_path = save(a.tag, rows, info)
-    print(f"\nwrote {csv_path.relative_to(_common.ROOT)} and {json_path.relative_to(_common.ROOT)}")
+    print(f"\nwrote {csv_path.relative_to(ROOT)} and {json_path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Workloads
   omniglot: 5-way 1-shot FOMAML on conv4 (hidden 64), k=5, 15 query images per class, meta-batch 8 (and 16).
 
 Paths
-  plain      benchmarks/plain_maml.py: nn.Module + autograd.grad(create_graph=True), a loop over tasks.
+  plain      benchmarks.plain_maml: nn.Module + autograd.grad(create_graph=True), a loop over tasks.
   vec        metaserve `Algorithm.batch_update` with vectorize on (torch.func.vmap over tasks) + outer step.
   loop       the same with vectorize off (metaserve's per-task loop).
   local      `train_loop` with runtime.backend=local (its default vectorize), timed from metrics.parquet.
@@ -19,7 +19,7 @@ Every path regenerates its tasks from the seed each step (numpy sampling is in e
 up for --warmup steps and timed over --steps steps. benchmarks/paired_ray.py compares the sinusoid
 Ray transports step by step, which this machine's noise needs for differences of a few percent.
 
-  .venv/bin/python benchmarks/throughput.py --workload all
+  .venv/bin/python -m benchmarks.throughput --workload all
 """
 from __future__ import annotations
 
@@ -28,8 +28,7 @@ import shutil
 import statistics
 import time
 
-import _common
-from _common import RESULTS, markdown_table, print_machine, save
+from benchmarks.common import RESULTS, ROOT, machine, markdown_table, print_machine, save
 
 import torch
 
@@ -39,7 +38,7 @@ from metaserve.experiment import build_distribution, build_learner
 from metaserve.runtime.loop import train_loop
 from metaserve.store.metrics import read_metrics
 
-import plain_maml
+from benchmarks import plain_maml
 
 RUNS = RESULTS / "runs" / "throughput"
 
@@ -49,9 +48,9 @@ def workload_config(name: str, meta_batch: int, log_every: int, total_steps: int
               f"train.checkpoint_every={total_steps}", "train.val_tasks=0", "train.device=cpu", "train.dtype=float32",
               f"output_dir={RUNS}", "runtime.cpus_per_worker=1"]
     if name == "sinusoid":
-        return as_config(str(_common.ROOT / "configs/sinusoid-maml.yaml"),
+        return as_config(str(ROOT / "configs/sinusoid-maml.yaml"),
                          ["algorithm.inner_steps=5", "name=tp-sinusoid", *common, *extra])
-    return as_config(str(_common.ROOT / "configs/omniglot-maml-5w1s.yaml"),
+    return as_config(str(ROOT / "configs/omniglot-maml-5w1s.yaml"),
                      ["algorithm.name=fomaml", "algorithm.inner_steps=5", "algorithm.inner_lr=0.4", "task.query=15",
                       "model.hidden=64", f"name=tp-omniglot-mb{meta_batch}", *common, *extra])
 
@@ -70,14 +69,14 @@ def time_metaserve_batch_update(config: Config, vectorize: bool, steps: int, war
     if not pre_metrics:
         algo.pre_metrics = lambda params, qx, qy: {}
     params = learner.initial_params()
-    state = algo.init_outer_state(params)
+    state = learner.outer.init(params)
     times = []
     for step in range(warmup + steps):
         t0 = time.perf_counter()
         tasks = [dist.sample(config.seed, step, i, None, "train").to(learner.device, learner.dtype) for i in range(config.train.meta_batch)]
         update = algo.batch_update(params, tasks)
         mean = update.mean_contribution()
-        params, state = algo.outer_step(params, mean, state)
+        params, state = learner.outer_step(params, mean, state)
         if step >= warmup:
             times.append(time.perf_counter() - t0)
     return {"step_time": statistics.fmean(times), "step_time_median": statistics.median(times)}
@@ -180,7 +179,7 @@ def run_workload(name: str, meta_batch: int, steps: int, warmup: int, paths: lis
 
 def check_plain_matches_metaserve() -> float:
     """Max |plain - metaserve| of one sinusoid task's second-order MAML meta-gradient (k=5, float64)."""
-    from metaserve.algorithms import MAML, OuterConfig
+    from metaserve.algorithms import MAML
     from metaserve.models import MLP
     from metaserve.tasks.sinusoid import Sinusoid
 
@@ -195,7 +194,7 @@ def check_plain_matches_metaserve() -> float:
         g = torch.autograd.grad(torch.nn.functional.mse_loss(plain(task.support_x, fast), task.support_y), fast, create_graph=True)
         fast = [w - 0.01 * gi for w, gi in zip(fast, g)]
     ref = torch.autograd.grad(torch.nn.functional.mse_loss(plain(task.query_x, fast), task.query_y), list(plain.parameters()))
-    got = MAML(model.double(), "regression", OuterConfig(), inner_lr=0.01, inner_steps=5, vectorize=False).task_update(theta, task)
+    got = MAML(model.double(), "regression", inner_lr=0.01, inner_steps=5, vectorize=False).task_update(theta, task)
     return max(float((got.contribution[n] - r).abs().max()) for n, r in zip(names, ref))
 
 
@@ -213,7 +212,7 @@ def main() -> None:
     p.add_argument("--tag", default="throughput", help="results/<tag>.csv/.json")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    info = _common.machine()
+    info = machine()
     print_machine(info)
     err = check_plain_matches_metaserve()
     print(f"check: plain vs metaserve second-order MAML meta-gradient (k=5, float64), max abs diff {err:.2e}")
@@ -238,7 +237,7 @@ def main() -> None:
     print()
     print(markdown_table(rows, cols))
     csv_path, json_path = save(a.tag, rows, info, extra)
-    print(f"\nwrote {csv_path.relative_to(_common.ROOT)} and {json_path.relative_to(_common.ROOT)}")
+    print(f"\nwrote {csv_path.relative_to(ROOT)} and {json_path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ Transports: an actor call answered as a streaming generator (what `runtime.trans
 a plain actor call, and a Ray compiled graph (`runtime.transport=compiled-graph`). Each is also timed
 back to back (0 ms of compute), which shows the part that is wake-up latency rather than message cost.
 
-  .venv/bin/python benchmarks/transport_floor.py --steps 200 --tag transport-floor
+  .venv/bin/python -m benchmarks.transport_floor --steps 200 --tag transport-floor
 """
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ import argparse
 import statistics
 import time
 
-import _common
-from _common import markdown_table, print_machine, save
+from benchmarks.common import ROOT, machine, markdown_table, print_machine, save
 
 import numpy as np
 import ray
@@ -84,7 +83,7 @@ def main() -> None:
     p.add_argument("--tag", default="transport-floor")
     a = p.parse_args()
     torch.set_num_threads(1)
-    info = _common.machine()
+    info = machine()
     print_machine(info)
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     worker = ray.remote(num_cpus=1)(BusyWorker).remote()
@@ -102,7 +101,7 @@ def main() -> None:
     print()
     print(markdown_table(rows, ["transport", "compute_ms", "step_time_ms", "round_trip_ms", "learner_comm_share"]))
     csv_path, json_path = save(a.tag, rows, info, {"command": vars(a)})
-    print(f"\nwrote {csv_path.relative_to(_common.ROOT)} and {json_path.relative_to(_common.ROOT)}")
+    print(f"\nwrote {csv_path.relative_to(ROOT)} and {json_path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from metaserve.algorithms import Algorithm, build_algorithm
-from metaserve.algorithms.outer import OuterOptimizer, build_outer
+from metaserve.algorithms.outer import OuterOptimizer, build_outer, descent_direction
 from metaserve.config import Config
 from metaserve.models import build_model
 from metaserve.models.functional import Params, init_params
@@ -47,16 +47,16 @@ class Learner:
     def initial_params(self) -> Params:
         """Meta-parameters at step 0, a pure function of the seed."""
         torch.manual_seed(self.config.seed)
-        return init_params(self.model(), self.dtype, self.device)
-
-    def model(self):
-        """A fresh network of this config (its head from the algorithm's registry entry)."""
-        return build_model(self.config.model, self.config.task, self.config.entry.head)
+        return init_params(build_model(self.config.model, self.config.task, self.config.entry.head), self.dtype, self.device)
 
     @property
     def outer(self) -> OuterOptimizer:
         """The outer optimiser of `algorithm.outer`."""
         return build_outer(self.config.algorithm.outer)
+
+    def outer_step(self, params: Params, mean: Params, state: dict) -> tuple[Params, dict]:
+        """The outer step on a batch-mean contribution: descended on, or moved along, as the registry entry says."""
+        return self.outer.update(params, descent_direction(self.config.entry.contribution, mean), state)
 
 
 def build_learner(config: Config, device: torch.device | str | None = None) -> Learner:

@@ -162,7 +162,7 @@ def _run_report(run_dir: Path, episodes: int) -> list[Path]:
                   "| --- |" + " --- | --- |" * len(keys)]
         lines += [f"| {b['inner_step']} | " + " | ".join(f"{b[k]:.4f} | {a[k]:.4f}" for k in keys) + " |"
                   for b, a in zip(before.curve, after.curve)]
-        lines += [f"", f"Meta-test ({after.metric}): {after}", ""]
+        lines += ["", f"Meta-test ({after.metric}): {after}", ""]
     omega = omega_trajectory(df)
     if omega is not None:
         files.append(save(omega, out / "omega.png"))

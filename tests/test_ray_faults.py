@@ -21,14 +21,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import ray
 import torch
 import yaml
 
 from metaserve.api import as_config, load
-from metaserve.experiment import build_distribution, build_learner
 from metaserve.runtime.loop import train_loop
-from metaserve.runtime.local import LocalExecutor
 from metaserve.runtime.work import NonFiniteUpdate
 from metaserve.store.checkpoint import latest_good_state, list_checkpoints
 from metaserve.store.metrics import read_metrics

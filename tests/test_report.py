@@ -10,7 +10,6 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 from PIL import Image
 

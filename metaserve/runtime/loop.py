@@ -17,7 +17,6 @@ from typing import Callable
 
 import torch
 
-from metaserve.algorithms.outer import descent_direction
 from metaserve.config import Config, config_to_dict
 from metaserve.curriculum import Teacher, build_teacher
 from metaserve.evaluation import EvalResult, evaluate, protocol_steps, summarize
@@ -84,7 +83,6 @@ class TrainLoop:
         self.config, self.learner, self.distribution, self.teacher = config, learner, distribution, teacher
         self.run_dir, self.state, self.rows = run_dir, state, rows
         self.on_log, self.say = on_log, say or (lambda _msg: None)
-        self.outer = learner.outer
         self.window: list[dict] = []  # per-step metrics and timings since the last log row
 
     def run(self, executor: Executor) -> None:
@@ -119,8 +117,7 @@ class TrainLoop:
             state.step, state.skipped = state.step + 1, state.skipped + 1
             return
         t1 = time.perf_counter()
-        direction = descent_direction(self.config.entry.contribution, update.mean_contribution())
-        state.params, state.outer_state = self.outer.update(state.params, direction, state.outer_state)
+        state.params, state.outer_state = self.learner.outer_step(state.params, update.mean_contribution(), state.outer_state)
         state.step += 1
         t2 = time.perf_counter()
         self.window.append({**update.mean_metrics(), **timing, "learner_time": t2 - t1, "step_time": t2 - t0})

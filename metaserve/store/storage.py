@@ -9,7 +9,6 @@ file. A local `output_dir` is used exactly as before: nothing is staged or copie
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import warnings
