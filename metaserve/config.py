@@ -157,9 +157,15 @@ class TrainConfig(_Section):
     dtype: Literal["float32", "float64"] = "float32"
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:N"
     vectorize: Literal["auto", "on", "off"] = "auto"  # vmap over tasks; auto: on, except conv4 on CPU
-    # Tasks per block of the fixed-order meta-batch sum: block sums are added in block order, so every
-    # backend and worker count gives the same bits; Ray workers get whole blocks (BENCHMARKS.md: its cost).
-    task_block: PositiveInt = 4
+    # Tasks per block of the fixed-order meta-batch sum (runtime/work.py): one batched call per block and
+    # block sums added in order, so every backend and worker count gives the same bits; Ray workers get
+    # whole blocks. None: 4 for conv4 (free there), one block per worker for mlp, where a batched call's
+    # fixed cost dominates (a block of 4 costs 5x; BENCHMARKS.md) and bits match only at equal worker counts.
+    task_block: PositiveInt | None = None
+
+    def block_size(self, model: str) -> int | None:
+        """Tasks per block (None: one block per worker's slice)."""
+        return self.task_block if self.task_block is not None else (4 if model == "conv4" else None)
 
     @field_validator("vectorize", mode="before")
     @classmethod

@@ -271,7 +271,7 @@ def test_diverging_run_on_ray_stops_naming_the_worker(ray_session, tmp_path):
     config = as_config(config_dict(
         tmp_path / "runs", seed=0,
         algorithm={"inner_lr": 0.01, "outer": {"optimizer": "sgd", "lr": 3.0}},
-        train={"steps": 30, "meta_batch": 4, "log_every": 1, "checkpoint_every": 1, "dtype": "float32"},
+        train={"steps": 30, "meta_batch": 4, "task_block": 2, "log_every": 1, "checkpoint_every": 1, "dtype": "float32"},
         runtime={"backend": "ray", "num_workers": 2}))
     with pytest.raises(NonFiniteUpdate) as err:
         train_loop(config, final_eval=False)

@@ -129,7 +129,7 @@ def test_float32_runs_are_bit_identical_locally_on_1_2_3_workers_and_through_wor
     parameters after 200 steps are torch.equal whatever ran them."""
     def config(**runtime):
         cfg = tiny(tmp_path, "maml", **runtime).model_dump(mode="json")
-        cfg["train"] |= {"steps": 200, "meta_batch": 12, "task_block": 2, "log_every": 100, "checkpoint_every": 100,
+        cfg["train"] |= {"steps": 200, "meta_batch": 12, "task_block": 4, "log_every": 100, "checkpoint_every": 100,
                          "dtype": "float32"}
         return as_config(cfg)
 

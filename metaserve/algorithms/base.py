@@ -94,14 +94,13 @@ class Algorithm:
         return self.block_updates(params, tasks, [len(tasks)])[0]
 
     def block_updates(self, params: Params, tasks: list[Task], sizes: list[int]) -> list[TaskUpdate]:
-        """The summed contribution of each block of consecutive tasks (`sizes` tasks each), from one
-        batched call over all of them: a task's contribution never depends on the others in the call."""
-        c, m = map_tasks(lambda sx, sy, qx, qy: self.contribute(params, sx, sy, qx, qy), tasks, self.vectorize)
+        """The summed contribution of each block of consecutive tasks (`sizes` tasks each), one batched
+        call per block: the same shapes, so the same bits, whichever process computes a block."""
         out, start = [], 0
         for n in sizes:
-            part = slice(start, start + n)
-            out.append(TaskUpdate({k: v[part].detach().sum(0) for k, v in c.items()},
-                                  {k: float(v[part].sum()) for k, v in m.items()}, n))
+            block = tasks[start:start + n]
+            c, m = map_tasks(lambda sx, sy, qx, qy: self.contribute(params, sx, sy, qx, qy), block, self.vectorize)
+            out.append(TaskUpdate({k: v.detach().sum(0) for k, v in c.items()}, {k: float(v.sum()) for k, v in m.items()}, n))
             start += n
         return out
 

@@ -26,7 +26,8 @@ class LocalExecutor:
         """Summed update of the meta-batch, and timings (worker compute, communication)."""
         start = time.perf_counter()
         tasks = sample_slice(self.learner, self.distribution, step, indices, space)
-        blocks = task_blocks(indices, self.learner.config.train.task_block)
+        size = self.learner.config.train.block_size(self.learner.config.model.name)
+        blocks = task_blocks(indices, size) if size else [list(indices)]
         update = fold(compute_blocks(self.learner, params, blocks, tasks))
         check_finite(update, "the local process", step, indices)
         return update, {"worker_time": time.perf_counter() - start, "comm_time": 0.0}

@@ -58,7 +58,7 @@ def worker_slices(blocks: Sequence[Sequence[int]], n: int) -> list[list[list[int
     cuts = [0]
     for s in range(1, k):  # each cut nearest its share of the tasks, leaving a block for every later slice
         options = range(cuts[-1] + 1, len(blocks) - (k - s) + 1)
-        cuts.append(min(options, key=lambda j: abs(cum[j] - cum[-1] * s / k)))
+        cuts.append(min(options, key=lambda j: (abs(cum[j] - cum[-1] * s / k), -j)))  # ties: earlier slices longer
     cuts.append(len(blocks))
     return [blocks[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
 
@@ -129,7 +129,10 @@ class RayExecutor:
         """Summed update of the meta-batch, and timings (max worker compute, communication overhead)."""
         start = time.perf_counter()
         flat = flatten(params)
-        slices = worker_slices(task_blocks(indices, self.config.train.task_block), len(self.workers))
+        size = self.config.train.block_size(self.config.model.name)
+        slices = worker_slices(task_blocks(indices, size), len(self.workers))
+        if size is None:  # one block per worker
+            slices = [[[i for b in s for i in b]] for s in slices]
         results = self._by_graph(flat, step, slices, space) if self._graph_ready(step) else None
         if results is None:
             results = self._by_calls(flat, step, slices, space)

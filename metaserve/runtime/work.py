@@ -1,10 +1,12 @@
 """The unit of work every executor runs: regenerate tasks and sum their contributions, block by block.
 
-The meta-batch sum is one fixed floating-point computation whatever the backend or worker count:
-task indices form blocks of `train.task_block` consecutive tasks, each block is computed by one
-batched call and summed over its tasks, and the block sums are added left to right in block order
-(`fold`). A worker computes whole blocks and returns each block's sum, so local, 1, 2 or 3 Ray
-workers, and a slice re-sent after a fault, all give the same bits.
+With `train.task_block` set (the default for conv4), the meta-batch sum is one fixed floating-point
+computation whatever the backend or worker count: task indices form blocks of that many consecutive
+tasks, each block is computed by one batched call (the same shapes in every process, so the same
+bits: a vmapped kernel's per-task results can depend on the batch size) and summed over its tasks,
+and the block sums are added left to right in block order (`fold`). A worker computes whole blocks
+and returns each block's sum, so local, 1, 2 or 3 Ray workers, and a slice re-sent after a fault,
+all give the same bits.
 """
 from __future__ import annotations
 
@@ -23,9 +25,11 @@ def sample_slice(learner: Learner, distribution, step: int, indices: Sequence[in
     return [distribution.sample(seed, step, i, space, "train").to(learner.device, learner.dtype) for i in indices]
 
 
-def task_blocks(indices: Sequence[int], size: int) -> list[list[int]]:
-    """Consecutive blocks of `size` task indices (the last one shorter when uneven)."""
+def task_blocks(indices: Sequence[int], size: int | None) -> list[list[int]]:
+    """Consecutive blocks of `size` task indices (the last one shorter when uneven; None: one task each,
+    for callers that regroup them)."""
     idx = [int(i) for i in indices]
+    size = size or 1
     return [idx[a:a + size] for a in range(0, len(idx), size)]
 
 
