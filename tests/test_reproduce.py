@@ -110,7 +110,7 @@ def test_runner_row_holds_the_fields_and_the_hand_computed_mse(tmp_path: Path) -
         theta = {k: v.detach().clone().requires_grad_(True) for k, v in model.params.items()}
         grads = torch.autograd.grad(((_mlp(theta, task.support_x) - task.support_y) ** 2).mean(), list(theta.values()))
         phi = {k: v - 0.01 * g for (k, v), g in zip(theta.items(), grads)}
-        errors.append(float(((_mlp(phi, task.query_x) - task.query_y) ** 2).mean()))
+        errors.append(float(((_mlp(phi, task.query_x) - task.query_y) ** 2).mean().detach()))
     assert row["result_1_step"] == pytest.approx(np.mean(errors), rel=1e-4)
     assert row["ci95_1_step"] == pytest.approx(1.96 * np.std(errors, ddof=1) / math.sqrt(8), rel=1e-4)
 
