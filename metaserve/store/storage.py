@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 # The URI schemes `pyarrow.fs.FileSystem.from_uri` understands.
 SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$")
+_NEAR_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/?([^/].*)$")  # s3:/bucket, s3:bucket (not C:/dir)
 
 # What has been sent from this process: target -> {relative path: (size, mtime_ns)}.
 _SENT: dict[str, dict[str, tuple[int, int]]] = {}
@@ -36,6 +37,12 @@ def check_output_dir(value: str) -> str:
     """
     match = _URI.match(value)
     if match is None:
+        near = _NEAR_URI.match(value)
+        if near is not None and near.group(1).lower() in SCHEMES:
+            raise ValueError(f"output_dir={value!r} looks like a {near.group(1)}:// URI with a slash missing; write "
+                             f"{near.group(1)}://{near.group(2).lstrip('/')} (or a local directory without ':')")
+        if Path(value).expanduser().exists() and not Path(value).expanduser().is_dir():
+            raise ValueError(f"output_dir={value!r} is a file, not a directory: give a directory for the run folders")
         return value
     scheme, rest = match.group(1).lower(), match.group(2)
     if scheme not in SCHEMES:

@@ -14,7 +14,7 @@ import pandas as pd
 import yaml
 from ray import tune
 
-from metaserve.config import ConfigError
+from metaserve.config import ConfigError, read_yaml
 from metaserve.tuning.results import collect, format_table, write_results
 from metaserve.tuning.search import make_scheduler, param_space
 from metaserve.tuning.spec import Sweep, parse_sweep
@@ -65,7 +65,7 @@ def load_sweep_dir(sweep_dir: Path) -> Sweep:
     path = Path(sweep_dir) / SPEC_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{str(sweep_dir)!r} is not a sweep directory: it has no {SPEC_FILE}")
-    return parse_sweep(yaml.safe_load(path.read_text()), Path(sweep_dir))
+    return parse_sweep(read_yaml(path, "sweep file"), Path(sweep_dir))
 
 
 def resume_sweep(sweep_dir: Path, *, verbose: int = 1) -> SweepResult:
