@@ -23,6 +23,7 @@ import yaml
 from metaserve import jobs
 from metaserve.config import ConfigError, apply_overrides, config_to_dict, load_config, parse_config
 from metaserve.jobs import JobsError
+from metaserve.store.storage import is_uri
 
 LOCAL_ONLY = ("submit", "jobs")  # commands that talk to a cluster from here, never run inside a job
 
@@ -38,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where the run directories go: a directory (made absolute) or a pyarrow URI such as "
                         "s3://bucket/runs (default: the config's output_dir, relative to here)")
     p.add_argument("--working-dir", default=".", help="directory shipped to the job (default: the current one)")
-    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="extra environment variable for the job")
+    p.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
+                   help="a variable for the job: NAME takes its value here, NAME=VALUE sets one (only these are sent)")
     p.add_argument("--job-id", help="submission id (default: metaserve-COMMAND-TIME-RANDOM)")
     p.add_argument("--dry-run", action="store_true", help="validate and print the job without contacting a cluster")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- metaserve COMMAND [ARGS ...]")
@@ -70,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
     for note in plan.notes:
         print(f"note: {note}")
     if args.dry_run:
-        print(json.dumps({"entrypoint": plan.entrypoint, "runtime_env": runtime_env, "results": plan.results}, indent=2))
+        shown = {**runtime_env, "env_vars": jobs.shown_env(runtime_env["env_vars"])}
+        print(json.dumps({"entrypoint": plan.entrypoint, "runtime_env": shown, "results": plan.results,
+                          "uploaded_files": jobs.shipped_files(working_dir)}, indent=2))
         return 0
     cluster = jobs.connect(args.address)
     job_id = args.job_id or f"metaserve-{plan.argv[0]}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
@@ -81,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"submitted job {job_id} to {cluster.url}")
     print(f"  runs:    {plan.entrypoint}")
     if plan.results:
-        where = "" if jobs.is_loopback(cluster.url) or "://" in plan.results else " on the node that runs the job"
+        where = "" if jobs.is_loopback(cluster.url) or is_uri(plan.results) else " on the node that runs the job"
         print(f"  results: a new run directory in {plan.results}{where} (`metaserve jobs status {job_id}` names it)")
     print(f"  follow:  metaserve jobs logs --follow {tail}")
     print(f"  stop:    metaserve jobs stop {tail}")
@@ -121,14 +125,17 @@ def prepare(argv: list[str], cwd: Path, working_dir: Path, storage: str | None) 
     """Validate the metaserve command and pin its paths for the job (see the module docstring)."""
     from metaserve.cli import build_parser
 
-    ns = build_parser().parse_args(argv)  # a bad option exits here with argparse's message
+    try:
+        ns = build_parser().parse_args(argv)  # the CLI's own parser: what the job will parse
+    except SystemExit:  # argparse has printed the usage line and what is wrong
+        raise JobsError(f"the job's command `metaserve {shlex.join(argv)}` is not valid (see the message above)") from None
     plan = Plan(list(argv))
     for key in ("config", "spec"):  # files the command reads: they travel with the working directory
         if getattr(ns, key, None):
             replace_arg(plan.argv, getattr(ns, key), shipped_path(getattr(ns, key), cwd, working_dir))
     for key in ("resume", "checkpoint"):  # a run or sweep directory, a checkpoint: not shipped, so absolute
         value = getattr(ns, key, None)
-        if value and "://" not in value and not Path(value).is_absolute():
+        if value and not is_uri(value) and not Path(value).is_absolute():
             replace_arg(plan.argv, value, str((cwd / value).resolve()))
     pin = {"train": pin_train, "tune": pin_tune}.get(ns.command)
     if pin is not None:
@@ -140,7 +147,7 @@ def prepare(argv: list[str], cwd: Path, working_dir: Path, storage: str | None) 
 
 def pin_train(plan: Plan, ns: argparse.Namespace, cwd: Path, storage: str | None) -> None:
     """Validate the run config; pin output_dir (absolute path or URI) and relative data paths."""
-    from metaserve.store.storage import check_output_dir, is_uri
+    from metaserve.store.storage import check_output_dir
 
     if ns.resume:  # a resumed run continues in its own directory
         if storage is not None:
@@ -188,7 +195,7 @@ def pin_tune(plan: Plan, ns: argparse.Namespace, cwd: Path, storage: str | None)
 
     sweep = load_sweep(cwd / ns.spec, ns.set)
     out = pinned_output(storage, ns.set, "storage", sweep.storage, cwd)
-    if "://" in out:
+    if is_uri(out):
         raise JobsError(f"--storage {out!r}: a sweep is stored in a directory (Tune writes it in place), not a URI")
     plan.argv += ["--set", f"storage={yaml_scalar(out)}"]
     plan.results = out
@@ -204,7 +211,7 @@ def pinned_output(storage: str | None, overrides: list[str], key: str, configure
     if storage is not None and any(o.partition("=")[0] == key for o in overrides):
         raise JobsError(f"give the output location once: --storage or --set {key}=..., not both")
     out = storage if storage is not None else configured
-    return out if "://" in out else str((cwd / Path(out).expanduser()).resolve())
+    return out if is_uri(out) else str((cwd / Path(out).expanduser()).resolve())
 
 
 def replace_arg(argv: list[str], old: str, new: str) -> None:
