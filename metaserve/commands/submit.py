@@ -10,6 +10,8 @@ once, before anything is uploaded.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import secrets
 import shlex
@@ -125,10 +127,13 @@ def prepare(argv: list[str], cwd: Path, working_dir: Path, storage: str | None) 
     """Validate the metaserve command and pin its paths for the job (see the module docstring)."""
     from metaserve.cli import build_parser
 
+    said = io.StringIO()
     try:
-        ns = build_parser().parse_args(argv)  # the CLI's own parser: what the job will parse
-    except SystemExit:  # argparse has printed the usage line and what is wrong
-        raise JobsError(f"the job's command `metaserve {shlex.join(argv)}` is not valid (see the message above)") from None
+        with contextlib.redirect_stderr(said):
+            ns = build_parser().parse_args(argv)  # the CLI's own parser: what the job will parse
+    except SystemExit:  # argparse's sentence, e.g. "unrecognized arguments: --bogus"
+        reason = said.getvalue().strip().splitlines()[-1].removeprefix("metaserve: error: ") if said.getvalue().strip() else "?"
+        raise JobsError(f"the job's command `metaserve {shlex.join(argv)}` is not valid: {reason}") from None
     plan = Plan(list(argv))
     for key in ("config", "spec"):  # files the command reads: they travel with the working directory
         if getattr(ns, key, None):
@@ -210,6 +215,13 @@ def pinned_output(storage: str | None, overrides: list[str], key: str, configure
     """--storage or the configured output location, as an absolute path (a URI unchanged)."""
     if storage is not None and any(o.partition("=")[0] == key for o in overrides):
         raise JobsError(f"give the output location once: --storage or --set {key}=..., not both")
+    if storage is not None:
+        from metaserve.store.storage import check_output_dir
+
+        try:
+            check_output_dir(storage)
+        except ValueError as err:
+            raise JobsError(f"--storage: {err}") from None
     out = storage if storage is not None else configured
     return out if is_uri(out) else str((cwd / Path(out).expanduser()).resolve())
 
