@@ -15,9 +15,15 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 
 def _no_bool_or_text(value: Any) -> Any:
-    # YAML reads `true` and `"5"` happily; a count or a rate given as either is a mistake, not 1 or 5.
-    if isinstance(value, (bool, str)):
-        raise ValueError(f"{value!r} is a {type(value).__name__}, not a number")
+    # YAML reads `true` as a bool (not 1) and `1e-3` as text (YAML 1.1 floats need a dot): refuse the
+    # first, read the second as the number it spells.
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is a bool, not a number")
+    if isinstance(value, str):
+        try:
+            return float(value) if not value.strip().lstrip("+-").isdigit() else int(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is text, not a number") from None
     return value
 
 

@@ -128,7 +128,7 @@ CASES = [
     # config values (YAML from --set), each naming the value
     (S + "train.device=banana", "banana"), (S + "train.device=gpu0", "gpu0"), (S + "train.device=cuda:x", "cuda:x"),
     (S + "train.steps=true", "True"), (S + "train.steps=0", "train.steps=0"), (S + "train.steps=-1", "-1"),
-    (S + "train.steps=1.5", "1.5"), (S + "train.steps='10'", "'10'"), (S + "train.meta_batch=1e9", "1e9"),
+    (S + "train.steps=1.5", "1.5"), (S + "train.steps=ten", "'ten'"), (S + "train.meta_batch=1e9", "1e9"),
     (S + "train.meta_batch=1000000000", "1000000000"), (S + "train.meta_batch=0", "train.meta_batch=0"),
     (S + "algorithm.inner_lr=.inf", "inf"), (S + "algorithm.inner_lr=.nan", "nan"), (S + "algorithm.inner_lr=-0.1", "-0.1"),
     (S + "algorithm.inner_lr=true", "True"), (S + "algorithm.inner_steps=0", "inner_steps=0"),
