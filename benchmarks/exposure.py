@@ -54,7 +54,7 @@ def cmd(pid: int) -> str:
     return " ".join(Path(x.decode()).name if i == 0 else x.decode() for i, x in enumerate(parts[:3]))
 
 
-def name(pid: int) -> str:
+def proc_name(pid: int) -> str:
     """The process name (comm: gcs_server, raylet, ray::DashboardAgent, ...)."""
     try:
         comm = Path(f"/proc/{pid}/comm").read_text().strip()
@@ -115,7 +115,7 @@ def cluster_ports() -> None:
         nodes = json.loads((state / "cluster.json").read_text())["nodes"]
         time.sleep(5)  # agents and metrics exporters come up after the ready line
         ours = tree([n["pid"] for n in nodes])
-        rows = [(ip, port, name(pid), http_probe(ip, port)) for ip, port, pid in set(listening()) if pid in ours]
+        rows = [(ip, port, proc_name(pid), http_probe(ip, port)) for ip, port, pid in set(listening()) if pid in ours]
         print(f"{'address':<16} {'port':>6}  {'process':<60}  unauthenticated HTTP")
         for ip, port, name, probe in sorted(rows, key=lambda r: (r[2], r[1])):
             print(f"{ip:<16} {port:>6}  {name:<60}  {probe}")
@@ -138,7 +138,7 @@ def leftovers_after_driver_kill(extra_env: dict[str, str]) -> None:
     for wait in (0, 5, 10, 20, 30, 45, 60, 75, 90):
         time.sleep(max(0.0, t0 + wait - time.monotonic()))
         living = [p for p in session if alive(p)]
-        print(f"  {wait:>3} s after the SIGKILL: {len(living)} alive {sorted({name(p) for p in living})}")
+        print(f"  {wait:>3} s after the SIGKILL: {len(living)} alive {sorted({proc_name(p) for p in living})}")
         if not living:
             break
     for p in session:  # whatever is still there after 90 s: end it (ours, by pid)

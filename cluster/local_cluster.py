@@ -35,7 +35,8 @@ LOOPBACK = "127.0.0.1"
 
 
 def token_source() -> str:
-    """Where the nodes read the cluster token, as Ray looks it up: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token."""
+    """Where the nodes read the cluster token, as Ray looks it up: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, then
+    ~/.ray/auth_token."""
     if os.environ.get("RAY_AUTH_TOKEN", "").strip():
         return "token from RAY_AUTH_TOKEN"
     return f"token in {Path(os.environ.get('RAY_AUTH_TOKEN_PATH') or Path.home() / '.ray' / 'auth_token').expanduser()}"

@@ -13,6 +13,7 @@ from metaserve.errors import check_count
 from metaserve.evaluation import EvalResult, evaluate
 from metaserve.experiment import Learner, build_distribution, build_learner
 from metaserve.models.functional import Params
+from metaserve.preflight import check_resources
 from metaserve.runtime.learner import TrainResult, train_loop
 from metaserve.store.checkpoint import load_state, require_state, resolve_checkpoint
 from metaserve.store.resume import changed_keys, check_safe, record_resume, resume_config
@@ -43,12 +44,15 @@ def train(config: Config | dict[str, Any] | str | Path | None = None, *, resume:
     if resume is None:
         if config is None:
             raise ConfigError("metaserve.train needs a config (a Config, a dict or a YAML path) or resume=RUN_DIR")
-        return train_loop(as_config(config), progress=print if progress else None)
+        config = as_config(config)
+        check_resources(config)
+        return train_loop(config, progress=print if progress else None)
     run_dir = Path(resume)
     base, step, _ = resume_plan(run_dir, [])
     new = base if config is None else as_config(config)
     changes = changed_keys(base, new)
     check_safe(run_dir, changes)
+    check_resources(new)
     if changes:
         record_resume(run_dir, step, changes)
     return train_loop(new, run_dir=run_dir, resume=True, progress=print if progress else None, keep_config=True)
@@ -115,5 +119,6 @@ def evaluate_checkpoint(checkpoint: str | Path, episodes: int | None = None, ste
     model = load(checkpoint)
     cfg = model.config
     return evaluate(model.learner.algorithm, model.params, build_distribution(cfg), seed=cfg.seed,
-                    episodes=episodes if episodes is not None else cfg.eval.episodes, steps=steps if steps is not None else cfg.eval.inner_steps,
+                    episodes=episodes if episodes is not None else cfg.eval.episodes,
+                    steps=steps if steps is not None else cfg.eval.inner_steps,
                     device=model.learner.device, dtype=model.learner.dtype)

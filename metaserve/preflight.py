@@ -35,18 +35,19 @@ def check_resources(config: Config) -> None:
 
         from metaserve.runtime.ray_executor import ensure_ray
 
-        _token_mode(config)
+        token_mode()
         ensure_ray(config)
         total = ray.cluster_resources()
         have_cpus, have_gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
         where = f"the Ray cluster ({have_cpus:g} CPUs, {have_gpus:g} GPUs)"
     if gpus > have_gpus:
-        raise ConfigError(f"runtime.gpus_per_worker={rc.gpus_per_worker:g} x runtime.num_workers={rc.num_workers} asks for "
-                          f"{gpus:g} GPUs but {where} has {have_gpus:g}: set runtime.gpus_per_worker=0 or add GPU nodes")
+        raise ConfigError(f"runtime.gpus_per_worker={rc.gpus_per_worker:g} x runtime.num_workers={rc.num_workers} "
+                          f"asks for {gpus:g} GPUs but {where} has {have_gpus:g}: "
+                          "set runtime.gpus_per_worker=0 or add GPU nodes")
     if cpus > have_cpus + 1e-9:
         most = math.floor(have_cpus / rc.cpus_per_worker)
-        raise ConfigError(f"runtime.num_workers={rc.num_workers} x runtime.cpus_per_worker={rc.cpus_per_worker:g} asks for "
-                          f"{cpus:g} CPUs but {where} has {have_cpus:g}: use at most {most} workers")
+        raise ConfigError(f"runtime.num_workers={rc.num_workers} x runtime.cpus_per_worker={rc.cpus_per_worker:g} "
+                          f"asks for {cpus:g} CPUs but {where} has {have_cpus:g}: use at most {most} workers")
 
 
 def _uses_cluster(config: Config) -> bool:
@@ -56,12 +57,12 @@ def _uses_cluster(config: Config) -> bool:
     return ray.is_initialized() or bool(config.runtime.address or os.environ.get("RAY_ADDRESS"))
 
 
-def _token_mode(config: Config) -> None:
+def token_mode() -> None:
     """With a cluster token at hand and RAY_AUTH_MODE unset, connect with token auth (this process only):
     without it Ray retries a token-protected cluster 30 times and then fails with a traceback."""
-    from metaserve.jobs import find_token
-
     import ray
+
+    from metaserve.jobs import find_token
 
     if ray.is_initialized() or "RAY_AUTH_MODE" in os.environ:
         return

@@ -130,7 +130,8 @@ CASES = [
     (S + "train.steps=true", "True"), (S + "train.steps=0", "train.steps=0"), (S + "train.steps=-1", "-1"),
     (S + "train.steps=1.5", "1.5"), (S + "train.steps=ten", "'ten'"), (S + "train.meta_batch=1e9", "1e9"),
     (S + "train.meta_batch=1000000000", "1000000000"), (S + "train.meta_batch=0", "train.meta_batch=0"),
-    (S + "algorithm.inner_lr=.inf", "inf"), (S + "algorithm.inner_lr=.nan", "nan"), (S + "algorithm.inner_lr=-0.1", "-0.1"),
+    (S + "algorithm.inner_lr=.inf", "inf"), (S + "algorithm.inner_lr=.nan", "nan"),
+    (S + "algorithm.inner_lr=-0.1", "-0.1"),
     (S + "algorithm.inner_lr=true", "True"), (S + "algorithm.inner_steps=0", "inner_steps=0"),
     (S + "algorithm.outer.lr=0", "outer.lr=0"), (S + "algorithm.outer.optimizer=rmsprop", "rmsprop"),
     (S + "algorithm.name=foo", "foo"), (S + "algorithm.leap=0.5", "leap"), (S + "algorithm.eval_inner_steps=-2", "-2"),
@@ -142,7 +143,8 @@ CASES = [
     (S + "task.query=-3", "-3"), (S + "task.x_range=[1]", "x_range"), (S + "model.name=conv4", "conv4"),
     (S + "model.hidden=[0]", "hidden"), (S + "train.log_every=0", "log_every=0"),
     (S + "train.log_every=4", "log_every=4"), (S + "train.dtype=float16", "float16"),
-    (S + "train.vectorize=maybe", "maybe"), (S + "train.val_tasks=-1", "-1"), (S + "eval.episodes=0", "eval.episodes=0"),
+    (S + "train.vectorize=maybe", "maybe"), (S + "train.val_tasks=-1", "-1"),
+    (S + "eval.episodes=0", "eval.episodes=0"),
     (S + "eval.episodes=-5", "-5"), (S + "eval.inner_steps=0", "inner_steps=0"), (S + "runtime.backend=spark", "spark"),
     (S + "runtime.num_workers=0", "num_workers=0"), (S + "runtime.cpus_per_worker=0", "cpus_per_worker=0"),
     (S + "runtime.gpus_per_worker=-1", "-1"), (S + "runtime.placement_strategy=RANDOM", "RANDOM"),
@@ -156,13 +158,17 @@ CASES = [
     (S + "runtime.backend=ray --set runtime.cpus_per_worker=1000", "1000"),
     # config files and command shapes
     ("train {root}/missing.yaml", "missing.yaml"), ("train {root}/syntax.yaml", "syntax.yaml"),
-    ("train {root}/empty.yaml", "empty.yaml"), ("train {root}/list.yaml", "list"), ("train {root}/binary.yaml", "binary.yaml"),
+    ("train {root}/empty.yaml", "empty.yaml"), ("train {root}/list.yaml", "list"),
+    ("train {root}/binary.yaml", "binary.yaml"),
     ("train {root}/emptydir", "emptydir"), ("train", "CONFIG"), ("train {cfg} --resume {run}", "not both"),
     ("train {cfg} --restart", "--restart"),
     # resume: the run keeps its config; no loadable checkpoint is an error listing what was found
-    (R + "model.hidden=[20]", "model.hidden"), (R + "algorithm.inner_lr=0.5", "algorithm.inner_lr"), (R + "seed=3", "seed"),
-    (R + "train.meta_batch=4", "train.meta_batch"), (R + "train.steps=1", "train.steps=1"), (R + "train.steps=abc", "abc"),
-    (R + "name=other", "name"), (R + "output_dir=/tmp/elsewhere", "output_dir"), (R + "runtime.on_nonfinite=skip", "on_nonfinite"),
+    (R + "model.hidden=[20]", "model.hidden"), (R + "algorithm.inner_lr=0.5", "algorithm.inner_lr"),
+    (R + "seed=3", "seed"),
+    (R + "train.meta_batch=4", "train.meta_batch"), (R + "train.steps=1", "train.steps=1"),
+    (R + "train.steps=abc", "abc"),
+    (R + "name=other", "name"), (R + "output_dir=/tmp/elsewhere", "output_dir"),
+    (R + "runtime.on_nonfinite=skip", "on_nonfinite"),
     ("train --resume {nockpt}", "no checkpoints/<step>/state.pt"), ("train --resume {damaged}", "00000002"),
     ("train --resume {planted}", "00000002"), ("train --resume {root}/missing", "missing"),
     ("train --resume {root}/emptydir", "emptydir"), ("train --resume {run}/checkpoints", "checkpoints"),
@@ -175,7 +181,8 @@ CASES = [
     ("report {root}/missing", "missing"), ("report {root}/emptydir", "emptydir"),
     # sweeps
     ("tune {root}/missing.yaml", "missing.yaml"), ("tune {root}/syntaxspec.yaml", "syntaxspec.yaml"),
-    ("tune {root}/emptyspec.yaml", "emptyspec.yaml"), ("tune {spec} --set space.algorithm.inner_lr=5", "algorithm.inner_lr"),
+    ("tune {root}/emptyspec.yaml", "emptyspec.yaml"),
+    ("tune {spec} --set space.algorithm.inner_lr=5", "algorithm.inner_lr"),
     ('tune {spec} --set space.algorithm.inner_lr={{"grid":[]}}', "algorithm.inner_lr"),
     ('tune {spec} --set space.algorithm.nope={{"grid":[1]}}', "nope"), ("tune {spec} --set name=../x", "../x"),
     ("tune {spec} --set num_samples=0", "num_samples"), ("tune {spec} --set metric=nope", "nope"),
@@ -204,7 +211,10 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("argv, named", CASES, ids=[c[0].split(" ", 1)[0] + ":" + c[0].split(" ", 1)[-1][-60:] for c in CASES])
+IDS = [c[0].split(" ", 1)[0] + ":" + c[0].split(" ", 1)[-1][-60:] for c in CASES]
+
+
+@pytest.mark.parametrize("argv, named", CASES, ids=IDS)
 def test_bad_input_is_exit_2_naming_the_value_with_nothing_changed(world, argv, named, capsys, monkeypatch):
     monkeypatch.chdir(world["root"])  # submit ships the current folder; relative paths land in the world
     root = Path(world["root"])

@@ -132,7 +132,8 @@ def prepare(argv: list[str], cwd: Path, working_dir: Path, storage: str | None) 
         with contextlib.redirect_stderr(said):
             ns = build_parser().parse_args(argv)  # the CLI's own parser: what the job will parse
     except SystemExit:  # argparse's sentence, e.g. "unrecognized arguments: --bogus"
-        reason = said.getvalue().strip().splitlines()[-1].removeprefix("metaserve: error: ") if said.getvalue().strip() else "?"
+        lines = said.getvalue().strip().splitlines() or ["?"]
+        reason = lines[-1].removeprefix("metaserve: error: ")
         raise JobsError(f"the job's command `metaserve {shlex.join(argv)}` is not valid: {reason}") from None
     plan = Plan(list(argv))
     for key in ("config", "spec"):  # files the command reads: they travel with the working directory

@@ -12,10 +12,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="meta-train from a YAML config (or resume a run)")
     p.add_argument("config", nargs="?", help="YAML config file (see configs/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. train.steps=100 (with --resume only " + ", ".join(SAFE_ON_RESUME) + ")")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest good checkpoint, with its own config")
+                   help="override a config key, e.g. train.steps=100 (with --resume only "
+                        + ", ".join(SAFE_ON_RESUME) + ")")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a run from its latest good checkpoint, with its own config")
     p.add_argument("--restart", action="store_true",
-                   help="with --resume: start RUN_DIR's config over from step 0 in a new run folder (the old one is kept)")
+                   help="with --resume: start RUN_DIR's config over from step 0 in a new run folder "
+                        "(the old one is kept)")
     p.add_argument("--address", help="Ray cluster address (implies runtime.backend=ray)")
     p.set_defaults(func=run)
 

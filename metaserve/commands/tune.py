@@ -48,6 +48,9 @@ def _connect(address: str | None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        from metaserve.preflight import token_mode
+
+        token_mode()
         ray.init(address=address)
     else:
         ray.init(include_dashboard=False)

@@ -90,7 +90,8 @@ def train_loop(config: Config, *, run_dir: Path | None = None, resume: bool = Fa
     distribution = build_distribution(config)  # reads and validates data before any worker starts
     learner = build_learner(config)
     teacher = build_teacher(config, distribution)  # checks every task space it may pick against the data
-    run_dir = new_run_dir(config) if run_dir is None else Path(run_dir) if keep_config else init_run_dir(run_dir, config)
+    if run_dir is None or not keep_config:
+        run_dir = new_run_dir(config) if run_dir is None else init_run_dir(run_dir, config)
     state = _initial_state(config, learner, run_dir if resume else None, teacher)
     say = progress or (lambda _msg: None)
     say(f"run directory: {location(run_dir, config.output_dir)}" + (f" (resumed at step {state.step})" if state.step else ""))

@@ -91,7 +91,8 @@ def require_state(run_dir: Path, map_location: str | torch.device = "cpu") -> di
             return load_state(path, map_location)
         except ValueError as err:
             problems.append(f"{path.name} ({str(err).split(' is ', 1)[-1].split(' has ', 1)[-1]})")
-    what = "found " + ", ".join(problems) if problems else f"found no {checkpoint_dir(run_dir).name}/<step>/{STATE_FILE}"
+    none = f"found no {checkpoint_dir(run_dir).name}/<step>/{STATE_FILE}"
+    what = "found " + ", ".join(problems) if problems else none
     raise ValueError(f"run {str(run_dir)!r} has no loadable checkpoint to resume from: {what}; "
                      "--restart starts it over in a new run folder")
 

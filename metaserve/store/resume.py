@@ -47,7 +47,8 @@ def check_safe(run_dir: Path, changes: dict[str, list]) -> None:
     if unsafe:
         key = unsafe[0]
         raise ConfigError(f"{key}={changes[key][1]!r} cannot be changed on resume (run {str(run_dir)!r} has "
-                          f"{key}={changes[key][0]!r}): a resumed run keeps its config; only {', '.join(SAFE_ON_RESUME)} "
+                          f"{key}={changes[key][0]!r}): a resumed run keeps its config; only "
+                          f"{', '.join(SAFE_ON_RESUME)} "
                           "may change, or use --restart for a new run with a new config")
 
 
@@ -80,7 +81,8 @@ def replay_changes(run_dir: Path, data: dict[str, Any]) -> dict[str, Any]:
         try:
             changes = json.loads(text)["changes"]
         except (ValueError, KeyError, TypeError):
-            raise ConfigError(f"{str(path)!r} line {n} is not a resume record; it was not written by metaserve") from None
+            raise ConfigError(f"{str(path)!r} line {n} is not a resume record; "
+                              "it was not written by metaserve") from None
         for key, (_old, new) in changes.items():
             if key not in SAFE_ON_RESUME:
                 raise ConfigError(f"{str(path)!r} line {n} changes {key!r}, which a resume may not change")

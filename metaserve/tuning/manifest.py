@@ -52,7 +52,8 @@ def signing_key(create: bool = True) -> bytes:
         raise ConfigError(f"no signing key at {str(path)!r}: only sweeps started by this user (whose key signed "
                           "their manifest) can be resumed")
     if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"signing key {str(path)!r} can be read by other users: chmod 600 it (it vouches for sweep folders)")
+        raise ConfigError(f"signing key {str(path)!r} can be read by other users: chmod 600 it "
+                          "(it vouches for sweep folders)")
     return bytes.fromhex(path.read_text().strip())
 
 
@@ -103,7 +104,8 @@ def sign(sweep_dir: Path) -> None:
         versions = [d for d in files.get(rel, []) if d != digest] + [digest]
         files[rel] = versions[-KEEP:]
     tmp = sweep_dir / f".{MANIFEST}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"version": 1, "files": files, "hmac": _mac(signing_key(), files)}, indent=1, sort_keys=True))
+    signed = {"version": 1, "files": files, "hmac": _mac(signing_key(), files)}
+    tmp.write_text(json.dumps(signed, indent=1, sort_keys=True))
     os.replace(tmp, sweep_dir / MANIFEST)
 
 
@@ -117,11 +119,11 @@ def verify(sweep_dir: Path) -> None:
     for path in pickle_files(sweep_dir):
         rel = path.relative_to(sweep_dir).as_posix()
         if rel not in files:
-            raise ConfigError(f"{rel!r} in {str(sweep_dir)!r} is not in the signed manifest: refusing to resume (a pickle "
-                              "this user's sweep did not write could run code)")
+            raise ConfigError(f"{rel!r} in {str(sweep_dir)!r} is not in the signed manifest: refusing to resume "
+                              "(a pickle this user's sweep did not write could run code)")
         if _digest(path) not in files[rel]:
-            raise ConfigError(f"{rel!r} in {str(sweep_dir)!r} changed after it was signed: refusing to resume (a pickle "
-                              "this user's sweep did not write could run code)")
+            raise ConfigError(f"{rel!r} in {str(sweep_dir)!r} changed after it was signed: refusing to resume "
+                              "(a pickle this user's sweep did not write could run code)")
 
 
 class ManifestSigner(Callback):

@@ -94,7 +94,8 @@ def check_resumable(sweep_dir: Path) -> Sweep:
     sweep = load_sweep_dir(sweep_dir)
     verify(sweep_dir)
     if not (sweep_dir / TUNE_DIR / "tuner.pkl").is_file():
-        raise ConfigError(f"{str(sweep_dir)!r} has no Tune experiment state to resume (no {TUNE_DIR}/tuner.pkl written yet)")
+        raise ConfigError(f"{str(sweep_dir)!r} has no Tune experiment state to resume "
+                          f"(no {TUNE_DIR}/tuner.pkl written yet)")
     return sweep
 
 

@@ -16,8 +16,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from metaserve.config import (NAME, Config, ConfigError, ImageTaskConfig, apply_overrides, parse_config, parse_value, read_yaml,
-                              set_dotted)
+from metaserve.config import (NAME, Config, ConfigError, ImageTaskConfig, apply_overrides, parse_config, parse_value,
+                              read_yaml, set_dotted)
 from metaserve.curriculum.teacher import Teacher
 from metaserve.tasks.images import ImageSpace
 from metaserve.tasks.sinusoid import SinusoidSpace
