@@ -1,5 +1,6 @@
 """Bad inputs through `metaserve.cli.main`: each is exit code 2, one sentence naming the value, no traceback,
-and every pre-existing file (a finished run, a damaged run, a sweep folder, the configs) byte-identical after.
+every pre-existing file (a finished run, a damaged run, a sweep folder, the configs) byte-identical after,
+and Ray not started.
 
 The world is built once per module: a tiny finished sinusoid run plus damaged copies of it, a sweep
 folder with planted pickles whose payload would create a file, and configs. Every case checksums the
@@ -15,6 +16,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import ray
 import yaml
 
 from metaserve import cli
@@ -69,6 +71,14 @@ def _world(root: Path) -> dict[str, str]:
                                     "space": {"algorithm.inner_lr": {"choice": [0.01, 0.02]}}}))
     (root / "emptyspec.yaml").write_text("")
     (root / "syntaxspec.yaml").write_text("name: [s\n")
+    for cls in ("c1", "c2"):  # an image folder whose images are not images
+        (root / "imgs" / "src" / cls).mkdir(parents=True)
+        (root / "imgs" / "src" / cls / f"{cls}.png").write_bytes(b"not a png")
+    (root / "imgs.yaml").write_text(yaml.safe_dump({
+        "task": {"name": "image-folder", "root": str(root / "imgs"), "ways": 2, "shots": 1, "query": 1, "image_size": 8,
+                 "rotations": False, "cache_dir": str(root / "cache"), "train": {"sources": ["src"]},
+                 "test": {"sources": ["src"]}},
+        "model": {"name": "conv4"}, "algorithm": {"name": "protonet"}, "output_dir": str(out)}))
     sweeps = _sweeps(root, load_sweep(spec), marker)
     return {"root": str(root), "cfg": str(cfg), "run": str(run), "nockpt": str(nockpt), "damaged": str(damaged),
             "planted": str(planted), "badcfg": str(badcfg), "spec": str(spec), "marker": marker, **sweeps}
@@ -161,7 +171,7 @@ CASES = [
     ("train {root}/empty.yaml", "empty.yaml"), ("train {root}/list.yaml", "list"),
     ("train {root}/binary.yaml", "binary.yaml"),
     ("train {root}/emptydir", "emptydir"), ("train", "CONFIG"), ("train {cfg} --resume {run}", "not both"),
-    ("train {cfg} --restart", "--restart"),
+    ("train {cfg} --restart", "--restart"), ("train {root}/imgs.yaml", "imgs/src/c1/c1.png"),
     # resume: the run keeps its config; no loadable checkpoint is an error listing what was found
     (R + "model.hidden=[20]", "model.hidden"), (R + "algorithm.inner_lr=0.5", "algorithm.inner_lr"),
     (R + "seed=3", "seed"),
@@ -218,9 +228,10 @@ IDS = [c[0].split(" ", 1)[0] + ":" + c[0].split(" ", 1)[-1][-60:] for c in CASES
 def test_bad_input_is_exit_2_naming_the_value_with_nothing_changed(world, argv, named, capsys, monkeypatch):
     monkeypatch.chdir(world["root"])  # submit ships the current folder; relative paths land in the world
     root = Path(world["root"])
-    before = _checksums(root)
+    before, ray_was_up = _checksums(root), ray.is_initialized()
     args = [a.format(**world) for a in argv.split(" ")] if argv else []
     assert cli.main(args) == 2
+    assert ray.is_initialized() == ray_was_up, "Ray was started for an input that could never run"
     err = capsys.readouterr().err
     assert named.format(**world) in err, err
     assert "Traceback" not in err and "weights_only=False" not in err, err
