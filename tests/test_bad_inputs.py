@@ -264,3 +264,22 @@ def test_a_signed_sweep_folder_verifies_and_a_flipped_byte_does_not(tmp_path):
     with pytest.raises(ValueError, match="changed after it was signed"):
         manifest.verify(sweep)
     assert oct(manifest.key_path().stat().st_mode & 0o777) == "0o600"
+
+
+RAY_CASES = [  # checked right after connecting (ray_session: 4 CPUs, no GPU), before any worker or run folder
+    ("train {cfg} --set runtime.backend=ray --set runtime.gpus_per_worker=1", "gpus_per_worker=1"),
+    ("train {cfg} --set runtime.backend=ray --set runtime.num_workers=5", "num_workers=5"),
+    ("train {cfg} --set runtime.backend=ray --set runtime.cpus_per_worker=2.5 --set runtime.num_workers=2",
+     "cpus_per_worker=2.5"),
+]
+
+
+@pytest.mark.parametrize("argv, named", RAY_CASES)
+def test_more_than_the_cluster_has_is_refused_before_any_worker(ray_session, world, argv, named, capsys):
+    root = Path(world["root"])
+    before, groups = _checksums(root), set(ray_session.util.placement_group_table())
+    assert cli.main([a.format(**world) for a in argv.split(" ")]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err, err
+    assert _checksums(root) == before
+    assert set(ray_session.util.placement_group_table()) == groups, "a placement group was requested"
