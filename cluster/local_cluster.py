@@ -34,6 +34,14 @@ READY_LINE = "Ray runtime started"
 LOOPBACK = "127.0.0.1"
 
 
+def token_source() -> str:
+    """Where the nodes read the cluster token, as Ray looks it up: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, then
+    ~/.ray/auth_token."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return "token from RAY_AUTH_TOKEN"
+    return f"token in {Path(os.environ.get('RAY_AUTH_TOKEN_PATH') or Path.home() / '.ray' / 'auth_token').expanduser()}"
+
+
 def free_port() -> int:
     """A TCP port nothing listens on right now (on any interface, as Ray binds its gRPC ports)."""
     with socket.socket() as s:
@@ -213,7 +221,7 @@ def start(args: argparse.Namespace) -> dict:
         raise
     state_file.write_text(json.dumps(state, indent=2))
     print(f"Ray cluster: head + {args.workers} worker node(s), {args.cpus} CPU(s) each; GCS {state['address']}")
-    print(f"dashboard and Jobs API: {dashboard} (127.0.0.1 only; token in ~/.ray/auth_token)")
+    print(f"dashboard and Jobs API: {dashboard} (127.0.0.1 only; {token_source()})")
     print(f"submit:  metaserve submit --address {dashboard} -- metaserve train configs/sinusoid-maml-ray.yaml")
     print(f"stop:    python cluster/local_cluster.py stop --dir {state_dir}")
     return state

@@ -9,11 +9,15 @@ import torch
 from torch import Tensor
 
 from metaserve.config import Config, ConfigError, load_config, parse_config
+from metaserve.errors import check_count
 from metaserve.evaluation import EvalResult, evaluate
 from metaserve.experiment import Learner, build_distribution, build_learner
 from metaserve.models.functional import Params
+from metaserve.preflight import check_resources
 from metaserve.runtime.loop import TrainResult, train_loop
-from metaserve.store.checkpoint import load_checkpoint
+from metaserve.store.checkpoint import load_checkpoint, require_state
+from metaserve.store.resume import changed_keys, check_safe, record_resume, resume_config
+from metaserve.store.rundir import read_run_config
 
 
 def as_config(config: Config | dict[str, Any] | str | Path, overrides: list[str] | None = None) -> Config:
@@ -29,10 +33,41 @@ def as_config(config: Config | dict[str, Any] | str | Path, overrides: list[str]
     raise ConfigError(f"config must be a Config, a dict or a YAML path, got {type(config).__name__}")
 
 
-def train(config: Config | dict[str, Any] | str | Path, *, resume: str | Path | None = None, progress: bool = False) -> TrainResult:
-    """Meta-train and evaluate; returns the run directory, final parameters and final metrics."""
-    config = as_config(config)
-    return train_loop(config, run_dir=resume, resume=resume is not None, progress=print if progress else None)
+def train(config: Config | dict[str, Any] | str | Path | None = None, *, resume: str | Path | None = None,
+          progress: bool = False) -> TrainResult:
+    """Meta-train and evaluate; returns the run directory, final parameters and final metrics.
+
+    With `resume`, the run continues from its latest good checkpoint with its own config; a `config`
+    given too may differ from it only in the keys of `store.resume.SAFE_ON_RESUME` (recorded in the
+    run's resume.jsonl). A run without a loadable checkpoint is an error, and nothing in it is written.
+    """
+    if resume is None:
+        if config is None:
+            raise ConfigError("metaserve.train needs a config (a Config, a dict or a YAML path) or resume=RUN_DIR")
+        config = as_config(config)
+        check_resources(config)
+        return train_loop(config, progress=print if progress else None)
+    run_dir = Path(resume)
+    base, step, _ = resume_plan(run_dir, [])
+    new = base if config is None else as_config(config)
+    changes = changed_keys(base, new)
+    check_safe(run_dir, changes)
+    check_resources(new)
+    if changes:
+        record_resume(run_dir, step, changes)
+    return train_loop(new, run_dir=run_dir, resume=True, progress=print if progress else None, keep_config=True)
+
+
+def resume_plan(run_dir: Path, overrides: list[str]) -> tuple[Config, int, dict[str, list]]:
+    """The config a resume of `run_dir` runs with, the step it continues from, and the safe changes
+    `overrides` make; raises before anything is written when the run has no loadable checkpoint."""
+    base = read_run_config(run_dir)
+    config, changes = resume_config(run_dir, base, overrides)
+    step = int(require_state(run_dir)["step"])
+    if config.train.steps < step:
+        raise ConfigError(f"train.steps={config.train.steps} is below step {step}, where run {str(run_dir)!r} "
+                          "resumes: give train.steps >= that step to continue it")
+    return config, step, changes
 
 
 @dataclass
@@ -79,7 +114,10 @@ def load(checkpoint: str | Path, device: str | None = None) -> MetaModel:
 
 def evaluate_checkpoint(checkpoint: str | Path, episodes: int | None = None, steps: int | None = None) -> EvalResult:
     """Meta-test a checkpoint on its config's held-out split."""
+    check_count("episodes", episodes)
+    check_count("steps", steps, low=0)
     model = load(checkpoint)
     cfg = model.config
-    return evaluate(model.learner, model.params, build_distribution(cfg), episodes=episodes or cfg.eval.episodes,
+    return evaluate(model.learner, model.params, build_distribution(cfg),
+                    episodes=episodes if episodes is not None else cfg.eval.episodes,
                     steps=steps if steps is not None else cfg.eval.inner_steps)

@@ -13,20 +13,41 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator,
+                      model_validator)
 from pydantic_core import PydanticCustomError
 
 from metaserve import registry
 from metaserve.registry import AlgorithmEntry
 
-PositiveInt = Annotated[int, Field(ge=1)]
-PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+def _no_bool_or_text(value: Any) -> Any:
+    # YAML reads `true` as a bool (not 1) and `1e-3` as text (YAML 1.1 floats need a dot): refuse the
+    # first, read the second as the number it spells.
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is a bool, not a number")
+    if isinstance(value, str):
+        try:
+            return float(value) if not value.strip().lstrip("+-").isdigit() else int(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is text, not a number") from None
+    return value
+
+
+Number = BeforeValidator(_no_bool_or_text)
+PositiveInt = Annotated[int, Number, Field(ge=1)]
+PositiveFloat = Annotated[float, Number, Field(gt=0)]
+MAX_META_BATCH = 65536  # tasks per outer step; far above any published setting, well below what hangs a machine
+DEVICE = r"^(auto|cpu|cuda|cuda:\d+|mps)$"
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"  # a run or sweep name: one folder name, never a path
 Range = tuple[float, float]
 
 
 # The URI schemes `pyarrow.fs.FileSystem.from_uri` understands.
 SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$")
+_NEAR_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/?([^/].*)$")  # s3:/bucket, s3:bucket (not C:/dir)
 
 def is_uri(path: str | os.PathLike) -> bool:
     """True for `scheme://...` (a filesystem URI), False for a local path."""
@@ -41,6 +62,12 @@ def check_output_dir(value: str) -> str:
     """
     match = _URI.match(value)
     if match is None:
+        near = _NEAR_URI.match(value)
+        if near is not None and near.group(1).lower() in SCHEMES:
+            raise ValueError(f"output_dir={value!r} looks like a {near.group(1)}:// URI with a slash missing; write "
+                             f"{near.group(1)}://{near.group(2).lstrip('/')} (or a local directory without ':')")
+        if Path(value).expanduser().exists() and not Path(value).expanduser().is_dir():
+            raise ValueError(f"output_dir={value!r} is a file, not a directory: give a directory for the run folders")
         return value
     scheme, rest = match.group(1).lower(), match.group(2)
     if scheme not in SCHEMES:
@@ -61,7 +88,7 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SinusoidTaskConfig(_Section):
@@ -149,13 +176,13 @@ class TrainConfig(_Section):
     """The meta-training loop."""
 
     steps: PositiveInt = 1000  # outer steps
-    meta_batch: PositiveInt = 25  # tasks per outer step
+    meta_batch: Annotated[PositiveInt, Field(le=MAX_META_BATCH)] = 25  # tasks per outer step
     log_every: PositiveInt = 50  # steps between metric rows and progress lines
     val_tasks: Annotated[int, Field(ge=0)] = 100  # meta-validation tasks per log row (0: none)
     checkpoint_every: PositiveInt = 500
     keep_checkpoints: PositiveInt = 3
     dtype: Literal["float32", "float64"] = "float32"
-    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:N"
+    device: Annotated[str, Field(pattern=DEVICE)] = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:N", "mps"
     vectorize: Literal["auto", "on", "off"] = "auto"  # vmap over tasks; auto: on, except conv4 on CPU
     # Tasks per block of the fixed-order meta-batch sum (runtime/work.py): one batched call per block and
     # block sums added in order, so every backend and worker count gives the same bits; Ray workers get
@@ -321,8 +348,8 @@ def parse_algorithm(data: Any) -> AlgorithmSection:
 class Config(_Section):
     """A whole run: what to learn from, with what, how, and where."""
 
-    name: str = "run"
-    seed: int = 0
+    name: Annotated[str, Field(pattern=NAME, max_length=200)] = "run"  # the run folder is <output_dir>/<name>-<time>
+    seed: Annotated[int, Number] = 0
     output_dir: str = "runs"
     task: TaskConfig = SinusoidTaskConfig()
     model: ModelConfig = ModelConfig()
@@ -398,6 +425,10 @@ def _lines(err: ValidationError, model: type[BaseModel], prefix: str = "") -> li
         where = prefix + ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in _TASK_TAGS))
         if e["type"] == "extra_forbidden":
             lines.append(f"unknown config key '{where}'; known keys here: {', '.join(_known_keys(model, e['loc']))}")
+        elif e["type"] == "missing":
+            lines.append(f"config key '{where}' is missing: it is required here")
+        elif e["type"] == "string_pattern_mismatch" and where.split(".")[-1] in _PATTERNS:
+            lines.append(f"{where}={e.get('input')!r} is not allowed: {_PATTERNS[where.split('.')[-1]]}")
         elif not where.strip("."):
             lines.append(e["msg"].removeprefix("Value error, "))
         else:
@@ -416,6 +447,8 @@ def _tags(union: Any) -> dict[str, type[BaseModel]]:
 
 
 _TASK_TAGS = _tags(TaskConfig)
+_PATTERNS = {"device": "use auto, cpu, cuda, cuda:N or mps",
+             "name": "use letters, digits, '.', '_', '+' and '-' (one folder name, not a path)"}
 
 
 def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -457,8 +490,32 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
-        out = set_dotted(out, key, yaml.safe_load(raw))
+        out = set_dotted(out, key, parse_value(item, raw))
     return out
+
+
+def parse_value(item: str, raw: str) -> Any:
+    """The YAML value of an override; ConfigError naming `item` when it is not valid YAML."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r} has a value that is not valid YAML ({_yaml_problem(err)})") from None
+
+
+def read_yaml(path: Path, what: str = "config file") -> Any:
+    """The parsed YAML of `path`; ConfigError naming the file and the line of a syntax error."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {_yaml_problem(err)}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {str(path)!r} is not a text file") from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or type(err).__name__
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(problem)
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
@@ -479,7 +536,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml(path)
+    if data is None:
+        raise ConfigError(f"config file {str(path)!r} is empty: give at least the task, model and algorithm sections "
+                          "(see configs/)")
     return parse_config(apply_overrides(data, overrides or []))
 
 

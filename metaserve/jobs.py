@@ -26,8 +26,11 @@ DASHBOARD_PORT = 8265
 CONNECT_TIMEOUT_S = 5.0
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # Left out of the shipped working directory: results, environments, caches, VCS data.
+# Ray also applies the folder's .gitignore files (and .rayignore) on top of these.
 EXCLUDES = ["runs/", ".venv/", "venv/", ".git/", "**/__pycache__/", "*.pyc", ".pytest_cache/", ".cache/",
-            "*.egg-info/", "build/", "dist/", "benchmarks/results/"]
+            "*.egg-info/", "build/", "dist/", "benchmarks/results/", ".env", ".env.*", "*.pt", "*.pem", "*.key"]
+# Names whose values are never printed (the job still gets them when named with --env).
+SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL|AUTH|PRIVATE|SESSION)", re.IGNORECASE)
 # Sent to every job: progress lines stream to `metaserve jobs logs --follow` as they are printed.
 JOB_ENV = {"PYTHONUNBUFFERED": "1"}
 _RUN_DIR_LINE = re.compile(r"^(?:run|sweep) directory: (.+?)(?: \(resumed at step \d+\))?\s*$", re.MULTILINE)
@@ -212,16 +215,38 @@ def runtime_env(working_dir: Path, env_vars: dict[str, str]) -> dict:
 
 
 def forwarded_env(extra: list[str]) -> dict[str, str]:
-    """METASERVE_* variables set here (e.g. METASERVE_CACHE) plus `--env KEY=VALUE` items, checked."""
-    env = {k: v for k, v in os.environ.items() if k.startswith("METASERVE_")}
+    """Only the variables the user names: `--env NAME` (its value here) or `--env NAME=VALUE`, checked."""
+    env = {}
     for item in extra:
         key, sep, value = item.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise JobsError(f"--env {item!r} is not of the form NAME=VALUE")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise JobsError(f"--env {item.partition('=')[0]!r} is not a variable name: give NAME or NAME=VALUE")
         if key.startswith("RAY_AUTH"):
             raise JobsError(f"--env {key}: the token is never shipped in a job's environment; the cluster passes its own")
+        if not sep:
+            if key not in os.environ:
+                raise JobsError(f"--env {key}: no variable {key} is set here; give --env {key}=VALUE or export it")
+            value = os.environ[key]
         env[key] = value
     return env
+
+
+def shown_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` for printing: values of secret-looking names (TOKEN, KEY, PASSWORD, ...) replaced by '<hidden>'."""
+    return {k: "<hidden>" if SECRET_NAME.search(k) else v for k, v in env.items()}
+
+
+def shipped_files(working_dir: Path) -> list[str]:
+    """The files Ray uploads from `working_dir` (EXCLUDES plus its .gitignore/.rayignore files), relative, sorted.
+
+    Walks the folder with Ray's own packaging rules, so `submit --dry-run` lists exactly what a job gets.
+    """
+    from ray._private.runtime_env.packaging import _dir_travel, _get_excludes
+
+    root, found = Path(working_dir).absolute(), []
+    _dir_travel(root, [_get_excludes(root, list(EXCLUDES))],
+                lambda p: found.append(p.relative_to(root).as_posix()) if p.is_file() else None, include_gitignore=True)
+    return sorted(found)
 
 
 def run_dirs_in(logs: str) -> list[str]:

@@ -22,6 +22,13 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def signing_key_file(tmp_path_factory):
+    """Sweep manifests are signed with a key made for the session, never the user's ~/.config/metaserve/key."""
+    os.environ["METASERVE_KEY_FILE"] = str(tmp_path_factory.mktemp("key") / "key")
+    yield Path(os.environ["METASERVE_KEY_FILE"])
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """An embedded local Ray (4 logical CPUs so 3 one-CPU workers fit on a 2-core machine)."""

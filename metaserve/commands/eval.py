@@ -14,7 +14,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from metaserve.api import evaluate_checkpoint
+    from metaserve.errors import check_count
 
+    check_count("--episodes", args.episodes)
+    check_count("--steps", args.steps, low=0)
     result = evaluate_checkpoint(args.checkpoint, args.episodes, args.steps)
     print(result)
     for row in result.curve:

@@ -12,8 +12,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from metaserve.errors import check_count
     from metaserve.report import report
 
+    check_count("--episodes", args.episodes)
     for path in report(args.path, episodes=args.episodes):
         print(path)
     return 0

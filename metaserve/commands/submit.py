@@ -10,6 +10,8 @@ once, before anything is uploaded.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import secrets
 import shlex
@@ -23,6 +25,7 @@ import yaml
 from metaserve import jobs
 from metaserve.config import ConfigError, apply_overrides, config_to_dict, load_config, parse_config
 from metaserve.jobs import JobsError
+from metaserve.config import is_uri
 
 LOCAL_ONLY = ("submit", "jobs")  # commands that talk to a cluster from here, never run inside a job
 
@@ -38,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where the run directories go: a directory (made absolute) or a pyarrow URI such as "
                         "s3://bucket/runs (default: the config's output_dir, relative to here)")
     p.add_argument("--working-dir", default=".", help="directory shipped to the job (default: the current one)")
-    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="extra environment variable for the job")
+    p.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
+                   help="a variable for the job: NAME takes its value here, NAME=VALUE sets one (only these are sent)")
     p.add_argument("--job-id", help="submission id (default: metaserve-COMMAND-TIME-RANDOM)")
     p.add_argument("--dry-run", action="store_true", help="validate and print the job without contacting a cluster")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- metaserve COMMAND [ARGS ...]")
@@ -70,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
     for note in plan.notes:
         print(f"note: {note}")
     if args.dry_run:
-        print(json.dumps({"entrypoint": plan.entrypoint, "runtime_env": runtime_env, "results": plan.results}, indent=2))
+        shown = {**runtime_env, "env_vars": jobs.shown_env(runtime_env["env_vars"])}
+        print(json.dumps({"entrypoint": plan.entrypoint, "runtime_env": shown, "results": plan.results,
+                          "uploaded_files": jobs.shipped_files(working_dir)}, indent=2))
         return 0
     cluster = jobs.connect(args.address)
     job_id = args.job_id or f"metaserve-{plan.argv[0]}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
@@ -81,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"submitted job {job_id} to {cluster.url}")
     print(f"  runs:    {plan.entrypoint}")
     if plan.results:
-        where = "" if jobs.is_loopback(cluster.url) or "://" in plan.results else " on the node that runs the job"
+        where = "" if jobs.is_loopback(cluster.url) or is_uri(plan.results) else " on the node that runs the job"
         print(f"  results: a new run directory in {plan.results}{where} (`metaserve jobs status {job_id}` names it)")
     print(f"  follow:  metaserve jobs logs --follow {tail}")
     print(f"  stop:    metaserve jobs stop {tail}")
@@ -121,14 +127,21 @@ def prepare(argv: list[str], cwd: Path, working_dir: Path, storage: str | None) 
     """Validate the metaserve command and pin its paths for the job (see the module docstring)."""
     from metaserve.cli import build_parser
 
-    ns = build_parser().parse_args(argv)  # a bad option exits here with argparse's message
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            ns = build_parser().parse_args(argv)  # the CLI's own parser: what the job will parse
+    except SystemExit:  # argparse's sentence, e.g. "unrecognized arguments: --bogus"
+        lines = said.getvalue().strip().splitlines() or ["?"]
+        reason = lines[-1].removeprefix("metaserve: error: ")
+        raise JobsError(f"the job's command `metaserve {shlex.join(argv)}` is not valid: {reason}") from None
     plan = Plan(list(argv))
     for key in ("config", "spec"):  # files the command reads: they travel with the working directory
         if getattr(ns, key, None):
             replace_arg(plan.argv, getattr(ns, key), shipped_path(getattr(ns, key), cwd, working_dir))
     for key in ("resume", "checkpoint"):  # a run or sweep directory, a checkpoint: not shipped, so absolute
         value = getattr(ns, key, None)
-        if value and "://" not in value and not Path(value).is_absolute():
+        if value and not is_uri(value) and not Path(value).is_absolute():
             replace_arg(plan.argv, value, str((cwd / value).resolve()))
     pin = {"train": pin_train, "tune": pin_tune}.get(ns.command)
     if pin is not None:
@@ -188,7 +201,7 @@ def pin_tune(plan: Plan, ns: argparse.Namespace, cwd: Path, storage: str | None)
 
     sweep = load_sweep(cwd / ns.spec, ns.set)
     out = pinned_output(storage, ns.set, "storage", sweep.storage, cwd)
-    if "://" in out:
+    if is_uri(out):
         raise JobsError(f"--storage {out!r}: a sweep is stored in a directory (Tune writes it in place), not a URI")
     plan.argv += ["--set", f"storage={yaml_scalar(out)}"]
     plan.results = out
@@ -203,8 +216,15 @@ def pinned_output(storage: str | None, overrides: list[str], key: str, configure
     """--storage or the configured output location, as an absolute path (a URI unchanged)."""
     if storage is not None and any(o.partition("=")[0] == key for o in overrides):
         raise JobsError(f"give the output location once: --storage or --set {key}=..., not both")
+    if storage is not None:
+        from metaserve.config import check_output_dir
+
+        try:
+            check_output_dir(storage)
+        except ValueError as err:
+            raise JobsError(f"--storage: {err}") from None
     out = storage if storage is not None else configured
-    return out if "://" in out else str((cwd / Path(out).expanduser()).resolve())
+    return out if is_uri(out) else str((cwd / Path(out).expanduser()).resolve())
 
 
 def replace_arg(argv: list[str], old: str, new: str) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from metaserve.config import ConfigError
 
@@ -23,7 +24,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("metaserve tune needs exactly one of SPEC (a sweep YAML) and --resume SWEEP_DIR")
     sweep = load_sweep(args.spec, args.set) if args.spec else None  # every check before Ray or any trial starts
     from metaserve.runtime.cluster import connect
-    from metaserve.tuning.run import resume_sweep, run_sweep
+    from metaserve.tuning.run import check_resumable, resume_sweep, run_sweep
+
+    if args.resume:
+        if args.set:
+            raise ConfigError("--set does not apply to --resume: a resumed sweep keeps the spec in its sweep.yaml")
+        check_resumable(Path(args.resume))  # a folder that is not our signed sweep fails here, before Ray starts
 
     connect(args.address, quiet=True)
     result = run_sweep(sweep) if sweep is not None else resume_sweep(args.resume)

@@ -173,17 +173,19 @@ class TrainLoop:
 
 def train_loop(config: Config, *, run_dir: Path | None = None, resume: bool = False, on_log: LogHook | None = None,
                progress: Callable[[str], None] | None = None, final_eval: bool = True, executor: Executor | None = None,
-               tensorboard: bool = True) -> TrainResult:
+               tensorboard: bool = True, keep_config: bool = False) -> TrainResult:
     """Meta-train `config` to `train.steps`, writing the run directory; resume from its latest good checkpoint.
 
     `executor` lends an already running executor (the caller keeps and closes it); by default one is
     made for `runtime.backend` and closed at the end. `tensorboard=False` skips the run's own
-    TensorBoard events (a Tune trial's reports are written by Tune's logger instead).
+    TensorBoard events (a Tune trial's reports are written by Tune's logger instead). `keep_config`
+    (`metaserve train --resume`) leaves the run's config.yaml as it is (see store/resume.py).
     """
     distribution = build_distribution(config)  # reads and validates data before any worker starts
     learner = build_learner(config)
     teacher = build_teacher(config, distribution)  # checks every task space it may pick against the data
-    run_dir = new_run_dir(config) if run_dir is None else init_run_dir(run_dir, config)
+    if run_dir is None or not keep_config:
+        run_dir = new_run_dir(config) if run_dir is None else init_run_dir(run_dir, config)
     state, rows = initial_state(config, learner, run_dir if resume else None, teacher)
     loop = TrainLoop(config, learner, distribution, teacher, run_dir, state, rows, on_log, progress)
     loop.say(f"run directory: {location(run_dir, config.output_dir)}" + (f" (resumed at step {state.step})" if state.step else ""))

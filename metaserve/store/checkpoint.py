@@ -8,6 +8,7 @@ later is skipped, with a warning, for the previous good one.
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import warnings
 from pathlib import Path
@@ -55,10 +56,17 @@ def load_state(path: Path, map_location: str | torch.device = "cpu") -> dict[str
     """Load one checkpoint (a state.pt file or its directory); raises ValueError if it is damaged."""
     path = Path(path)
     file = path / STATE_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise ValueError(f"checkpoint {str(path)!r} has no {STATE_FILE}")
     try:
         state = torch.load(file, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:  # PyTorch's message advises weights_only=False, which could run code
+        raise ValueError(f"checkpoint {str(file)!r} is damaged or holds more than tensors and plain values "
+                         "(refused: loading such objects could run code)") from err
     except Exception as err:  # truncated or corrupt files raise a variety of errors
-        raise ValueError(f"checkpoint {str(file)!r} cannot be loaded: {err}") from err
+        raise ValueError(f"checkpoint {str(file)!r} is damaged or truncated ({type(err).__name__})") from err
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {str(file)!r} is not a metaserve checkpoint (a {type(state).__name__})")
     missing = [k for k in REQUIRED if k not in state]
     if missing:
         raise ValueError(f"checkpoint {str(file)!r} lacks {missing}")
@@ -73,6 +81,20 @@ def latest_good_state(run_dir: Path, map_location: str | torch.device = "cpu") -
         except ValueError as err:
             warnings.warn(f"skipping damaged checkpoint: {err}", stacklevel=2)
     return None
+
+
+def require_state(run_dir: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The newest checkpoint of `run_dir` that loads; ValueError listing what was found when none does."""
+    found, problems = list_checkpoints(run_dir), []
+    for path in reversed(found):
+        try:
+            return load_state(path, map_location)
+        except ValueError as err:
+            problems.append(f"{path.name} ({str(err).split(' is ', 1)[-1].split(' has ', 1)[-1]})")
+    none = f"found no {checkpoint_dir(run_dir).name}/<step>/{STATE_FILE}"
+    what = "found " + ", ".join(problems) if problems else none
+    raise ValueError(f"run {str(run_dir)!r} has no loadable checkpoint to resume from: {what}; "
+                     "--restart starts it over in a new run folder")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from metaserve.config import Config, config_to_dict, parse_config
+from metaserve.config import Config, ConfigError, config_to_dict, parse_config, read_yaml
 from metaserve.store.storage import local_root
 
 CONFIG_FILE = "config.yaml"
@@ -24,7 +24,10 @@ def unique_dir(parent: Path, name: str) -> Path:
 
 def new_run_dir(config: Config) -> Path:
     """`<output_dir>/<name>-<timestamp>/`, made unique, with the whole config saved in it."""
-    return init_run_dir(unique_dir(local_root(config.output_dir), config.name), config)  # staged if a URI
+    root = local_root(config.output_dir)  # staged if a URI
+    if not (root / config.name).resolve().is_relative_to(root.resolve()):  # config.py allows no separators; keep it so
+        raise ConfigError(f"name={config.name!r} would place the run outside output_dir={config.output_dir!r}")
+    return init_run_dir(unique_dir(root, config.name), config)
 
 
 def init_run_dir(path: Path, config: Config) -> Path:
@@ -36,8 +39,15 @@ def init_run_dir(path: Path, config: Config) -> Path:
 
 
 def read_run_config(run_dir: Path) -> Config:
-    """The config a run directory was made with."""
+    """The config a run directory was made with, plus the changes its resumes recorded (see resume.py)."""
+    from metaserve.store.resume import replay_changes
+
     path = Path(run_dir) / CONFIG_FILE
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"run directory {str(run_dir)!r} does not exist")
     if not path.is_file():
         raise FileNotFoundError(f"{str(run_dir)!r} is not a run directory: it has no {CONFIG_FILE}")
-    return parse_config(yaml.safe_load(path.read_text()))
+    data = read_yaml(path, "run config")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{str(path)!r} is not a run config (a mapping of keys to values)")
+    return parse_config(replay_changes(run_dir, data))

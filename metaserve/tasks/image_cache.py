@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import uuid
 import warnings
 import zlib
@@ -70,7 +71,8 @@ def decode_image(data: bytes, name: str, size: int, mode: str, invert: bool = Fa
         with Image.open(io.BytesIO(data)) as raw:
             im = raw.convert(mode).resize((size, size), Image.Resampling.LANCZOS)
     except Exception as err:  # PIL raises OSError, SyntaxError, zlib.error... for bad data
-        raise ValueError(f"cannot decode image {name}: {err}") from err
+        reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(err)) or type(err).__name__
+        raise ValueError(f"cannot decode image {name!r}: {reason} (not an image PIL can read, or damaged)") from err
     array = np.asarray(im, dtype=np.uint8)
     array = 255 - array if invert else array
     return array.reshape(size, size, -1)

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from metaserve.config import Config, ConfigError, ImageTaskConfig, apply_overrides, parse_config, set_dotted, task_kind
+from metaserve.config import (NAME, Config, ConfigError, ImageTaskConfig, apply_overrides, parse_config, parse_value,
+                              read_yaml, set_dotted, task_kind)
 from metaserve.curriculum.teacher import make_teacher
 from metaserve.tasks.images import ImageSpace
 from metaserve.tasks.sinusoid import SinusoidSpace
@@ -54,7 +54,7 @@ class SchedulerSpec(_Spec):
 class SweepSpec(_Spec):
     """The YAML file as written."""
 
-    name: str
+    name: Annotated[str, Field(pattern=NAME, max_length=200)]  # the sweep folder is <storage>/<name>-<time>
     base: str | dict[str, str | BaseEntry]  # one config path, or named bases (each a path or {config, set})
     set: list[str] = Field(default_factory=list)  # overrides applied to every base
     space: dict[str, dict[str, Any]]  # dotted config key -> {grid|choice|uniform|loguniform: ...}
@@ -155,8 +155,39 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep spec {str(path)!r} does not exist")
-    raw = apply_overrides(yaml.safe_load(path.read_text()) or {}, overrides or [])
+    raw = read_yaml(path, "sweep spec")
+    if raw is None:
+        raise ConfigError(f"sweep spec {str(path)!r} is empty: give at least name, base and space (see tuning/)")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"sweep spec {str(path)!r} must be a mapping of keys to values, not a {type(raw).__name__}")
+    plain = [o for o in overrides or [] if not o.startswith(DOTTED_MAPS)]
+    raw = apply_overrides(raw, plain)
+    for item in overrides or []:
+        if item.startswith(DOTTED_MAPS):  # space.algorithm.inner_lr={...}: one dotted config key, not nested sections
+            raw = _set_dotted_map(raw, item)
     return parse_sweep(raw, path.parent)
+
+
+DOTTED_MAPS = ("space.", "scheduler.mutations.")  # spec sections whose keys are dotted config keys
+
+
+def _set_dotted_map(raw: dict, item: str) -> dict:
+    """`raw` with `space.<config key>=<domain>` (or a PBT mutation) set under the whole dotted config key."""
+    key, sep, value = item.partition("=")
+    prefix = next(p for p in DOTTED_MAPS if key.startswith(p))
+    if not sep or key == prefix:
+        raise ConfigError(f"override {item!r} is not of the form {prefix}<config key>={{grid: [v1, v2]}}")
+    section = prefix.rstrip(".")
+    data = set_dotted(raw, section, {}) if not isinstance(_get_dotted(raw, section), dict) else dict(raw)
+    mapping = dict(_get_dotted(data, section))
+    mapping[key[len(prefix):]] = parse_value(item, value)
+    return set_dotted(data, section, mapping)
+
+
+def _get_dotted(data: dict, key: str) -> Any:
+    for part in key.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
 
 
 def parse_sweep(raw: dict, root: Path) -> Sweep:
@@ -203,7 +234,7 @@ def _resolve_bases(spec: SweepSpec, root: Path) -> dict[str, dict]:
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
             raise ConfigError(f"base {name!r}: config {entry.config!r} not found (looked for {', '.join(map(str, candidates))})")
-        data = apply_overrides(yaml.safe_load(found.read_text()) or {}, entry.set + spec.set)
+        data = apply_overrides(read_yaml(found) or {}, entry.set + spec.set)
         try:
             parse_config(data)
         except ConfigError as err:
