@@ -113,7 +113,7 @@ class LazyAlgorithmConfig(GradientAlgorithmConfig):
     leap: Annotated[float, Field(gt=0, le=1)] = 1.0  # gamma
     leap_target: Literal["last", "mean"] = "last"
     # lazy-maml: "exact" backpropagates through the student's trajectory with one HVP per step (lazy.py eq. 4-5);
-    # "linearised" is the first-order-in-alpha form (eq. 6), stable only while alpha * k * curvature << 1.
+    # "linearised" is the first-order-in-alpha form (eq. 6), safe only while alpha * k * lambda_max(H_S) < 2.
     meta_gradient: Literal["exact", "linearised"] = "exact"
 
 
