@@ -13,6 +13,8 @@ Three measurements, each a subcommand (sinusoid K=10, the shipped configs/sinuso
   nice -n 10 .venv/bin/python -m benchmarks.lazy_horizon stability --ks 10,20,50,100 --budget-s 300
   nice -n 10 .venv/bin/python -m benchmarks.lazy_horizon compute --ks 1,5,20,50
   nice -n 10 .venv/bin/python -m benchmarks.lazy_horizon claim --steps 300
+  nice -n 10 .venv/bin/python -m benchmarks.lazy_horizon claim --contenders "omniglot lazy-maml k=20,omniglot maml k=1"
+      --steps 10 --log-every 5 --set train.meta_batch=2 --set train.val_tasks=5 --episodes 100 --eval-steps 20
 """
 from __future__ import annotations
 
@@ -39,7 +41,10 @@ CLAIM = {
     "maml k=5": ("configs/sinusoid-maml.yaml", ["algorithm.inner_steps=5"]),
     "fomaml k=5": ("configs/sinusoid-maml.yaml", ["algorithm.name=fomaml", "algorithm.inner_steps=5"]),
     "reptile k=32": ("configs/sinusoid-reptile.yaml", []),
+    "omniglot lazy-maml k=20": ("configs/omniglot-lazy-maml-5w1s.yaml", []),
+    "omniglot maml k=1": ("configs/omniglot-maml-5w1s.yaml", []),
 }
+SINUSOID = [label for label in CLAIM if not label.startswith("omniglot")]
 
 
 def config(path: str, overrides: list[str], steps: int, log_every: int, extra: list[str]):
@@ -110,8 +115,9 @@ def claim(a) -> list[dict]:
                "train_s": seconds, "status": status}
         for k in a.eval_steps:
             r = evaluate(learner, params, dist, episodes=a.episodes, steps=k)
-            row[f"mse_{k}"], row[f"ci95_{k}"] = r.mean, r.ci95
-        scores = ", ".join(f"{k} steps {row[f'mse_{k}']:.4f} +- {row[f'ci95_{k}']:.4f}" for k in a.eval_steps)
+            row[f"{r.metric}_{k}"], row[f"ci95_{k}"] = r.mean, r.ci95
+        scores = ", ".join(f"{k} steps {r.metric} {row[f'{r.metric}_{k}']:.4f} +- {row[f'ci95_{k}']:.4f}"
+                           for k in a.eval_steps)
         print(f"  {label}: " + scores
               + f" ({steps} meta-steps, {seconds:.0f} s, {status})", flush=True)
         rows.append(row)
@@ -129,7 +135,7 @@ def main() -> None:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--meta-batch", type=int, default=25, help="compute: tasks per meta-step")
     p.add_argument("--reps", type=int, default=5, help="compute: timed meta-steps per cell")
-    p.add_argument("--contenders", type=lambda s: s.split(","), default=list(CLAIM))
+    p.add_argument("--contenders", type=lambda s: s.split(","), default=SINUSOID)
     p.add_argument("--eval-steps", type=lambda s: [int(x) for x in s.split(",")], default=[10])
     p.add_argument("--episodes", type=int, default=600)
     p.add_argument("--set", action="append", default=[], help="extra config override for every run")

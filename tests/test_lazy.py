@@ -8,6 +8,7 @@ sum_{j<k} H_S(phi_j) v = k H_S v.
 from __future__ import annotations
 
 import re
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -310,3 +311,39 @@ def test_shipped_long_horizon_sinusoid_config_trains(tmp_path):
     assert rows["val_loss"].notna().all() and (rows["val_loss"] < 1e6).all()
     val = rows["val_loss"].tolist()  # steps 20, 40, 60 (3.64, 3.47, 3.25 when written)
     assert all(later < earlier for earlier, later in zip(val, val[1:])) and val[-1] < 0.95 * val[0], val
+
+
+# --- the linearised form's safety warning -----------------------------------------------------------
+def test_support_curvature_is_the_hessians_largest_eigenvalue():
+    model, theta, tasks = sinusoid_problem(1)
+    lazy = LazyMAML(model, "regression", inner_lr=0.05, inner_steps=3)
+    names, shapes = list(theta), [t.shape for t in theta.values()]
+    sizes = [t.numel() for t in theta.values()]
+
+    def flat_loss(w):
+        parts = dict(zip(names, (c.view(s) for c, s in zip(torch.split(w, sizes), shapes))))
+        return mse(model, parts, tasks[0].support_x, tasks[0].support_y)
+
+    hessian = torch.autograd.functional.hessian(flat_loss, torch.cat([t.reshape(-1) for t in theta.values()]))
+    eigenvalues = torch.linalg.eigvalsh(hessian)
+    want = float(eigenvalues[eigenvalues.abs().argmax()])
+    got = lazy.support_curvature(theta, tasks[0].support_x, tasks[0].support_y, iterations=200)
+    assert got == pytest.approx(want, rel=1e-4)
+
+
+def test_linearised_mode_warns_once_when_alpha_k_curvature_is_unsafe():
+    model, theta, tasks = sinusoid_problem(1)
+    lam = abs(LazyMAML(model, "regression", inner_lr=0.05, inner_steps=1).support_curvature(
+        theta, tasks[0].support_x, tasks[0].support_y))
+    unsafe_k = int(3.0 / (0.05 * lam)) + 1  # alpha * k * lambda ~ 3 > 2
+    risky = LazyMAML(model, "regression", inner_lr=0.05, inner_steps=unsafe_k,
+                     meta_gradient="linearised")
+    with pytest.warns(UserWarning, match="alpha \\* k \\* lambda_max"):
+        risky.task_update(theta, tasks[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        risky.task_update(theta, tasks[0])  # once per algorithm, not per step
+        LazyMAML(model, "regression", inner_lr=0.05, inner_steps=unsafe_k).task_update(theta, tasks[0])
+        safe_k = max(1, int(1.0 / (0.05 * lam)))  # alpha * k * lambda <= 1
+        LazyMAML(model, "regression", inner_lr=0.05, inner_steps=safe_k,
+                 meta_gradient="linearised").task_update(theta, tasks[0])

@@ -32,18 +32,23 @@ lazy-reptile contribution: theta_T - theta = gamma * (phi - theta), applied as i
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Annotated, Literal
 
+import torch
 from pydantic import Field
 from torch import Tensor, nn
 from torch.func import grad, vjp
 
-from metaserve.algorithms.base import Metrics
+from metaserve.algorithms.base import Metrics, TaskUpdate
 from metaserve.algorithms.inner import InnerLoopLearner, InnerLoopSection
 from metaserve.algorithms.params import Params, add, detach, interpolate, scale, sgd_step, subtract, total
 from metaserve.registry import AlgorithmEntry, register
 
 META_GRADIENTS = ("exact", "linearised")
+#: alpha * k * lambda_max(H_S) past which the linearised factor 1 - alpha * k * lambda has flipped sign. Measured on
+#: the sinusoid config at initialisation (median over 20 tasks): 1.3 at k = 5 (trained), 5.2 at k = 20 (diverged).
+LINEARISED_SAFE = 2.0
 
 
 class LazyConfig(InnerLoopSection):
@@ -53,7 +58,7 @@ class LazyConfig(InnerLoopSection):
     leap: Annotated[float, Field(gt=0, le=1)] = 1.0  # gamma
     leap_target: Literal["last", "mean"] = "last"
     # lazy-maml: "exact" backpropagates through the student's trajectory with one HVP per step (eq. 4-5);
-    # "linearised" is the first-order-in-alpha form (eq. 6), stable only while alpha * k * curvature << 1.
+    # "linearised" is the first-order-in-alpha form (eq. 6), safe only while alpha * k * lambda_max(H_S) < 2.
     meta_gradient: Literal["exact", "linearised"] = "exact"
 
 
@@ -137,7 +142,37 @@ class LazyMAML(InnerLoopLearner):
         u = self.trajectory_adjoint(checkpoints, v, sx, sy)
         return add(scale(v, 1.0 - self.leap), u, scale=self.leap)
 
+    def support_curvature(self, theta: Params, sx: Tensor, sy: Tensor, iterations: int = 20) -> float:
+        """lambda_max of H_S(theta) (largest-magnitude eigenvalue) by power iteration on Hessian-vector products."""
+        gen = torch.Generator(device=next(iter(theta.values())).device).manual_seed(0)
+        u = {n: torch.randn(t.shape, generator=gen, device=t.device, dtype=t.dtype) for n, t in theta.items()}
+        lam = 0.0
+        for _ in range(iterations):
+            norm = torch.sqrt(sum((x * x).sum() for x in u.values()))
+            u = scale(u, 1.0 / float(norm))
+            _, hu = self.hvp(theta, u, sx, sy)
+            lam = float(sum((a * b).sum() for a, b in zip(u.values(), hu.values())))
+            u = hu
+        return lam
+
+    def warn_if_linearised_unsafe(self, theta: Params, sx: Tensor, sy: Tensor) -> float | None:
+        """Warn (once, on the first task seen) when alpha * k * lambda_max(H_S) > LINEARISED_SAFE in linearised mode."""
+        if self.meta_gradient != "linearised" or getattr(self, "_curvature_checked", False):
+            return None
+        self._curvature_checked = True
+        risk = self.inner_lr * self.inner_steps * abs(self.support_curvature(detach(theta), sx, sy))
+        if risk > LINEARISED_SAFE:
+            warnings.warn(f"lazy-maml meta_gradient='linearised' with alpha * k * lambda_max(H_S) = {risk:.2f} > "
+                          f"{LINEARISED_SAFE} at the initial parameters: the linearised Jacobian I - alpha * sum_j H_S "
+                          "is not a contraction and training may diverge; use meta_gradient='exact' or a smaller "
+                          "inner_lr * inner_steps", stacklevel=2)
+        return risk
+
     # --- the interface (adapt: k SGD steps, from InnerLoopLearner) -------------------------------
+    def block_updates(self, params: Params, tasks: list, sizes: list[int]) -> list[TaskUpdate]:
+        self.warn_if_linearised_unsafe(params, tasks[0].support_x, tasks[0].support_y)
+        return super().block_updates(params, tasks, sizes)
+
     def contribute(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Params, Metrics]:
         theta = detach(params)
         phi, checkpoints = self.student_run(theta, sx, sy)
