@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -29,10 +29,18 @@ def as_config(config: Config | dict[str, Any] | str | Path, overrides: list[str]
     raise ConfigError(f"config must be a Config, a dict or a YAML path, got {type(config).__name__}")
 
 
-def train(config: Config | dict[str, Any] | str | Path, *, resume: str | Path | None = None, progress: bool = False) -> TrainResult:
-    """Meta-train and evaluate; returns the run directory, final parameters and final metrics."""
-    config = as_config(config)
-    return train_loop(config, run_dir=resume, resume=resume is not None, progress=print if progress else None)
+def train(config: Config | dict[str, Any] | str | Path, overrides: list[str] | None = None, *,
+          resume: str | Path | None = None, progress: Callable[[str], None] | bool | None = None) -> TrainResult:
+    """Meta-train and evaluate; returns the run directory, final parameters and final metrics.
+
+    `overrides` are `section.key=value` strings, as `metaserve train --set`. `progress`: None (default)
+    shows a live progress bar in an interactive terminal and stays silent elsewhere; True always
+    reports (plain lines when not a terminal), False never; or pass a callback such as `print`.
+    """
+    from metaserve.progress import as_progress
+
+    config = as_config(config, overrides)
+    return train_loop(config, run_dir=resume, resume=resume is not None, progress=as_progress(progress))
 
 
 @dataclass

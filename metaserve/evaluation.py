@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -27,6 +28,7 @@ class EvalResult:
     ci95: float
     episodes: int
     curve: list[dict[str, float]] = field(default_factory=list)  # one row per inner step 0..k
+    curve_ci95: list[dict[str, float]] = field(default_factory=list)  # the 95% CI half-width of each curve value
 
     def __str__(self) -> str:
         value = f"{100 * self.mean:.2f}% +- {100 * self.ci95:.2f}%" if self.metric == "acc" else f"{self.mean:.4f} +- {self.ci95:.4f}"
@@ -53,8 +55,11 @@ def episode_curve(algorithm: Algorithm, params: Params, sx: Tensor, sy: Tensor, 
 
 
 def evaluate(algorithm: Algorithm, params: Params, distribution, *, seed: int, episodes: int = 600, steps: int | None = None,
-             stream: Stream = "test", space=None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, chunk: int = 100) -> EvalResult:
-    """Adapt to `episodes` held-out tasks and report the final metric with its 95% CI."""
+             stream: Stream = "test", space=None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, chunk: int = 100,
+             progress: Callable[[int], None] | None = None) -> EvalResult:
+    """Adapt to `episodes` held-out tasks and report the final metric with its 95% CI.
+
+    `progress(done)` is called after each chunk of episodes (a progress bar's advance)."""
     steps = getattr(algorithm, "eval_inner_steps", 0) if steps is None else steps
     if not hasattr(algorithm, "inner_lr"):
         steps = 0  # metric learners adapt in closed form: one point on the curve
@@ -62,12 +67,16 @@ def evaluate(algorithm: Algorithm, params: Params, distribution, *, seed: int, e
     for start in range(0, episodes, chunk):
         tasks = [distribution.sample(seed, 0, i, space, stream).to(device, dtype) for i in range(start, min(start + chunk, episodes))]
         curves.append(_curves(algorithm, params, tasks, steps))
+        if progress is not None:
+            progress(min(start + chunk, episodes))
     curve = torch.cat(curves)  # [episodes, steps + 1, 2]
     classification = algorithm.kind == "classification"
     final = curve[:, -1, 1] if classification else curve[:, -1, 0]
     rows = [{"inner_step": j, "loss": float(curve[:, j, 0].mean()), **({"acc": float(curve[:, j, 1].mean())} if classification else {})}
             for j in range(steps + 1)]
-    return EvalResult("acc" if classification else "mse", float(final.mean()), ci95(final), episodes, rows)
+    bands = [{"inner_step": j, "loss": ci95(curve[:, j, 0]), **({"acc": ci95(curve[:, j, 1])} if classification else {})}
+             for j in range(steps + 1)]
+    return EvalResult("acc" if classification else "mse", float(final.mean()), ci95(final), episodes, rows, bands)
 
 
 def _curves(algorithm: Algorithm, params: Params, tasks: list[Task], steps: int) -> Tensor:

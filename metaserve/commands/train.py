@@ -31,7 +31,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("metaserve train needs CONFIG (a YAML file) or --resume RUN_DIR")
     if args.address:
         config = as_config(config, [f"runtime.address={args.address}", "runtime.backend=ray"])
-    result = train_loop(config, run_dir=args.resume, resume=bool(args.resume), progress=print)
+    from metaserve.progress import Progress
+
+    result = train_loop(config, run_dir=args.resume, resume=bool(args.resume), progress=Progress())
     print("final metrics:")
     for key, value in result.metrics.items():
         print(f"  {key}: {value:.6g}")

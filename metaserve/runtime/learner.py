@@ -21,6 +21,7 @@ from metaserve.curriculum import Teacher, build_teacher
 from metaserve.evaluation import EvalResult, evaluate
 from metaserve.experiment import Learner, build_distribution, build_learner
 from metaserve.models.functional import Params
+from metaserve.progress import end_phase, phase, resume_note
 from metaserve.runtime.work import NonFiniteUpdate
 from metaserve.store.checkpoint import latest_good_state, save_checkpoint
 from metaserve.store.metrics import write_metrics
@@ -86,12 +87,15 @@ def train_loop(config: Config, *, run_dir: Path | None = None, resume: bool = Fa
     made for `runtime.backend` and closed at the end. `tensorboard=False` skips the run's own
     TensorBoard events (a Tune trial's reports are written by Tune's logger instead).
     """
+    say = progress or (lambda _msg: None)
+    say(f"loading data: {config.task.name} ({config.algorithm.name}, {config.train.steps} steps)")
     distribution = build_distribution(config)  # reads and validates data before any worker starts
     learner = build_learner(config)
     teacher = build_teacher(config, distribution)  # checks every task space it may pick against the data
     run_dir = new_run_dir(config) if run_dir is None else init_run_dir(run_dir, config)
     state = _initial_state(config, learner, run_dir if resume else None, teacher)
-    say = progress or (lambda _msg: None)
+    if resume and state.step >= config.train.steps:
+        say(resume_note(state.step, config.train.steps, final_eval))
     say(f"run directory: {location(run_dir, config.output_dir)}" + (f" (resumed at step {state.step})" if state.step else ""))
     owned = executor is None
     with TensorBoardLog(run_dir, state.step) if tensorboard else nullcontext() as board:
@@ -101,7 +105,7 @@ def train_loop(config: Config, *, run_dir: Path | None = None, resume: bool = Fa
         finally:
             if owned:
                 executor.close()
-        test = _meta_test(config, learner, distribution, state.params, run_dir) if final_eval else None
+        test = _meta_test(config, learner, distribution, state.params, run_dir, say) if final_eval else None
         if test is not None:
             if board is not None:
                 board.write({"step": state.step, f"test_{test.metric}": test.mean})
@@ -113,10 +117,14 @@ def train_loop(config: Config, *, run_dir: Path | None = None, resume: bool = Fa
     return TrainResult(run_dir, state.params, metrics, test)
 
 
-def _meta_test(config: Config, learner: Learner, distribution, params: Params, run_dir: Path) -> EvalResult:
+def _meta_test(config: Config, learner: Learner, distribution, params: Params, run_dir: Path, say=None) -> EvalResult:
     """The final meta-test on held-out tasks, saved as test.json."""
+    if say is not None:
+        say(f"meta-test: {config.eval.episodes} held-out episodes")
     test = evaluate(learner.algorithm, params, distribution, seed=config.seed, episodes=config.eval.episodes,
-                    steps=config.eval.inner_steps, device=learner.device, dtype=learner.dtype)
+                    steps=config.eval.inner_steps, device=learner.device, dtype=learner.dtype,
+                    progress=phase(say, "meta-test episode", config.eval.episodes, "episode"))
+    end_phase(say)
     (run_dir / "test.json").write_text(json.dumps({"metric": test.metric, "mean": test.mean, "ci95": test.ci95,
                                                     "episodes": test.episodes, "curve": test.curve}, indent=2))
     return test
@@ -152,6 +160,9 @@ def _loop(config: Config, learner: Learner, distribution, executor, state: Train
           teacher: Teacher) -> None:
     algo, tc = learner.algorithm, config.train
     window: list[dict] = []
+    tick = phase(say, "meta-train", tc.steps, "step", done=state.step)
+    if state.step < tc.steps:
+        say(f"first step: {tc.meta_batch} tasks per meta-batch, a line per {tc.log_every} steps")
     while state.step < tc.steps:
         t0 = time.perf_counter()
         space, used = teacher.space(state.teacher), teacher.columns(state.teacher)  # omega of this meta-step
@@ -178,6 +189,8 @@ def _loop(config: Config, learner: Learner, distribution, executor, state: Train
             elif state.step % tc.checkpoint_every == 0 or state.step == tc.steps:
                 save_checkpoint(run_dir, state.step, state.to_dict(config), keep=tc.keep_checkpoints)
             window = []
+        tick(state.step)
+    end_phase(say)
 
 
 def _teacher_loss(config: Config, learner: Learner, distribution, params: Params, space) -> float:
