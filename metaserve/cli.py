@@ -7,11 +7,14 @@ import sys
 
 from metaserve.config import ConfigError
 
-COMMANDS = ["train", "eval", "tune", "report", "submit", "jobs"]
+COMMANDS = ["train", "eval", "tune", "report", "submit", "jobs", "init", "data"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from metaserve import __version__
+
     parser = argparse.ArgumentParser(prog="metaserve", description="Distributed meta-learning on Ray.")
+    parser.add_argument("--version", action="version", version=f"metaserve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         importlib.import_module(f"metaserve.commands.{name}").register(sub)

@@ -8,7 +8,10 @@ from metaserve.config import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="meta-train from a YAML config (or resume a run)")
+    from metaserve.config_help import sections_help
+
+    p = sub.add_parser("train", help="meta-train from a YAML config (or resume a run)", epilog=sections_help(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", help="YAML config file (see configs/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.steps=100")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest good checkpoint")
