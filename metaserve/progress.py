@@ -99,7 +99,7 @@ class Progress:
         if self.mode == "live":
             filled = int(20 * self._done / total)
             bar = " [" + "#" * filled + "." * (20 - filled) + "]"
-        speed = f"{rate:.2f} {unit}/s" if rate >= 0.1 or rate == 0 else f"{1 / rate:.1f} s/{unit}"
+        speed = f"{rate:.2f} {unit}/s" if rate >= 1 or rate == 0 else f"{1 / rate:.1f} s/{unit}"  # slow: seconds each
         text = (f"{name}{bar} {self._done}/{total} {unit}s | {speed} | elapsed {_clock(elapsed)} | "
                 f"ETA {_clock(eta) if eta is not None else '?'}")
         return f"{text} | {note}" if note else text

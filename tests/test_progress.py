@@ -41,9 +41,9 @@ def test_plain_lines_rate_and_eta_from_the_clock(monkeypatch):
     p.advance(5)  # 10 s after the first line: due
     lines = out.getvalue().splitlines()
     assert len(lines) == 2
-    # 2 steps in 4 s = 0.50 step/s, 8 left -> 16 s; then 5 steps in 14 s = 0.357/s, 5 left -> 14 s
-    assert lines[0] == "meta-train 2/10 steps | 0.50 step/s | elapsed 0:04 | ETA 0:16"
-    assert lines[1] == "meta-train 5/10 steps | 0.36 step/s | elapsed 0:14 | ETA 0:14"
+    # 2 steps in 4 s = 2.0 s/step, 8 left -> 16 s; then 5 steps in 14 s = 2.8 s/step, 5 left -> 14 s
+    assert lines[0] == "meta-train 2/10 steps | 2.0 s/step | elapsed 0:04 | ETA 0:16"
+    assert lines[1] == "meta-train 5/10 steps | 2.8 s/step | elapsed 0:14 | ETA 0:14"
     p.advance(10)  # the last one always prints
     assert out.getvalue().splitlines()[-1].startswith("meta-train 10/10 steps")
 
