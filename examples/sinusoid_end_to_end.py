@@ -35,7 +35,10 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     support_x = torch.rand(10, 1, generator=gen) * 10 - 5
     query_x = torch.linspace(-5, 5, 100)[:, None]
-    true = lambda x: amplitude * torch.sin(x - phase)  # noqa: E731
+
+    def true(x: torch.Tensor) -> torch.Tensor:
+        return amplitude * torch.sin(x - phase)
+
     for k in (0, 10):
         prediction = model.adapt(support_x, true(support_x), steps=k).predict(query_x)
         mse = torch.mean((prediction - true(query_x)) ** 2).item()

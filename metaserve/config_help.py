@@ -30,7 +30,7 @@ def sections_help(width: int = 100) -> str:
     for section, field in Config.model_fields.items():
         models = _models(field.annotation)
         if not models:
-            out.append(f"  {section}: {field.annotation.__name__ if hasattr(field.annotation, '__name__') else field.annotation}")
+            out.append(f"  {section}: {getattr(field.annotation, '__name__', field.annotation)}")
             continue
         names = list(dict.fromkeys(n for m in models for n in _literal_names(m)))
         keys = list(dict.fromkeys(k for m in models for k in m.model_fields if k != "name"))

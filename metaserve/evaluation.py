@@ -55,7 +55,8 @@ def episode_curve(algorithm: Algorithm, params: Params, sx: Tensor, sy: Tensor, 
 
 
 def evaluate(algorithm: Algorithm, params: Params, distribution, *, seed: int, episodes: int = 600, steps: int | None = None,
-             stream: Stream = "test", space=None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, chunk: int = 100,
+             stream: Stream = "test", space=None, device: torch.device | str = "cpu",
+             dtype: torch.dtype = torch.float32, chunk: int = 100,
              progress: Callable[[int], None] | None = None) -> EvalResult:
     """Adapt to `episodes` held-out tasks and report the final metric with its 95% CI.
 
@@ -74,8 +75,8 @@ def evaluate(algorithm: Algorithm, params: Params, distribution, *, seed: int, e
     final = curve[:, -1, 1] if classification else curve[:, -1, 0]
     rows = [{"inner_step": j, "loss": float(curve[:, j, 0].mean()), **({"acc": float(curve[:, j, 1].mean())} if classification else {})}
             for j in range(steps + 1)]
-    bands = [{"inner_step": j, "loss": ci95(curve[:, j, 0]), **({"acc": ci95(curve[:, j, 1])} if classification else {})}
-             for j in range(steps + 1)]
+    bands = [{"inner_step": j, "loss": ci95(curve[:, j, 0]),
+              **({"acc": ci95(curve[:, j, 1])} if classification else {})} for j in range(steps + 1)]
     return EvalResult("acc" if classification else "mse", float(final.mean()), ci95(final), episodes, rows, bands)
 
 

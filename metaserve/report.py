@@ -20,24 +20,26 @@ import json
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import torch
+from matplotlib.ticker import MaxNLocator
+
+from metaserve.progress import end_phase, phase
 
 matplotlib.use("Agg")  # files only: no display on servers and Ray nodes
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from metaserve.evaluation import EvalResult, evaluate  # noqa: E402
 from metaserve.store.checkpoint import latest_good_state  # noqa: E402
-from metaserve.progress import end_phase, phase  # noqa: E402
 from metaserve.store.metrics import METRICS_FILE, read_metrics  # noqa: E402
 
 REPORT_DIR = "report"
 LOG_SPAN = 1e3  # max/min of a panel's positive values above which its y axis is logarithmic
 NAMES = {"loss": "loss", "acc": "accuracy", "mse": "MSE"}  # one name per metric in every label
 FIT_STEPS = (0, 1, 10)  # Finn et al. 2017, Fig. 2: pre-update, one and ten gradient steps
+CSV_COLUMNS = ["panel", "line", "x", "y", "low", "high", "xlabel", "ylabel", "xscale", "yscale"]
 CURVES = {  # column -> legend label
     "loss": "meta-train, after adaptation", "loss_pre": "meta-train, before adaptation",
     "val_loss": "meta-val, after adaptation", "val_loss_pre": "meta-val, before adaptation",
@@ -77,7 +79,8 @@ def _readable(ax, integer_x: bool = True) -> None:
 
 def _band(ax, x, mean, half, label: str) -> None:
     """A shaded 95% CI band, its bounds kept on the artist for figure_data."""
-    x, lo, hi = np.asarray(x, float), np.asarray(mean, float) - np.asarray(half, float), np.asarray(mean, float) + np.asarray(half, float)
+    mean, half = np.asarray(mean, float), np.asarray(half, float)
+    x, lo, hi = np.asarray(x, float), mean - half, mean + half
     poly = ax.fill_between(x, lo, hi, alpha=0.2, label=f"{label} (95% CI)")
     poly.metaserve_band = (x, lo, hi)
 
@@ -163,14 +166,15 @@ def figure_data(fig: Figure) -> pd.DataFrame:
     """Every plotted line of a figure as rows (panel, line, x, y), read back from the artists."""
     rows = []
     for ax in fig.axes:
-        axis = {"xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(), "xscale": ax.get_xscale(), "yscale": ax.get_yscale()}
+        axis = {"xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(),
+                "xscale": ax.get_xscale(), "yscale": ax.get_yscale()}
         for line in ax.get_lines():
             rows += [{"panel": ax.get_title(), "line": line.get_label(), "x": float(x), "y": float(y), **axis}
                      for x, y in zip(line.get_xdata(), line.get_ydata())]
         for band in (c for c in ax.collections if hasattr(c, "metaserve_band")):
-            rows += [{"panel": ax.get_title(), "line": band.get_label(), "x": float(x), "y": float("nan"), "low": float(lo),
-                      "high": float(hi), **axis} for x, lo, hi in zip(*band.metaserve_band)]
-    return pd.DataFrame(rows, columns=["panel", "line", "x", "y", "low", "high", "xlabel", "ylabel", "xscale", "yscale"])
+            rows += [{"panel": ax.get_title(), "line": band.get_label(), "x": float(x), "y": float("nan"),
+                      "low": float(lo), "high": float(hi), **axis} for x, lo, hi in zip(*band.metaserve_band)]
+    return pd.DataFrame(rows, columns=CSV_COLUMNS)
 
 
 def save(fig: Figure, path: Path) -> Path:
@@ -185,7 +189,8 @@ def sinusoid_fit(algorithm, params, task, amplitude: float, phase_: float, x_ran
                  inner_lr: float) -> Figure:
     """Finn et al. (2017), Fig. 2: the true curve, the K support points, and the prediction on a grid after
     0, 1 and 10 inner SGD steps (step size `inner_lr`) from the meta-learned parameters."""
-    grid = torch.linspace(x_range[0], x_range[1], 200, dtype=task.support_x.dtype, device=task.support_x.device)[:, None]
+    sx = task.support_x
+    grid = torch.linspace(x_range[0], x_range[1], 200, dtype=sx.dtype, device=sx.device)[:, None]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(grid[:, 0].cpu(), (amplitude * torch.sin(grid[:, 0] - phase_)).cpu(), color="black", label="true curve")
     ax.plot(task.support_x[:, 0].cpu(), task.support_y[:, 0].cpu(), "^", color="purple",
@@ -221,7 +226,8 @@ def report(path: str | Path, *, episodes: int = 100, evaluate_test: bool = False
 def meta_test_line(result: EvalResult, source: str) -> str:
     """'Meta-test accuracy: 45.20% +- 1.10% over 600 episodes (test.json)': one name, no repeated prefix."""
     pct = result.metric == "acc"
-    value = f"{100 * result.mean:.2f}% +- {100 * result.ci95:.2f}%" if pct else f"{result.mean:.4f} +- {result.ci95:.4f}"
+    m, h = result.mean, result.ci95
+    value = f"{100 * m:.2f}% +- {100 * h:.2f}%" if pct else f"{m:.4f} +- {h:.4f}"
     return f"Meta-test {NAMES[result.metric]}: {value} (95% CI) over {result.episodes} episodes ({source})"
 
 
@@ -236,8 +242,8 @@ def read_test(run_dir: Path) -> EvalResult | None:
 
 def _evaluate(say, what: str, algorithm, params, distribution, **kw) -> EvalResult:
     say(f"{what}: {kw['episodes']} test episodes")
-    result = evaluate(algorithm, params, distribution, progress=phase(say, f"{what}: episode", kw["episodes"], "episode"),
-                      chunk=10, **kw)
+    advance = phase(say, f"{what}: episode", kw["episodes"], "episode")
+    result = evaluate(algorithm, params, distribution, progress=advance, chunk=10, **kw)
     end_phase(say)
     return result
 
@@ -265,8 +271,9 @@ def _run_report(run_dir: Path, episodes: int, evaluate_test: bool, say) -> list[
         distribution = build_distribution(config)
         params = {k: v.to(learner.device, learner.dtype) for k, v in state["params"].items()}
         kw = dict(seed=config.seed, episodes=episodes, steps=config.eval.inner_steps, device=learner.device, dtype=learner.dtype)
-        before = _evaluate(say, "adaptation before meta-training", learner.algorithm, learner.initial_params(), distribution, **kw)
-        after = _evaluate(say, "adaptation after meta-training", learner.algorithm, params, distribution, **kw)
+        algo = learner.algorithm
+        before = _evaluate(say, "adaptation before meta-training", algo, learner.initial_params(), distribution, **kw)
+        after = _evaluate(say, "adaptation after meta-training", algo, params, distribution, **kw)
         files.append(save(adaptation_curves(before, after, int(state["step"])), out / "adaptation.png"))
         keys = ["loss"] + (["acc"] if "acc" in after.curve[0] else [])
         lines += [f"## Adaptation on {episodes} test tasks (full task space)", "",
@@ -298,12 +305,13 @@ def _run_report(run_dir: Path, episodes: int, evaluate_test: bool, say) -> list[
 def _sinusoid_fit(config, learner, distribution, params) -> Figure | None:
     """The fit plot for a plain sinusoid run of a gradient-based learner; the task's A and phase are drawn
     from the test task space with a generator seeded by the run's seed (reproducible, independent of training)."""
-    if config.task.name != "sinusoid" or getattr(distribution, "oracle", False) or not hasattr(learner.algorithm, "inner_lr"):
+    algo = learner.algorithm
+    if config.task.name != "sinusoid" or getattr(distribution, "oracle", False) or not hasattr(algo, "inner_lr"):
         return None
     rng = np.random.default_rng(config.seed)
     amplitude, phase_ = rng.uniform(*distribution.space.amplitude), rng.uniform(*distribution.space.phase)
     task = distribution.task_for(rng, amplitude, phase_).to(learner.device, learner.dtype)
-    return sinusoid_fit(learner.algorithm, params, task, amplitude, phase_, distribution.x_range, learner.algorithm.inner_lr)
+    return sinusoid_fit(algo, params, task, amplitude, phase_, distribution.x_range, algo.inner_lr)
 
 
 def _sweep_report(sweep_dir: Path) -> list[Path]:

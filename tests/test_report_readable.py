@@ -79,12 +79,15 @@ def test_report_reevaluates_only_when_asked(run_dir):
     assert "over 5 episodes (re-evaluated at step 4)" in summary and "(the run's test.json)" in summary
 
 
+def basis(x: np.ndarray) -> np.ndarray:
+    return np.stack([np.sin(x), np.cos(x)], axis=1)
+
+
 def test_sinusoid_fit_is_the_true_curve_and_sgd_steps(run_dir):
     report(run_dir, episodes=2)
     data = pd.read_csv(run_dir / "report" / "sinusoid_fit.csv")
     true = data[data["line"] == "true curve"]
     # y = A sin(x - phi) = a sin x + b cos x: a least-squares fit must be exact and pass through the support points
-    basis = lambda x: np.stack([np.sin(x), np.cos(x)], axis=1)  # noqa: E731
     coef, *_ = np.linalg.lstsq(basis(true["x"].to_numpy()), true["y"].to_numpy(), rcond=None)
     np.testing.assert_allclose(basis(true["x"].to_numpy()) @ coef, true["y"].to_numpy(), atol=1e-5)
     support = data[data["line"] == "5 support points"]

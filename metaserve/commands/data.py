@@ -9,7 +9,8 @@ DEFAULT_DEST = "../shared/data/omniglot"  # the shipped configs' task.root
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="download a dataset (omniglot) and verify its checksums")
     p.add_argument("dataset", choices=["omniglot"], help="the dataset to fetch")
-    p.add_argument("--dest", default=DEFAULT_DEST, help=f"folder for the zips (default {DEFAULT_DEST}, the configs' task.root)")
+    p.add_argument("--dest", default=DEFAULT_DEST,
+                   help=f"folder for the zips (default {DEFAULT_DEST}, the configs' task.root)")
     p.add_argument("--base-url", help="where the zips are (default: the brendenlake/omniglot GitHub raw URLs; "
                                       "or METASERVE_OMNIGLOT_URL)")
     p.set_defaults(func=run)

@@ -9,7 +9,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("path", help="run directory (metrics.parquet) or sweep directory (results.parquet)")
     p.add_argument("--episodes", type=int, default=100, help="test tasks behind the adaptation curves (default 100)")
     p.add_argument("--evaluate", action="store_true",
-                   help="re-run the meta-test (eval.episodes tasks) for the summary instead of quoting the run's test.json")
+                   help="re-run the meta-test (eval.episodes tasks) for the summary instead of quoting test.json")
     p.set_defaults(func=run)
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Callable
 
 BASE_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
-FILES = ("images_background.zip", "images_evaluation.zip", "images_background_small1.zip", "images_background_small2.zip")
+FILES = ("images_background.zip", "images_evaluation.zip",
+         "images_background_small1.zip", "images_background_small2.zip")
 MD5 = {  # published by torchvision.datasets.Omniglot for these two files
     "images_background.zip": "68d2efa1b9178cc56df9314c21c6e718",
     "images_evaluation.zip": "6b91aef0f799c5bb55b94e3f2daec811",
@@ -76,7 +77,8 @@ def _download(url: str, target: Path, say: Callable[[str], None], timeout: float
                     say(f"  {target.name.removesuffix('.part')}: {done / 1e6:.1f} of {total / 1e6:.1f} MB")
     except (urllib.error.URLError, OSError) as err:
         target.unlink(missing_ok=True)
-        raise DownloadError(f"could not fetch {url} ({err}); check the network or pass --base-url of a mirror") from None
+        raise DownloadError(f"could not fetch {url} ({err}); check the network or pass --base-url of a mirror") \
+            from None
 
 
 def fetch_omniglot(dest: str | Path, *, base_url: str | None = None, files: tuple[str, ...] = FILES,
@@ -109,7 +111,8 @@ def fetch_omniglot(dest: str | Path, *, base_url: str | None = None, files: tupl
             if fresh:
                 part.unlink()
             where = f"{base}/{name}" if fresh else str(path)
-            raise DownloadError(f"{name} from {where} has {problem}; {'nothing was kept' if fresh else 'delete it to re-fetch'}")
+            then = "nothing was kept" if fresh else "delete it to re-fetch"
+            raise DownloadError(f"{name} from {where} has {problem}; {then}")
         if fresh:
             part.replace(path)
         status = "downloaded" if fresh else "present"

@@ -211,10 +211,12 @@ def check_metric_mode(metric: str, mode: str, scheduler: str) -> None:
     want = metric_direction(metric)
     if want is not None and mode != want:
         kind = "an accuracy (higher is better)" if want == "max" else "a loss (lower is better)"
-        raise ConfigError(f"mode={mode!r} with metric {metric!r} would select the worst trial: it is {kind}, so set mode: {want}")
+        raise ConfigError(f"mode={mode!r} with metric {metric!r} would select the worst trial: it is {kind}, "
+                          f"so set mode: {want}")
     if scheduler != "fifo" and metric.startswith(FINAL_ONLY):
-        raise ConfigError(f"metric {metric!r} is reported only by a trial's last report, but scheduler.name={scheduler!r} "
-                          "compares trials at every report; use a per-row metric such as val_loss, or scheduler.name=fifo")
+        raise ConfigError(f"metric {metric!r} is reported only by a trial's last report, but "
+                          f"scheduler.name={scheduler!r} compares trials at every report; use a per-row metric "
+                          "such as val_loss, or scheduler.name=fifo")
 
 
 def trial_reports(data: dict, space: dict[str, Domain]) -> tuple[int, int]:
@@ -247,16 +249,19 @@ def check_schedule(sc: SchedulerSpec, name: str, data: dict, space: dict[str, Do
                               f"{f' (scheduler.max_t={sc.max_t})' if sc.max_t else ''}; lower grace_period to at most "
                               f"{min(max_t, fewest)}, or raise train.steps / lower train.log_every")
         if sc.max_t is not None and sc.max_t > most:
-            raise ConfigError(f"scheduler.max_t={sc.max_t} exceeds the reports a trial makes: {rows}, so ASHA's top rungs "
-                              f"are never reached; drop max_t (default: a full run's reports) or set it to at most {most}")
+            raise ConfigError(f"scheduler.max_t={sc.max_t} exceeds the reports a trial makes: {rows}, so ASHA's "
+                              "top rungs are never reached; drop max_t (default: a full run's reports) or set it "
+                              f"to at most {most}")
     if sc.name == "pbt":
         if sc.perturbation_interval >= fewest:
             raise ConfigError(f"scheduler.perturbation_interval={sc.perturbation_interval} reports is not below the "
-                              f"reports a trial makes: {rows}, so PBT would never exploit or explore; set it below {fewest}")
+                              f"reports a trial makes: {rows}, so PBT would never exploit or explore; "
+                              f"set it below {fewest}")
         span = sc.perturbation_interval * train.log_every
         if span % train.checkpoint_every:
-            raise ConfigError(f"scheduler.perturbation_interval={sc.perturbation_interval} reports of base {name!r} are "
-                              f"{span} steps, not a multiple of train.checkpoint_every={train.checkpoint_every}: PBT "
+            raise ConfigError(f"scheduler.perturbation_interval={sc.perturbation_interval} reports of base "
+                              f"{name!r} are {span} steps, not a multiple of "
+                              f"train.checkpoint_every={train.checkpoint_every}: PBT "
                               "exploits checkpoints, so set checkpoint_every to log_every or align the interval")
 
 
