@@ -13,14 +13,22 @@
 #                    `metaserve submit` pins to this checkout's absolute path: right for a local cluster)
 #   METASERVE        the metaserve command (default: metaserve on PATH, else .venv/bin/metaserve)
 set -euo pipefail
+script="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"  # absolute, for --help after the cd below
 cd "$(dirname "$0")/.."
 
 RUNS=(sinusoid-maml sinusoid-maml-ray sinusoid-reptile sinusoid-lazy-maml omniglot-maml-5w1s omniglot-protonet-5w1s)
 SWEEPS=(maml-reptile-lr-k lazy-k-leap curriculum)
 
-if [[ $# -lt 1 || $1 == -h || $1 == --help ]]; then
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+usage() {  # the header comment: every line after the shebang up to the first that is not a comment
+    awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$script"
+}
+if [[ $# -lt 1 ]]; then
+    usage >&2
     exit 2
+fi
+if [[ $1 == -h || $1 == --help ]]; then
+    usage
+    exit 0
 fi
 name=$1
 shift

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -33,29 +33,35 @@ def as_config(config: Config | dict[str, Any] | str | Path, overrides: list[str]
     raise ConfigError(f"config must be a Config, a dict or a YAML path, got {type(config).__name__}")
 
 
-def train(config: Config | dict[str, Any] | str | Path | None = None, *, resume: str | Path | None = None,
-          progress: bool = False) -> TrainResult:
+def train(config: Config | dict[str, Any] | str | Path | None = None, overrides: list[str] | None = None, *,
+          resume: str | Path | None = None, progress: Callable[[str], None] | bool | None = None) -> TrainResult:
     """Meta-train and evaluate; returns the run directory, final parameters and final metrics.
 
+    `overrides` are `section.key=value` strings, as `metaserve train --set`. `progress`: None (default)
+    shows a live progress bar in an interactive terminal and stays silent elsewhere; True always
+    reports (plain lines when not a terminal), False never; or pass a callback such as `print`.
     With `resume`, the run continues from its latest good checkpoint with its own config; a `config`
-    given too may differ from it only in the keys of `store.resume.SAFE_ON_RESUME` (recorded in the
+    or `overrides` given too may change only the keys of `store.resume.SAFE_ON_RESUME` (recorded in the
     run's resume.jsonl). A run without a loadable checkpoint is an error, and nothing in it is written.
     """
+    from metaserve.progress import as_progress
+
+    say = as_progress(progress)
     if resume is None:
         if config is None:
             raise ConfigError("metaserve.train needs a config (a Config, a dict or a YAML path) or resume=RUN_DIR")
-        config = as_config(config)
+        config = as_config(config, overrides)
         check_resources(config)
-        return train_loop(config, progress=print if progress else None)
+        return train_loop(config, progress=say)
     run_dir = Path(resume)
     base, step, _ = resume_plan(run_dir, [])
-    new = base if config is None else as_config(config)
+    new = as_config(base if config is None else config, overrides)
     changes = changed_keys(base, new)
     check_safe(run_dir, changes)
     check_resources(new)
     if changes:
         record_resume(run_dir, step, changes)
-    return train_loop(new, run_dir=run_dir, resume=True, progress=print if progress else None, keep_config=True)
+    return train_loop(new, run_dir=run_dir, resume=True, progress=say, keep_config=True)
 
 
 def resume_plan(run_dir: Path, overrides: list[str]) -> tuple[Config, int, dict[str, list]]:

@@ -12,12 +12,15 @@ import sys
 
 from metaserve.errors import USER_ERRORS, one_sentence
 
-COMMANDS = ["train", "eval", "tune", "report", "submit", "jobs"]
+COMMANDS = ["train", "eval", "tune", "report", "submit", "jobs", "init", "data"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from metaserve import __version__
+
     parser = argparse.ArgumentParser(prog="metaserve", description="Distributed meta-learning on Ray.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or METASERVE_DEBUG=1)")
+    parser.add_argument("--version", action="version", version=f"metaserve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         importlib.import_module(f"metaserve.commands.{name}").register(sub)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -28,6 +28,7 @@ class EvalResult:
     ci95: float
     episodes: int
     curve: list[dict[str, float]] = field(default_factory=list)  # one row per inner step 0..k
+    curve_ci95: list[dict[str, float]] = field(default_factory=list)  # the 95% CI half-width of each curve value
 
     def __str__(self) -> str:
         value = f"{100 * self.mean:.2f}% +- {100 * self.ci95:.2f}%" if self.metric == "acc" else f"{self.mean:.4f} +- {self.ci95:.4f}"
@@ -65,15 +66,17 @@ def protocol_steps(learner: Learner, steps: int | None) -> int:
 
 def episode_curves(learner: Learner, params: Params, distribution: TaskDistribution, indices: Sequence[int], *,
                    steps: int, stream: Stream = "test", space: object | None = None, seed: int | None = None,
-                   curve: bool = True, chunk: int = 100) -> Tensor:
-    """[len(indices), rows, 2]: `episode_curve` of held-out episodes `indices`, `chunk` at a time.
-
-    Episodes are pure functions of (seed, index), so any process (a Ray worker) computes the same rows."""
+                   curve: bool = True, chunk: int = 100, progress: Callable[[int], None] | None = None) -> Tensor:
+    """[len(indices), rows, 2]: `episode_curve` of held-out episodes `indices`, `chunk` at a time
+    (`progress(done)` after each chunk). Episodes are pure functions of (seed, index), so any process
+    (a Ray worker) computes the same rows."""
     algorithm, seed, idx = learner.algorithm, learner.config.seed if seed is None else seed, list(indices)
     out = []
     for start in range(0, len(idx), chunk):
         tasks = [distribution.sample(seed, 0, i, space, stream).to(learner.device, learner.dtype) for i in idx[start:start + chunk]]
         out.append(map_tasks(lambda *t: episode_curve(algorithm, params, *t, steps, curve), tasks, algorithm.vectorize))
+        if progress is not None:
+            progress(min(start + chunk, len(idx)))
     return torch.cat(out)
 
 
@@ -84,15 +87,17 @@ def summarize(curves: Tensor, kind: str, steps: int) -> EvalResult:
     first = steps + 1 - curves.shape[1]  # 0 with the whole curve, `steps` with the final row only
     rows = [{"inner_step": first + j, "loss": float(curves[:, j, 0].mean()),
              **({"acc": float(curves[:, j, 1].mean())} if classification else {})} for j in range(curves.shape[1])]
-    return EvalResult("acc" if classification else "mse", float(final.mean()), ci95(final), curves.shape[0], rows)
+    bands = [{"inner_step": first + j, "loss": ci95(curves[:, j, 0]),
+              **({"acc": ci95(curves[:, j, 1])} if classification else {})} for j in range(curves.shape[1])]
+    return EvalResult("acc" if classification else "mse", float(final.mean()), ci95(final), curves.shape[0], rows, bands)
 
 
 def evaluate(learner: Learner, params: Params, distribution: TaskDistribution, *, episodes: int = 600,
              steps: int | None = None, stream: Stream = "test", space: object | None = None, seed: int | None = None,
-             curve: bool = True, chunk: int = 100) -> EvalResult:
+             curve: bool = True, chunk: int = 100, progress: Callable[[int], None] | None = None) -> EvalResult:
     """Adapt to `episodes` held-out tasks and report the final metric with its 95% CI (and the mean
     adaptation curve unless `curve=False`). The registry entry's protocol sets the steps (`protocol_steps`)."""
     steps = protocol_steps(learner, steps)
     curves = episode_curves(learner, params, distribution, range(episodes), steps=steps, stream=stream, space=space,
-                            seed=seed, curve=curve, chunk=chunk)
+                            seed=seed, curve=curve, chunk=chunk, progress=progress)
     return summarize(curves, learner.algorithm.kind, steps)

@@ -5,13 +5,26 @@ adaptation, vs meta-step), adaptation curves (query loss vs inner step before an
 meta-training on held-out tasks of the full, hardest task space: the protocol of Fig. 1 of Shevchuk,
 "Teaching Your MAML") and, under a curriculum teacher, the omega trajectory. A sweep: the metric of
 every trial config and the trials' curves. Beside each PNG a CSV holds the data read back from the
-drawn figure (panel, line, x, y), so the plotted numbers can be checked and re-plotted.
+drawn figure (panel, line, x, y, the 95% CI band where one is drawn, and the panel's axis labels and
+scales), so the plotted numbers can be checked and re-plotted. Sinusoid runs also get the fit plot of
+Finn et al. (2017), Fig. 2: prediction vs the true curve after 0, 1 and 10 inner steps on one test task.
+
+Readability rules: a y axis whose positive values span more than `LOG_SPAN` (1e3) is logarithmic (one
+diverged trial no longer flattens the others); step axes have integer ticks; sweep legends name the
+hyperparameters; the summary's meta-test figure is the run's own test.json (re-evaluated only when
+asked: `metaserve report --evaluate`).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import torch
+from matplotlib.ticker import MaxNLocator
+
+from metaserve.progress import end_phase, phase
 
 matplotlib.use("Agg")  # files only: no display on servers and Ray nodes
 import matplotlib.pyplot as plt  # noqa: E402
@@ -23,6 +36,10 @@ from metaserve.store.checkpoint import latest_good_state  # noqa: E402
 from metaserve.store.metrics import METRICS_FILE, read_metrics  # noqa: E402
 
 REPORT_DIR = "report"
+LOG_SPAN = 1e3  # max/min of a panel's positive values above which its y axis is logarithmic
+NAMES = {"loss": "loss", "acc": "accuracy", "mse": "MSE"}  # one name per metric in every label
+FIT_STEPS = (0, 1, 10)  # Finn et al. 2017, Fig. 2: pre-update, one and ten gradient steps
+CSV_COLUMNS = ["panel", "line", "x", "y", "low", "high", "xlabel", "ylabel", "xscale", "yscale"]
 CURVES = {  # column -> legend label
     "loss": "meta-train, after adaptation", "loss_pre": "meta-train, before adaptation",
     "val_loss": "meta-val, after adaptation", "val_loss_pre": "meta-val, before adaptation",
@@ -37,9 +54,35 @@ def learning_curves(df: pd.DataFrame) -> Figure:
         for col in (c for c in columns if c in df):
             ax.plot(df["step"], df[col], label=CURVES[col.replace("acc", "loss")], marker="." if len(df) < 30 else None)
         ax.set(title=title, xlabel="meta-step", ylabel=title.split()[-1])
+        _readable(ax)
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def choose_scale(values) -> str:
+    """'log' when the finite positive values span more than LOG_SPAN and none is <= 0, else 'linear'."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size < 2 or (v <= 0).any():
+        return "linear"
+    return "log" if v.max() / v.min() > LOG_SPAN else "linear"
+
+
+def _readable(ax, integer_x: bool = True) -> None:
+    """The panel's y scale from its plotted data (see choose_scale); integer ticks on step axes."""
+    ys = [y for line in ax.get_lines() for y in np.asarray(line.get_ydata(), dtype=float)]
+    ax.set_yscale(choose_scale(ys))
+    if integer_x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _band(ax, x, mean, half, label: str) -> None:
+    """A shaded 95% CI band, its bounds kept on the artist for figure_data."""
+    mean, half = np.asarray(mean, float), np.asarray(half, float)
+    x, lo, hi = np.asarray(x, float), mean - half, mean + half
+    poly = ax.fill_between(x, lo, hi, alpha=0.2, label=f"{label} (95% CI)")
+    poly.metaserve_band = (x, lo, hi)
 
 
 def adaptation_curves(before: EvalResult, after: EvalResult, step: int) -> Figure:
@@ -48,9 +91,13 @@ def adaptation_curves(before: EvalResult, after: EvalResult, step: int) -> Figur
     fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for result, label in ((before, "before meta-training"), (after, f"after meta-training (step {step})")):
-            ax.plot([r["inner_step"] for r in result.curve], [r[key] for r in result.curve], marker="o", label=label)
-        title = f"query {'loss' if key == 'loss' else 'accuracy'}, {after.episodes} test tasks"
-        ax.set(title=title, xlabel="inner step", ylabel=key)
+            x, y = [r["inner_step"] for r in result.curve], [r[key] for r in result.curve]
+            ax.plot(x, y, marker="o", label=label)
+            if result.curve_ci95:
+                _band(ax, x, y, [r[key] for r in result.curve_ci95], label)
+        title = f"query {NAMES[key]}, {after.episodes} test tasks"
+        ax.set(title=title, xlabel="inner step", ylabel=NAMES[key])
+        _readable(ax)
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -67,12 +114,14 @@ def omega_trajectory(df: pd.DataFrame) -> Figure | None:
         if f"teacher_mean_{name}" in df:
             ax.plot(df["step"], df[f"teacher_mean_{name}"], linestyle="--", label="teacher centre")
         ax.set(title=f"omega: {name}", xlabel="meta-step", ylabel=name)
+        _readable(ax)
         ax.legend(fontsize=8)
     ax = axes[0][-1]
     ax.plot(df["step"], df["teacher_loss"], marker=".", label="teacher meta-val loss (on omega)")
     if "val_loss" in df:
         ax.plot(df["step"], df["val_loss"], label="meta-val loss (full task space)")
     ax.set(title="what the teacher sees", xlabel="meta-step", ylabel="loss")
+    _readable(ax)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -82,25 +131,32 @@ def sweep_comparison(results: pd.DataFrame, metric: str, keys: list[str]) -> Fig
     """The metric at each trial's last report, one point per trial config (best first)."""
     column = f"{metric}_last"
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(results) + 2), 4.5))
-    labels = [", ".join(f"{k.split('.')[-1]}={_short(r[k])}" for k in keys) for _, r in results.iterrows()]
-    ax.plot(range(len(results)), results[column], marker="o", linestyle="none", label=column)
+    labels = [trial_label(r, keys) for _, r in results.iterrows()]
+    ax.plot(range(len(results)), results[column], marker="o", linestyle="none", label=f"{metric} at the last report")
     ax.set_xticks(range(len(results)), labels, rotation=60, ha="right", fontsize=7)
     ax.set(title=f"sweep: {metric} per trial", ylabel=metric)
+    _readable(ax, integer_x=False)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def sweep_curves(results: pd.DataFrame, metric: str) -> Figure:
-    """Each trial's logged `metric` vs meta-step, from its run directory."""
+def trial_label(row: pd.Series, keys: list[str]) -> str:
+    """A trial named by its hyperparameters, e.g. 'inner_lr=0.0123, inner_steps=5' (last part of each dotted key)."""
+    return ", ".join(f"{k.split('.')[-1]}={_short(row[k])}" for k in keys) or str(row.get("trial_id", "trial"))
+
+
+def sweep_curves(results: pd.DataFrame, metric: str, keys: list[str] | None = None) -> Figure:
+    """Each trial's logged `metric` vs meta-step, from its run directory, labelled by its hyperparameters."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for _, r in results.iterrows():
         path = Path(r["run_dir"]) / METRICS_FILE
         if path.is_file():
             df = pd.read_parquet(path)
             if metric in df:
-                ax.plot(df["step"], df[metric], marker=".", label=str(r["trial_id"]))
+                ax.plot(df["step"], df[metric], marker=".", label=trial_label(r, keys or []))
     ax.set(title=f"sweep: {metric} per trial", xlabel="meta-step", ylabel=metric)
+    _readable(ax)
     ax.legend(fontsize=6)
     fig.tight_layout()
     return fig
@@ -110,10 +166,15 @@ def figure_data(fig: Figure) -> pd.DataFrame:
     """Every plotted line of a figure as rows (panel, line, x, y), read back from the artists."""
     rows = []
     for ax in fig.axes:
+        axis = {"xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(),
+                "xscale": ax.get_xscale(), "yscale": ax.get_yscale()}
         for line in ax.get_lines():
-            rows += [{"panel": ax.get_title(), "line": line.get_label(), "x": float(x), "y": float(y)}
+            rows += [{"panel": ax.get_title(), "line": line.get_label(), "x": float(x), "y": float(y), **axis}
                      for x, y in zip(line.get_xdata(), line.get_ydata())]
-    return pd.DataFrame(rows, columns=["panel", "line", "x", "y"])
+        for band in (c for c in ax.collections if hasattr(c, "metaserve_band")):
+            rows += [{"panel": ax.get_title(), "line": band.get_label(), "x": float(x), "y": float("nan"),
+                      "low": float(lo), "high": float(hi), **axis} for x, lo, hi in zip(*band.metaserve_band)]
+    return pd.DataFrame(rows, columns=CSV_COLUMNS)
 
 
 def save(fig: Figure, path: Path) -> Path:
@@ -124,17 +185,70 @@ def save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def report(path: str | Path, *, episodes: int = 100) -> list[Path]:
-    """Plots and summary.md for a run or a sweep directory; returns the files written."""
+def sinusoid_fit(algorithm, params, task, amplitude: float, phase_: float, x_range: tuple[float, float],
+                 inner_lr: float) -> Figure:
+    """Finn et al. (2017), Fig. 2: the true curve, the K support points, and the prediction on a grid after
+    0, 1 and 10 inner SGD steps (step size `inner_lr`) from the meta-learned parameters."""
+    sx = task.support_x
+    grid = torch.linspace(x_range[0], x_range[1], 200, dtype=sx.dtype, device=sx.device)[:, None]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(grid[:, 0].cpu(), (amplitude * torch.sin(grid[:, 0] - phase_)).cpu(), color="black", label="true curve")
+    ax.plot(task.support_x[:, 0].cpu(), task.support_y[:, 0].cpu(), "^", color="purple",
+            label=f"{len(task.support_x)} support points")
+    adapted, done = params, 0
+    for k in FIT_STEPS:
+        if k > done:
+            adapted, done = algorithm.adapt(adapted, task.support_x, task.support_y, steps=k - done), k
+        with torch.no_grad():
+            ax.plot(grid[:, 0].cpu(), algorithm.predict(adapted, grid)[:, 0].cpu(), linestyle="--",
+                    label=f"after {k} step{'s' if k != 1 else ''}")
+    ax.set(title=f"sinusoid fit: A={amplitude:.2f}, phase={phase_:.2f} (inner lr {inner_lr:g})", xlabel="x", ylabel="y")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def report(path: str | Path, *, episodes: int = 100, evaluate_test: bool = False, progress=None) -> list[Path]:
+    """Plots and summary.md for a run or a sweep directory; returns the files written.
+
+    `episodes`: test tasks behind the adaptation curves; `evaluate_test`: re-run the meta-test on
+    `eval.episodes` tasks for the summary instead of reading test.json; `progress`: a message callback
+    or a metaserve.progress.Progress (what is being computed, episode i/N).
+    """
     path = Path(path)
     if (path / "results.parquet").is_file():
         return _sweep_report(path)
     if (path / METRICS_FILE).is_file():
-        return _run_report(path, episodes)
+        return _run_report(path, episodes, evaluate_test, progress or (lambda _msg: None))
     raise FileNotFoundError(f"{str(path)!r} is neither a run directory (no {METRICS_FILE}) nor a sweep directory (no results.parquet)")
 
 
-def _run_report(run_dir: Path, episodes: int) -> list[Path]:
+def meta_test_line(result: EvalResult, source: str) -> str:
+    """'Meta-test accuracy: 45.20% +- 1.10% over 600 episodes (test.json)': one name, no repeated prefix."""
+    pct = result.metric == "acc"
+    m, h = result.mean, result.ci95
+    value = f"{100 * m:.2f}% +- {100 * h:.2f}%" if pct else f"{m:.4f} +- {h:.4f}"
+    return f"Meta-test {NAMES[result.metric]}: {value} (95% CI) over {result.episodes} episodes ({source})"
+
+
+def read_test(run_dir: Path) -> EvalResult | None:
+    """The run's own final meta-test (test.json), or None when the run did not get that far."""
+    path = run_dir / "test.json"
+    if not path.is_file():
+        return None
+    d = json.loads(path.read_text())
+    return EvalResult(d["metric"], d["mean"], d["ci95"], d["episodes"], d.get("curve", []))
+
+
+def _evaluate(say, what: str, learner, params, distribution, **kw) -> EvalResult:
+    say(f"{what}: {kw['episodes']} test episodes")
+    advance = phase(say, f"{what}: episode", kw["episodes"], "episode")
+    result = evaluate(learner, params, distribution, progress=advance, chunk=10, **kw)
+    end_phase(say)
+    return result
+
+
+def _run_report(run_dir: Path, episodes: int, evaluate_test: bool, say) -> list[Path]:
     from metaserve.api import load
     from metaserve.experiment import build_distribution
     from metaserve.store.rundir import read_run_config
@@ -142,27 +256,41 @@ def _run_report(run_dir: Path, episodes: int) -> list[Path]:
     out = run_dir / REPORT_DIR
     out.mkdir(exist_ok=True)
     config, df = read_run_config(run_dir), read_metrics(run_dir)
+    say(f"report of {run_dir}: learning curves from {METRICS_FILE}")
     files = [save(learning_curves(df), out / "learning_curves.png")]
+    state = latest_good_state(run_dir)
     lines = [f"# Report: run `{config.name}`", "", f"`{run_dir}`: {config.algorithm.name} on {config.task.name}, "
              f"{int(df['step'].iloc[-1])} of {config.train.steps} meta-steps, teacher `{config.curriculum.teacher}`.", ""]
     last = df.iloc[-1]
     shown = [c for c in ("loss", "loss_pre", "acc", "val_loss", "val_loss_pre", "val_acc", "val_acc_pre", "teacher_loss") if c in df]
     lines += [f"## Last logged step ({int(last['step'])})", "", "| metric | value |", "| --- | --- |"]
-    lines += [f"| {c} | {last[c]:.4f} |" for c in shown] + [""]
-    if latest_good_state(run_dir) is not None:
+    lines += [f"| {c.replace('acc', 'accuracy')} | {last[c]:.4f} |" for c in shown] + [""]
+    test = read_test(run_dir)
+    if state is not None:
+        say(f"loading data: {config.task.name}")
         model = load(run_dir, "cpu")
-        learner, distribution = model.learner, build_distribution(config)
+        learner, params, distribution = model.learner, model.params, build_distribution(config)
         kw = dict(episodes=episodes, steps=config.eval.inner_steps)
-        before = evaluate(learner, learner.initial_params(), distribution, **kw)
-        after = evaluate(learner, model.params, distribution, **kw)
-        files.append(save(adaptation_curves(before, after, model.step), out / "adaptation.png"))
+        before = _evaluate(say, "adaptation before meta-training", learner, learner.initial_params(), distribution, **kw)
+        after = _evaluate(say, "adaptation after meta-training", learner, params, distribution, **kw)
+        files.append(save(adaptation_curves(before, after, int(state["step"])), out / "adaptation.png"))
         keys = ["loss"] + (["acc"] if "acc" in after.curve[0] else [])
         lines += [f"## Adaptation on {episodes} test tasks (full task space)", "",
-                  "| inner step | " + " | ".join(f"{k} before | {k} after" for k in keys) + " |",
+                  "| inner step | " + " | ".join(f"{NAMES[k]} before | {NAMES[k]} after" for k in keys) + " |",
                   "| --- |" + " --- | --- |" * len(keys)]
         lines += [f"| {b['inner_step']} | " + " | ".join(f"{b[k]:.4f} | {a[k]:.4f}" for k in keys) + " |"
                   for b, a in zip(before.curve, after.curve)]
-        lines += ["", f"Meta-test ({after.metric}): {after}", ""]
+        lines.append("")
+        if evaluate_test:
+            kw["episodes"] = config.eval.episodes
+            test_now = _evaluate(say, "meta-test (re-evaluated)", learner, params, distribution, **kw)
+            lines.append(meta_test_line(test_now, f"re-evaluated at step {int(state['step'])}"))
+        fit = _sinusoid_fit(config, learner, distribution, params)
+        if fit is not None:
+            files.append(save(fit, out / "sinusoid_fit.png"))
+    lines.append(meta_test_line(test, "the run's test.json") if test is not None else
+                 "No test.json: the run has not finished its meta-test (`metaserve report --evaluate` re-evaluates).")
+    lines.append("")
     omega = omega_trajectory(df)
     if omega is not None:
         files.append(save(omega, out / "omega.png"))
@@ -171,6 +299,18 @@ def _run_report(run_dir: Path, episodes: int) -> list[Path]:
     lines += ["## Plots", ""] + [f"![{f.stem}]({f.name})" for f in files]
     files.append(_write(out / "summary.md", lines))
     return files
+
+
+def _sinusoid_fit(config, learner, distribution, params) -> Figure | None:
+    """The fit plot for a plain sinusoid run of a gradient-based learner; the task's A and phase are drawn
+    from the test task space with a generator seeded by the run's seed (reproducible, independent of training)."""
+    algo = learner.algorithm
+    if config.task.name != "sinusoid" or getattr(distribution, "oracle", False) or config.entry.evaluation != "inner-loop":
+        return None
+    rng = np.random.default_rng(config.seed)
+    amplitude, phase_ = rng.uniform(*distribution.space.amplitude), rng.uniform(*distribution.space.phase)
+    task = distribution.task_for(rng, amplitude, phase_).to(learner.device, learner.dtype)
+    return sinusoid_fit(algo, params, task, amplitude, phase_, distribution.x_range, algo.inner_lr)
 
 
 def _sweep_report(sweep_dir: Path) -> list[Path]:
@@ -183,7 +323,7 @@ def _sweep_report(sweep_dir: Path) -> list[Path]:
     out.mkdir(exist_ok=True)
     keys = [k for k in ("base", *sweep.space, *sweep.mutations) if k in results and (k != "base" or len(sweep.bases) > 1)]
     files = [save(sweep_comparison(results, sweep.metric, keys), out / "sweep.png"),
-             save(sweep_curves(results, sweep.metric), out / "sweep_curves.png")]
+             save(sweep_curves(results, sweep.metric, keys), out / "sweep_curves.png")]
     best = sorted(p.name for p in sweep_dir.glob("best_config*.yaml"))
     lines = [f"# Report: sweep `{sweep.name}`", "", f"`{sweep_dir}`: {len(results)} trials, metric `{sweep.metric}` ({sweep.mode}), "
              f"scheduler `{sweep.scheduler.name}`; best config: {', '.join(best) or 'none'}.", "", "```", format_table(results, sweep), "```", "",

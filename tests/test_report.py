@@ -138,8 +138,8 @@ def test_sweep_report_plots_results(tmp_path):
     points = pd.read_csv(sweep_dir / "report" / "sweep.csv")
     assert points["y"].tolist() == last
     curves = lines(pd.read_csv(sweep_dir / "report" / "sweep_curves.csv"), "sweep")
-    for tid, d in zip(["t0", "t1"], run_dirs):
-        assert curves[tid]["y"].tolist() == read_metrics(d)["val_loss"].tolist()
+    for label, d in zip(["inner_lr=0.01", "inner_lr=0.03"], run_dirs):  # legends name the hyperparameters, not trial ids
+        assert curves[label]["y"].tolist() == read_metrics(d)["val_loss"].tolist()
     assert "t0" in (sweep_dir / "report" / "summary.md").read_text()
 
 

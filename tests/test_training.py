@@ -168,7 +168,7 @@ def test_resume_continues_exactly_and_skips_a_damaged_checkpoint(tmp_path):
     first = train_loop(cfg20, final_eval=False)
     messages: list[str] = []
     resumed = train_loop(cfg40, run_dir=first.run_dir, resume=True, final_eval=False, progress=messages.append)
-    assert "resumed at step 20" in messages[0]
+    assert messages[0].startswith("loading data") and "resumed at step 20" in messages[1]  # the run-directory line
     assert_params_equal(resumed.params, full.params)
     rows = read_metrics(resumed.run_dir)
     assert list(rows["step"]) == [20, 40]
@@ -185,7 +185,7 @@ def test_resume_continues_exactly_and_skips_a_damaged_checkpoint(tmp_path):
     messages.clear()
     with pytest.warns(UserWarning, match="damaged checkpoint"):
         again = train_loop(cfg40, run_dir=full.run_dir, resume=True, final_eval=False, progress=messages.append)
-    assert "resumed at step 20" in messages[0]
+    assert messages[0].startswith("loading data") and "resumed at step 20" in messages[1]  # the run-directory line
     assert_params_equal(again.params, full.params)
     # the resumed run logs step 40 again: its event file tells TensorBoard to drop the first one's from step 21
     first_file, resumed_file = sorted((full.run_dir / "tensorboard").glob("events.out.tfevents.*"))

@@ -9,7 +9,10 @@ from metaserve.store.resume import SAFE_ON_RESUME
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="meta-train from a YAML config (or resume a run)")
+    from metaserve.config_help import sections_help
+
+    p = sub.add_parser("train", help="meta-train from a YAML config (or resume a run)", epilog=sections_help(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", help="YAML config file (see configs/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. train.steps=100 (with --resume only "
@@ -25,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from metaserve.api import as_config, resume_plan
+    from metaserve.progress import Progress
     from metaserve.preflight import check_resources
     from metaserve.runtime.loop import train_loop
     from metaserve.store.rundir import read_run_config
@@ -40,14 +44,14 @@ def run(args: argparse.Namespace) -> int:
         check_resources(config)
         if changes:
             record_resume(Path(args.resume), step, changes)
-        result = train_loop(config, run_dir=Path(args.resume), resume=True, progress=print, keep_config=True)
+        result = train_loop(config, run_dir=Path(args.resume), resume=True, progress=Progress(), keep_config=True)
     else:
         if not (args.config or args.resume):
             raise ConfigError("metaserve train needs CONFIG (a YAML file) or --resume RUN_DIR")
         source = read_run_config(Path(args.resume)) if args.restart else args.config
         config = as_config(source, args.set + address)
         check_resources(config)
-        result = train_loop(config, progress=print)
+        result = train_loop(config, progress=Progress())
     print("final metrics:")
     for key, value in result.metrics.items():
         print(f"  {key}: {value:.6g}")

@@ -1,7 +1,7 @@
 """What the learner loop asks of a backend (`Executor`), and the one that `runtime.backend` names."""
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from torch import Tensor
 
@@ -20,8 +20,10 @@ class Executor(Protocol):
         """The summed update of tasks `indices` of meta-step `step`, and timings (worker_time, comm_time)."""
         ...
 
-    def evaluate(self, params: Params, indices: Sequence[int], steps: int, curve: bool = True) -> Tensor:
-        """Per-episode query curves [len(indices), rows, 2] of meta-test episodes `indices` (evaluation.py)."""
+    def evaluate(self, params: Params, indices: Sequence[int], steps: int, curve: bool = True,
+                 progress: Callable[[int], None] | None = None) -> Tensor:
+        """Per-episode query curves [len(indices), rows, 2] of meta-test episodes `indices` (evaluation.py);
+        `progress(done)` as episodes finish."""
         ...
 
     def close(self) -> None:

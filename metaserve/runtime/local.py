@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 from torch import Tensor
 
@@ -32,9 +32,11 @@ class LocalExecutor:
         check_finite(update, "the local process", step, indices)
         return update, {"worker_time": time.perf_counter() - start, "comm_time": 0.0}
 
-    def evaluate(self, params: Params, indices: Sequence[int], steps: int, curve: bool = True) -> Tensor:
+    def evaluate(self, params: Params, indices: Sequence[int], steps: int, curve: bool = True,
+                 progress: Callable[[int], None] | None = None) -> Tensor:
         """Per-episode query curves of meta-test episodes `indices`, in this process."""
-        return episode_curves(self.learner, params, self.distribution, indices, steps=steps, curve=curve)
+        return episode_curves(self.learner, params, self.distribution, indices, steps=steps, curve=curve,
+                              progress=progress)
 
     def close(self) -> None:
         pass

@@ -22,6 +22,7 @@ from metaserve.curriculum import Teacher, build_teacher
 from metaserve.evaluation import EvalResult, evaluate, protocol_steps, summarize
 from metaserve.experiment import Learner, build_distribution, build_learner
 from metaserve.models.functional import Params
+from metaserve.progress import end_phase, phase, resume_note
 from metaserve.runtime.executor import Executor, make_executor
 from metaserve.runtime.work import NonFiniteUpdate
 from metaserve.store.checkpoint import latest_good_state, save_checkpoint
@@ -88,6 +89,9 @@ class TrainLoop:
     def run(self, executor: Executor) -> None:
         """Meta-train until `train.steps`, logging and checkpointing on the way."""
         tc = self.config.train
+        tick = phase(self.say, "meta-train", tc.steps, "step", done=self.state.step)
+        if self.state.step < tc.steps:
+            self.say(f"first step: {tc.meta_batch} tasks per meta-batch, a line per {tc.log_every} steps")
         while self.state.step < tc.steps:
             space = self.teacher.space(self.state.teacher)  # omega of this meta-step
             columns = self.teacher.columns(self.state.teacher)
@@ -102,6 +106,8 @@ class TrainLoop:
                 elif self.checkpoint_due():
                     self.checkpoint()
                 self.window = []
+            tick(self.state.step)
+        end_phase(self.say)
 
     def step(self, executor: Executor, space: object | None) -> None:
         """One meta-step: the executor's summed update, averaged, then the outer step."""
@@ -164,7 +170,10 @@ class TrainLoop:
         """The final meta-test on held-out tasks (spread over the executor's workers), saved as test.json."""
         ec = self.config.eval
         steps = protocol_steps(self.learner, ec.inner_steps)
-        curves = executor.evaluate(self.state.params, range(ec.episodes), steps, ec.curve)
+        self.say(f"meta-test: {ec.episodes} held-out episodes")
+        curves = executor.evaluate(self.state.params, range(ec.episodes), steps, ec.curve,
+                                   progress=phase(self.say, "meta-test episode", ec.episodes, "episode"))
+        end_phase(self.say)
         test = summarize(curves, self.learner.algorithm.kind, steps)
         (self.run_dir / "test.json").write_text(json.dumps({"metric": test.metric, "mean": test.mean, "ci95": test.ci95,
                                                             "episodes": test.episodes, "curve": test.curve}, indent=2))
@@ -181,6 +190,8 @@ def train_loop(config: Config, *, run_dir: Path | None = None, resume: bool = Fa
     TensorBoard events (a Tune trial's reports are written by Tune's logger instead). `keep_config`
     (`metaserve train --resume`) leaves the run's config.yaml as it is (see store/resume.py).
     """
+    if progress is not None:
+        progress(f"loading data: {config.task.name} ({config.algorithm.name}, {config.train.steps} steps)")
     distribution = build_distribution(config)  # reads and validates data before any worker starts
     learner = build_learner(config)
     teacher = build_teacher(config, distribution)  # checks every task space it may pick against the data
@@ -188,6 +199,8 @@ def train_loop(config: Config, *, run_dir: Path | None = None, resume: bool = Fa
         run_dir = new_run_dir(config) if run_dir is None else init_run_dir(run_dir, config)
     state, rows = initial_state(config, learner, run_dir if resume else None, teacher)
     loop = TrainLoop(config, learner, distribution, teacher, run_dir, state, rows, on_log, progress)
+    if resume and state.step >= config.train.steps:
+        loop.say(resume_note(state.step, config.train.steps, final_eval))
     loop.say(f"run directory: {location(run_dir, config.output_dir)}" + (f" (resumed at step {state.step})" if state.step else ""))
     owned = executor is None
     with TensorBoardLog(run_dir, state.step) if tensorboard else nullcontext() as board:

@@ -11,7 +11,7 @@ import time
 import warnings
 import itertools
 from collections import deque
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import ray
@@ -178,7 +178,8 @@ class RayExecutor:
             deadline = time.monotonic() + self.wait_s
         return [results[s] for s in range(len(slices))]
 
-    def evaluate(self, params: Params, indices: Sequence[int], steps: int, curve: bool = True) -> torch.Tensor:
+    def evaluate(self, params: Params, indices: Sequence[int], steps: int, curve: bool = True,
+                 progress: Callable[[int], None] | None = None) -> torch.Tensor:
         """Per-episode query curves of meta-test episodes `indices`, spread over the workers in contiguous
         slices; a slice whose worker fails is computed here instead (episodes are pure functions of their index)."""
         flat = flatten(params)
@@ -193,6 +194,8 @@ class RayExecutor:
                 out.append(torch.from_numpy(np.require(ray.get(call, timeout=self.wait_s), requirements="W")).to(device))
             except (RayActorError, GetTimeoutError):
                 out.append(self._evaluate_here(params, sl, steps, curve))
+            if progress is not None:
+                progress(sum(len(o) for o in out))
         return torch.cat(out)
 
     def _evaluate_here(self, params: Params, indices: Sequence[int], steps: int, curve: bool) -> torch.Tensor:

@@ -41,7 +41,8 @@ def resolve_root(root: str) -> Path:
         if candidate.is_dir():
             return candidate.resolve()
     tried = " or ".join(repr(str(c)) for c in candidates)
-    raise FileNotFoundError(f"task.root={root!r} is not a folder: looked for {tried}")
+    raise FileNotFoundError(f"task.root={root!r} is not a folder: looked for {tried}; for Omniglot, "
+                            f"`metaserve data omniglot --dest DIR` downloads it, then --set task.root=DIR")
 
 
 def _images(cfg: ImageTaskConfig) -> FewShotImages | AlphabetFamilies:

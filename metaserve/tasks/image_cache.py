@@ -41,6 +41,7 @@ def resolve_source(root: Path, source: str, what: str) -> Path:
         raise FileNotFoundError(
             f"{what} source {str(path)!r} does not exist: each split source is expected under the data "
             f"root {str(root)!r} (task.root), or as an absolute path"
+            + ("; `metaserve data omniglot --dest DIR` downloads the Omniglot zips" if what == "omniglot" else "")
         )
     return path.resolve()
 

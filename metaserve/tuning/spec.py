@@ -10,6 +10,7 @@ perturbations that fall between checkpoints. The resolved `Sweep` is what a swee
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -213,14 +214,83 @@ def parse_sweep(raw: dict, root: Path) -> Sweep:
         if spec.metric not in reported:
             raise ConfigError(f"metric {spec.metric!r} is never reported by trials of base {name!r}; "
                               f"reported metrics: {', '.join(sorted(reported))}")
-        sc = spec.scheduler
-        if sc.name == "pbt" and (sc.perturbation_interval * config.train.log_every) % config.train.checkpoint_every:
-            raise ConfigError(f"scheduler.perturbation_interval={sc.perturbation_interval} reports of base {name!r} are "
-                              f"{sc.perturbation_interval * config.train.log_every} steps, not a multiple of "
-                              f"train.checkpoint_every={config.train.checkpoint_every}: PBT exploits checkpoints, so set "
-                              "checkpoint_every to log_every or align the interval")
+    check_metric_mode(spec.metric, spec.mode, spec.scheduler.name)
+    for name, data in bases.items():
+        check_schedule(spec.scheduler, name, data, space)
     return Sweep(spec.name, bases, space, spec.metric, spec.mode, spec.scheduler, spec.num_samples, spec.max_concurrent,
                  spec.storage, mutations)
+
+
+FINAL_ONLY = ("test_", "done_training")  # metrics only the last report of a trial carries
+
+
+def metric_direction(metric: str) -> str | None:
+    """'max' for accuracies, 'min' for losses and MSEs, None where no direction is implied (times, omega, CI widths)."""
+    if metric.endswith("_ci95"):
+        return None
+    stem = metric.removesuffix("_pre")
+    if stem.endswith("acc"):
+        return "max"
+    return "min" if stem.endswith(("loss", "mse")) else None
+
+
+def check_metric_mode(metric: str, mode: str, scheduler: str) -> None:
+    """Reject a mode that would select the worst trial, and a metric an early-stopping scheduler never sees in time."""
+    want = metric_direction(metric)
+    if want is not None and mode != want:
+        kind = "an accuracy (higher is better)" if want == "max" else "a loss (lower is better)"
+        raise ConfigError(f"mode={mode!r} with metric {metric!r} would select the worst trial: it is {kind}, "
+                          f"so set mode: {want}")
+    if scheduler != "fifo" and metric.startswith(FINAL_ONLY):
+        raise ConfigError(f"metric {metric!r} is reported only by a trial's last report, but "
+                          f"scheduler.name={scheduler!r} compares trials at every report; use a per-row metric "
+                          "such as val_loss, or scheduler.name=fifo")
+
+
+def trial_reports(data: dict, space: dict[str, Domain]) -> tuple[int, int]:
+    """(fewest, most) Tune reports a trial of this base makes: one per log row, ceil(steps / log_every).
+
+    Searched `train.steps` / `train.log_every` values count: every combination of their candidates.
+    """
+    train = parse_config(data).train
+    steps = [int(v) for v in space["train.steps"].candidates()] if "train.steps" in space else [train.steps]
+    every = [int(v) for v in space["train.log_every"].candidates()] if "train.log_every" in space else [train.log_every]
+    counts = [math.ceil(s / e) for s in steps for e in every]
+    return min(counts), max(counts)
+
+
+def check_schedule(sc: SchedulerSpec, name: str, data: dict, space: dict[str, Domain]) -> None:
+    """The scheduler's settings against the reports a trial of base `name` makes and its checkpoint cadence.
+
+    Ray Tune counts `training_iteration` (one report per log row): ASHA needs grace_period <= max_t <=
+    the reports a trial makes (else Ray asserts once trials run, or its top rungs are never reached);
+    PBT needs a perturbation before a trial's last report, landing on a checkpoint.
+    """
+    train = parse_config(data).train
+    fewest, most = trial_reports(data, space)
+    rows = (f"train.steps={train.steps} with train.log_every={train.log_every} gives {fewest} report(s) per trial "
+            f"of base {name!r}")
+    if sc.name == "asha":
+        max_t = sc.max_t or most
+        if sc.grace_period > min(max_t, fewest):
+            raise ConfigError(f"scheduler.grace_period={sc.grace_period} exceeds the reports a trial makes: {rows}"
+                              f"{f' (scheduler.max_t={sc.max_t})' if sc.max_t else ''}; lower grace_period to at most "
+                              f"{min(max_t, fewest)}, or raise train.steps / lower train.log_every")
+        if sc.max_t is not None and sc.max_t > most:
+            raise ConfigError(f"scheduler.max_t={sc.max_t} exceeds the reports a trial makes: {rows}, so ASHA's "
+                              "top rungs are never reached; drop max_t (default: a full run's reports) or set it "
+                              f"to at most {most}")
+    if sc.name == "pbt":
+        if sc.perturbation_interval >= fewest:
+            raise ConfigError(f"scheduler.perturbation_interval={sc.perturbation_interval} reports is not below the "
+                              f"reports a trial makes: {rows}, so PBT would never exploit or explore; "
+                              f"set it below {fewest}")
+        span = sc.perturbation_interval * train.log_every
+        if span % train.checkpoint_every:
+            raise ConfigError(f"scheduler.perturbation_interval={sc.perturbation_interval} reports of base "
+                              f"{name!r} are {span} steps, not a multiple of "
+                              f"train.checkpoint_every={train.checkpoint_every}: PBT "
+                              "exploits checkpoints, so set checkpoint_every to log_every or align the interval")
 
 
 def _resolve_bases(spec: SweepSpec, root: Path) -> dict[str, dict]:
