@@ -69,9 +69,9 @@ class LazyMAML(Algorithm):
     def contribute(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Params, Metrics]:
         theta = detach(params)
         theta_t = self.teacher(theta, sx, sy)
-        v, post = grad(self.measure, has_aux=True)(theta_t, qx, qy)
+        v, post = grad(lambda p: self.measure_query(p, sx, qx, qy), has_aux=True)(theta_t)
         g = add(v, self.summed_hvp(theta, v, sx, sy), scale=-self.leap * self.inner_lr)
-        return g, {**post, **self.pre_metrics(theta, qx, qy)}
+        return g, {**post, **self.pre_metrics(theta, qx, qy, sx)}
 
 
 class LazyReptile(LazyMAML):
@@ -82,4 +82,4 @@ class LazyReptile(LazyMAML):
     def contribute(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Params, Metrics]:
         theta = detach(params)
         theta_t = self.teacher(theta, sx, sy)
-        return subtract(theta_t, theta), self.before_after(theta, theta_t, qx, qy)
+        return subtract(theta_t, theta), self.before_after(theta, theta_t, qx, qy, sx)

@@ -25,4 +25,4 @@ class Reptile(MAML):
         theta = detach(params)
         # Reptile adapts on the support set; the query set only serves the reported metrics.
         phi = sgd_adapt(self.loss, theta, sx, sy, self.inner_lr, self.inner_steps, first_order=True)
-        return detach(subtract(phi, theta)), self.before_after(theta, phi, qx, qy)
+        return detach(subtract(phi, theta)), self.before_after(theta, phi, qx, qy, sx)

@@ -18,7 +18,7 @@ import torch
 
 from metaserve.config import Config, config_to_dict
 from metaserve.curriculum import Teacher, build_teacher
-from metaserve.evaluation import EvalResult, evaluate
+from metaserve.evaluation import EvalResult, evaluate, test_record
 from metaserve.experiment import Learner, build_distribution, build_learner
 from metaserve.models.functional import Params
 from metaserve.runtime.work import NonFiniteUpdate
@@ -116,9 +116,10 @@ def train_loop(config: Config, *, run_dir: Path | None = None, resume: bool = Fa
 def _meta_test(config: Config, learner: Learner, distribution, params: Params, run_dir: Path) -> EvalResult:
     """The final meta-test on held-out tasks, saved as test.json."""
     test = evaluate(learner.algorithm, params, distribution, seed=config.seed, episodes=config.eval.episodes,
-                    steps=config.eval.inner_steps, device=learner.device, dtype=learner.dtype)
+                    steps=config.eval.inner_steps, device=learner.device, dtype=learner.dtype, norm=config.eval.batch_norm)
     (run_dir / "test.json").write_text(json.dumps({"metric": test.metric, "mean": test.mean, "ci95": test.ci95,
-                                                    "episodes": test.episodes, "curve": test.curve}, indent=2))
+                                                    "episodes": test.episodes, "curve": test.curve, **test_record(config, distribution)},
+                                                   indent=2))
     return test
 
 
