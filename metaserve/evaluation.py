@@ -22,6 +22,8 @@ from torch.func import vmap
 
 from metaserve.algorithms.base import Algorithm
 from metaserve.models.functional import Params
+from metaserve.config import ImageTaskConfig
+from metaserve.inputs import check_head
 from metaserve.models.norm import check_mode
 from metaserve.tasks.base import Stream, Task, stack_tasks
 
@@ -35,6 +37,7 @@ class EvalResult:
     ci95: float
     episodes: int
     curve: list[dict[str, float]] = field(default_factory=list)  # one row per inner step 0..k
+    record: dict = field(default_factory=dict)  # test.json's other fields (test_record), where a caller adds them
 
     def __str__(self) -> str:
         value = f"{100 * self.mean:.2f}% +- {100 * self.ci95:.2f}%" if self.metric == "acc" else f"{self.mean:.4f} +- {self.ci95:.4f}"
@@ -105,10 +108,8 @@ def task_ways(task: Task) -> int | None:
 
 def check_ways(algorithm: Algorithm, ways: int | None) -> None:
     """ValueError when a fixed classifier head has fewer outputs than a task has classes."""
-    head = algorithm.head_classes
-    if ways is not None and head is not None and ways > head:
-        raise ValueError(f"the task has {ways} classes but this model's classifier head has {head} outputs: "
-                         f"{type(algorithm).__name__} can classify at most {head} classes (a metric learner such as protonet can take any number)")
+    if ways is not None:
+        check_head(ways, algorithm.head_classes, type(algorithm).__name__)
 
 
 def _curves(algorithm: Algorithm, params: Params, tasks: list[Task], steps: int, norm: str) -> Tensor:
@@ -151,4 +152,7 @@ def test_record(config, distribution) -> dict:
     """What test.json records besides the figure: the batch-norm modes and the train/test class overlap (warned)."""
     overlap = class_overlap(distribution)
     warn_overlap(overlap)
-    return {"batch_norm": config.eval.batch_norm, "train_batch_norm": config.model.batch_norm, "class_overlap": overlap}
+    record = {"batch_norm": config.eval.batch_norm, "train_batch_norm": config.model.batch_norm, "class_overlap": overlap}
+    if isinstance(config.task, ImageTaskConfig):
+        record["transform"] = image_transform(config.task).describe()  # what MetaModel.preprocess applies
+    return record
