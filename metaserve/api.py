@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from metaserve.config import Config, ConfigError, ImageTaskConfig, load_config, parse_config
-from metaserve.evaluation import EvalResult, adapt_to, evaluate, test_record
+from metaserve.evaluation import EvalResult, adapt_to, evaluate, meta_test_record
 from metaserve.experiment import Learner, build_distribution, build_learner
 from metaserve.inputs import as_tensor, check_head, class_labels, examples, targets
 from metaserve.models.functional import Params
@@ -160,10 +160,12 @@ def evaluate_checkpoint(checkpoint: str | Path, episodes: int | None = None, ste
     cfg = model.config
     test_cfg = as_config(cfg, overrides) if overrides else cfg
     norm = check_mode(norm or test_cfg.eval.batch_norm)
+    if isinstance(test_cfg.task, ImageTaskConfig):  # before any data is read
+        check_head(test_cfg.task.ways, model.learner.algorithm.head_classes, cfg.algorithm.name)
     distribution = build_distribution(test_cfg)
     result = evaluate(model.learner.algorithm, model.params, distribution, seed=cfg.seed,
                       episodes=episodes or test_cfg.eval.episodes,
                       steps=steps if steps is not None else test_cfg.eval.inner_steps,
                       device=model.learner.device, dtype=model.learner.dtype, norm=norm)
-    result.record = {**test_record(test_cfg, distribution), "batch_norm": norm}
+    result.record = {**meta_test_record(test_cfg, distribution), "batch_norm": norm}
     return result

@@ -26,6 +26,7 @@ from metaserve.config import ImageTaskConfig
 from metaserve.inputs import check_head
 from metaserve.models.norm import check_mode
 from metaserve.tasks.base import Stream, Task, stack_tasks
+from metaserve.tasks.transform import image_transform
 
 
 @dataclass
@@ -37,7 +38,7 @@ class EvalResult:
     ci95: float
     episodes: int
     curve: list[dict[str, float]] = field(default_factory=list)  # one row per inner step 0..k
-    record: dict = field(default_factory=dict)  # test.json's other fields (test_record), where a caller adds them
+    record: dict = field(default_factory=dict)  # test.json's other fields (meta_test_record), where a caller adds them
 
     def __str__(self) -> str:
         value = f"{100 * self.mean:.2f}% +- {100 * self.ci95:.2f}%" if self.metric == "acc" else f"{self.mean:.4f} +- {self.ci95:.4f}"
@@ -148,7 +149,7 @@ def warn_overlap(overlap: dict | None) -> None:
                       "figure; choose task.test sources/alphabets disjoint from task.train", stacklevel=2)
 
 
-def test_record(config, distribution) -> dict:
+def meta_test_record(config, distribution) -> dict:
     """What test.json records besides the figure: the batch-norm modes and the train/test class overlap (warned)."""
     overlap = class_overlap(distribution)
     warn_overlap(overlap)

@@ -51,10 +51,11 @@ def examples(value: Any, example: tuple[int, ...], what: str, families: bool = F
 def targets(value: Any, n: int, what: str = "support_y") -> Tensor:
     """Regression targets for n examples: [n] or [n, 1] -> [n, 1] floats."""
     y = as_tensor(value, what)
+    given = list(y.shape)
     if y.dim() == 1:
         y = y.unsqueeze(1)
     if tuple(y.shape) != (n, 1):
-        raise ValueError(f"{what} has shape {list(y.shape)}, but {n} support examples need targets shaped [{n}] or [{n}, 1]")
+        raise ValueError(f"{what} has shape {given}, but {n} support examples need targets shaped [{n}] or [{n}, 1]")
     return y.to(torch.get_default_dtype()) if not y.is_floating_point() else y
 
 

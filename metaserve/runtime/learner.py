@@ -18,7 +18,7 @@ import torch
 
 from metaserve.config import Config, config_to_dict
 from metaserve.curriculum import Teacher, build_teacher
-from metaserve.evaluation import EvalResult, evaluate, test_record
+from metaserve.evaluation import EvalResult, evaluate, meta_test_record
 from metaserve.experiment import Learner, build_distribution, build_learner
 from metaserve.models.functional import Params
 from metaserve.runtime.work import NonFiniteUpdate
@@ -118,7 +118,7 @@ def _meta_test(config: Config, learner: Learner, distribution, params: Params, r
     test = evaluate(learner.algorithm, params, distribution, seed=config.seed, episodes=config.eval.episodes,
                     steps=config.eval.inner_steps, device=learner.device, dtype=learner.dtype, norm=config.eval.batch_norm)
     (run_dir / "test.json").write_text(json.dumps({"metric": test.metric, "mean": test.mean, "ci95": test.ci95,
-                                                    "episodes": test.episodes, "curve": test.curve, **test_record(config, distribution)},
+                                                    "episodes": test.episodes, "curve": test.curve, **meta_test_record(config, distribution)},
                                                    indent=2))
     return test
 
