@@ -117,13 +117,14 @@ class MetaModel:
         algorithm, dev, dt = self.learner.algorithm, self.learner.device, self.learner.dtype
         norm = check_mode(norm or self.config.eval.batch_norm)
         x = examples(support_x, self.example_shape, "support_x", families=_families(self.learner))
-        ways, labels = None, None
-        if algorithm.kind == "classification" and x.dim() == len(self.example_shape) + 1:
+        ways = None
+        if x.dim() == len(self.example_shape) + 2:  # a family draw (maltml): targets per task, passed on as given
+            y = as_tensor(support_y, "support_y")
+            y = y.to(dev, dt) if y.is_floating_point() else y.to(dev)
+        elif algorithm.kind == "classification":
             labels, ways = class_labels(support_y, x.shape[0], classes)
             check_head(ways, algorithm.head_classes, self.config.algorithm.name)
             y = labels.to(dev)
-        elif algorithm.kind == "classification":  # a family draw: labels per task, passed on
-            y = as_tensor(support_y, "support_y").to(dev)
         else:
             y = targets(support_y, x.shape[0]).to(dev, dt)
         x = x.to(dev, dt)

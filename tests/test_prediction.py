@@ -135,7 +135,7 @@ def test_support_mode_meta_training_is_a_pure_vmappable_function_with_the_finite
         def loss(sub):  # noqa: F811
             from metaserve.algorithms.inner import sgd_adapt
             p = sgd_adapt(algo.loss, {**model.params, **sub}, t.support_x, t.support_y, algo.inner_lr, algo.inner_steps)
-            return algo.measure_query(p, t.support_x, t.query_x, t.query_y)[0]
+            return algo.measure_query(p, t.support_x, t.query_x, t.query_y)[0].detach()
     want = finite_differences(loss, small)
     for k in small:
         torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-7)
