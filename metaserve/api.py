@@ -63,7 +63,8 @@ class AdaptedModel:
         batch statistics, so rows depend on each other (the papers' transductive protocol). Accepts
         tensors, numpy arrays and lists; a 1-D [n] is read as n one-feature inputs for a 1-input MLP.
         """
-        x = examples(x, self.example, "query_x", families=_families(self.learner)).to(self.learner.device, self.learner.dtype)
+        x = examples(x, self.example, "query_x", families=_families(self.learner))
+        x = x.to(self.learner.device, self.learner.dtype)
         out = self.learner.algorithm.predict(self.params, x, self.stats if self.norm == "support" else None)
         return out[..., :self.ways] if self.ways is not None and self.learner.algorithm.uses_head else out
 
@@ -104,8 +105,8 @@ class MetaModel:
         training images (PIL mode, Lanczos resize, Omniglot's inversion, v / 255); see `transform`."""
         return self._transform()(images).to(self.learner.device, self.learner.dtype)
 
-    def adapt(self, support_x: Any, support_y: Any, steps: int | None = None, *, classes: Sequence[Hashable] | None = None,
-              norm: str | None = None) -> AdaptedModel:
+    def adapt(self, support_x: Any, support_y: Any, steps: int | None = None, *,
+              classes: Sequence[Hashable] | None = None, norm: str | None = None) -> AdaptedModel:
         """Adapt to a support set (`steps` inner steps; default: the algorithm's eval_inner_steps).
 
         support_x: [n, *example_shape] (tensor, array or list). Classification: support_y holds n

@@ -51,14 +51,16 @@ def ci95(values: Tensor) -> float:
     return 1.96 * float(values.std(unbiased=True)) / math.sqrt(n) if n > 1 else float("nan")
 
 
-def adapt_to(algorithm: Algorithm, params: Params, sx: Tensor, sy: Tensor, steps: int | None, ways: int | None) -> Params:
+def adapt_to(algorithm: Algorithm, params: Params, sx: Tensor, sy: Tensor, steps: int | None,
+             ways: int | None) -> Params:
     """`algorithm.adapt`, telling a head-less (metric) learner the support set's number of classes."""
     if algorithm.uses_head or ways is None:
         return algorithm.adapt(params, sx, sy, steps)
     return algorithm.adapt(params, sx, sy, steps, ways=ways)
 
 
-def predict_with(algorithm: Algorithm, adapted: Params, sx: Tensor, qx: Tensor, norm: str, ways: int | None = None) -> Tensor:
+def predict_with(algorithm: Algorithm, adapted: Params, sx: Tensor, qx: Tensor, norm: str,
+                 ways: int | None = None) -> Tensor:
     """Query outputs, normalised per `norm`; a fixed head's logits cut to the first `ways` classes."""
     stats = algorithm.norm_stats(adapted, sx) if check_mode(norm) == "support" else None
     out = algorithm.predict(adapted, qx, stats)
@@ -80,9 +82,9 @@ def episode_curve(algorithm: Algorithm, params: Params, sx: Tensor, sy: Tensor, 
 
 
 def evaluate(algorithm: Algorithm, params: Params, distribution, *, seed: int, episodes: int = 600, steps: int | None = None,
-             stream: Stream = "test", space=None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, chunk: int = 100,
-             norm: str = "support") -> EvalResult:
-    """Adapt to `episodes` held-out tasks and report the final metric with its 95% CI (queries normalised per `norm`)."""
+             stream: Stream = "test", space=None, device: torch.device | str = "cpu",
+             dtype: torch.dtype = torch.float32, chunk: int = 100, norm: str = "support") -> EvalResult:
+    """Adapt to `episodes` held-out tasks and report the final metric with its 95% CI (queries normalised by `norm`)."""
     check_mode(norm)
     steps = getattr(algorithm, "eval_inner_steps", 0) if steps is None else steps
     if not hasattr(algorithm, "inner_lr"):
@@ -144,16 +146,18 @@ def class_overlap(distribution, stream: Stream = "test") -> dict | None:
 def warn_overlap(overlap: dict | None) -> None:
     """A warning when the evaluated classes include meta-training classes."""
     if overlap and overlap["shared"]:
-        warnings.warn(f"{overlap['shared']} of the {overlap['classes']} evaluated ({overlap['stream']}) classes are also "
-                      f"meta-training classes (e.g. {overlap['shared_examples'][:3]}): the figure is partly a training-set "
-                      "figure; choose task.test sources/alphabets disjoint from task.train", stacklevel=2)
+        warnings.warn(f"{overlap['shared']} of the {overlap['classes']} evaluated ({overlap['stream']}) classes "
+                      f"are also meta-training classes (e.g. {overlap['shared_examples'][:3]}): the figure is partly "
+                      "a training-set figure; choose task.test sources/alphabets disjoint from task.train",
+                      stacklevel=2)
 
 
 def meta_test_record(config, distribution) -> dict:
     """What test.json records besides the figure: the batch-norm modes and the train/test class overlap (warned)."""
     overlap = class_overlap(distribution)
     warn_overlap(overlap)
-    record = {"batch_norm": config.eval.batch_norm, "train_batch_norm": config.model.batch_norm, "class_overlap": overlap}
+    record = {"batch_norm": config.eval.batch_norm, "train_batch_norm": config.model.batch_norm,
+              "class_overlap": overlap}
     if isinstance(config.task, ImageTaskConfig):
         record["transform"] = image_transform(config.task).describe()  # what MetaModel.preprocess applies
     return record

@@ -317,8 +317,8 @@ def test_protonet_evaluate_vectorised_equals_loop_and_nearest_prototype():
         protos = torch.stack([es[t.support_y == c].mean(0) for c in range(3)])
         accs.append(float((torch.cdist(eq, protos).argmin(1) == t.query_y).to(DT).mean()))
     # the reference embeds each query set with its own batch statistics: the transductive protocol
-    results = [evaluate(ProtoNet(model, "classification", OuterConfig(), ways=3, vectorize=v), theta, dist, seed=0, episodes=6, dtype=DT,
-                        norm="transductive") for v in (True, False)]
+    results = [evaluate(ProtoNet(model, "classification", OuterConfig(), ways=3, vectorize=v), theta, dist, seed=0,
+                        episodes=6, dtype=DT, norm="transductive") for v in (True, False)]
     for r in results:
         assert r.metric == "acc" and len(r.curve) == 1
         assert r.mean == pytest.approx(sum(accs) / len(accs), rel=1e-12)

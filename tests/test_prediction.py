@@ -1,4 +1,4 @@
-"""A prediction depends only on the support set and its own query: batch-norm modes, any ways at test, the input contract.
+"""A prediction depends only on the support set and its own query: batch-norm modes, any ways, the input contract.
 
 References are independent of metaserve's normalisation code: torch's own nn.BatchNorm2d, in training
 mode for the transductive mode, in eval mode with its running statistics set to the support set's
@@ -6,13 +6,16 @@ per-layer moments for the support mode; finite differences for the support-mode 
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torch import nn
 
-from metaserve.api import MetaModel
+from conftest import OMNIGLOT, ROOT
+from metaserve.api import MetaModel, as_config
 from metaserve.config import parse_config
 from metaserve.evaluation import class_overlap, evaluate, meta_test_record
 from metaserve.experiment import build_learner
@@ -22,14 +25,15 @@ from metaserve.tasks.images import ClassPool, FewShotImages, ImageSpace
 from references import finite_differences
 
 SIZE, WAYS, SHOTS, QUERY = 16, 3, 2, 3
-ADAPTING = ["maml", "fomaml", "reptile", "lazy-maml", "lazy-reptile", "pretrain", "maltml", "protonet", "matching", "relation",
-            "siamese"]
+ADAPTING = ["maml", "fomaml", "reptile", "lazy-maml", "lazy-reptile", "pretrain", "maltml", "protonet", "matching",
+            "relation", "siamese"]
 
 
 def image_config(algorithm: str, **extra) -> dict:
-    task = "omniglot-families" if algorithm.startswith("maltml") else "omniglot"  # maltml adapts to one task by finetuning
+    task = "omniglot-families" if algorithm.startswith("maltml") else "omniglot"  # maltml: one task = finetuning
     return {"task": {"name": task, "ways": WAYS, "shots": SHOTS, "query": QUERY, "image_size": SIZE},
-            "model": {"name": "conv4", "hidden": 4, **extra.pop("model", {})}, "algorithm": {"name": algorithm, **extra},
+            "model": {"name": "conv4", "hidden": 4, **extra.pop("model", {})},
+            "algorithm": {"name": algorithm, **extra},
             "train": {"dtype": "float64", "device": "cpu"}}
 
 
@@ -37,7 +41,8 @@ def meta_model(config: dict, seed: int = 0) -> MetaModel:
     learner = build_learner(parse_config({**config, "seed": seed}), "cpu")
     params = learner.initial_params()
     gen = torch.Generator().manual_seed(seed + 1)  # not the initial ones: batch-norm weights away from 1, biases from 0
-    return MetaModel(learner, {k: v + 0.3 * torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in params.items()}, 0)
+    noisy = {k: v + 0.3 * torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in params.items()}
+    return MetaModel(learner, noisy, 0)
 
 
 def images(n: int, seed: int) -> torch.Tensor:
@@ -71,7 +76,8 @@ class TorchConv4(nn.Module):
     def __init__(self, hidden: int, ways: int):
         super().__init__()
         self.features = nn.Sequential(*[nn.Sequential(nn.Conv2d(1 if i == 0 else hidden, hidden, 3, padding=1),
-                                                      nn.BatchNorm2d(hidden), nn.ReLU(), nn.MaxPool2d(2)) for i in range(4)])
+                                                      nn.BatchNorm2d(hidden), nn.ReLU(), nn.MaxPool2d(2))
+                                        for i in range(4)])
         self.head = nn.Linear(hidden * (SIZE // 16) ** 2, ways)
 
     def forward(self, x):
@@ -88,8 +94,10 @@ def reference_net(params) -> TorchConv4:
 def support_moments(net: TorchConv4, sx: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The input moments of every BatchNorm2d when the support set goes through the network in training mode."""
     seen = []
-    hooks = [m.register_forward_pre_hook(lambda m, a: seen.append((a[0].mean((0, 2, 3)), a[0].var((0, 2, 3), unbiased=False))))
-             for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    def record(module, args):
+        seen.append((args[0].mean((0, 2, 3)), args[0].var((0, 2, 3), unbiased=False)))
+
+    hooks = [m.register_forward_pre_hook(record) for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     net.train()(sx)
     for h in hooks:
         h.remove()
@@ -102,7 +110,8 @@ def test_support_mode_is_torch_batch_norm_with_the_support_statistics_and_transd
     net = reference_net(model.params)
     with torch.no_grad():
         transductive = net.train()(qx)
-        for bn, (mean, var) in zip([m for m in net.modules() if isinstance(m, nn.BatchNorm2d)], support_moments(net, sx)):
+        norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+        for bn, (mean, var) in zip(norms, support_moments(net, sx)):
             bn.running_mean.copy_(mean)
             bn.running_var.copy_(var)
         support = net.eval()(qx)
@@ -116,7 +125,8 @@ def test_support_mode_meta_training_is_a_pure_vmappable_function_with_the_finite
     model = meta_model(image_config(algorithm, model={"batch_norm": "support"}))
     algo = model.learner.algorithm
     assert algo.norm == "support"
-    tasks = [Task(images(WAYS * SHOTS, 10 + i), SUPPORT_Y, images(WAYS * 2, 20 + i), torch.arange(WAYS).repeat(2)) for i in range(3)]
+    tasks = [Task(images(WAYS * SHOTS, 10 + i), SUPPORT_Y, images(WAYS * 2, 20 + i), torch.arange(WAYS).repeat(2))
+             for i in range(3)]
     algo.vectorize = True
     vmapped = algo.batch_update(model.params, tasks)
     algo.vectorize = False
@@ -143,7 +153,7 @@ def test_support_mode_meta_training_is_a_pure_vmappable_function_with_the_finite
 
 def test_more_classes_than_the_head_fails_naming_both_numbers():
     model = meta_model(image_config("maml"))
-    with pytest.raises(ValueError, match=r"support set has 5 classes but this maml model's classifier head has 3 outputs"):
+    with pytest.raises(ValueError, match=r"support set has 5 classes but this maml model's classifier head has 3 out"):
         model.adapt(images(5, 1), torch.arange(5))
     pools = {"train": pool(8, 0), "test": pool(8, 1)}
     distribution = FewShotImages(pools, ImageSpace(5, 1, 2), rotations=False)
@@ -156,9 +166,14 @@ def test_fewer_classes_than_the_head_give_the_logits_of_those_classes():
     sx = images(4, 1)
     two = model.adapt(sx, [0, 0, 1, 1], steps=1).predict(images(3, 2))
     assert two.shape == (3, 2)
-    full = model.learner.algorithm.predict(model.learner.algorithm.adapt(model.params, sx, torch.tensor([0, 0, 1, 1]), 1), images(3, 2),
-                                           model.learner.algorithm.norm_stats(model.params, sx))
+    # by hand: one SGD step on the cross-entropy over the whole 3-output head, then its first 2 logits
+    algo, y = model.learner.algorithm, torch.tensor([0, 0, 1, 1])
+    params = {k: v.clone().requires_grad_(True) for k, v in model.params.items()}
+    grads = torch.autograd.grad(torch.nn.functional.cross_entropy(algo.forward(params, sx), y), list(params.values()))
+    phi = {k: (v - algo.inner_lr * g).detach() for (k, v), g in zip(params.items(), grads)}
+    full = algo.forward(phi, images(3, 2), algo.norm_stats(phi, sx))
     assert full.shape == (3, WAYS)
+    torch.testing.assert_close(two, full[:, :2])
 
 
 def test_labels_must_be_0_to_n_minus_1_or_mapped_explicitly():
@@ -194,14 +209,14 @@ def test_inputs_may_be_arrays_or_lists_and_a_wrong_shape_names_the_expected_one(
     y = torch.sin(x)
     col = reg.adapt(x[:, None], y[:, None], steps=3).predict(x[:4, None])
     torch.testing.assert_close(reg.adapt(x.tolist(), y.numpy(), steps=3).predict(x[:4].numpy()), col)  # [n] -> [n, 1]
-    with pytest.raises(ValueError, match=r"support_y has shape \[9\], but 10 support examples need targets shaped \[10\]"):
+    with pytest.raises(ValueError, match=r"support_y has shape \[9\], but 10 support examples need targets"):
         reg.adapt(x, y[:9])
     with pytest.raises(ValueError, match=r"has shape \[10, 2\], but this model takes \[n, 1\]"):
         reg.adapt(torch.stack([x, x], 1), y)
 
 
 def pool(classes: int, seed: int, per_class: int = 4, shift: int = 1, noise: float = 0.15) -> ClassPool:
-    """Classes = random 4x4 block patterns (16x16 px); an image is its class's pattern shifted by up to `shift` px plus noise."""
+    """Classes = random 4x4 block patterns (16x16 px); an image = its class's pattern shifted <= `shift` px + noise."""
     rng = np.random.default_rng(seed)
     per = []
     for _ in range(classes):
@@ -244,14 +259,16 @@ def test_preprocess_applies_the_runs_transform_to_paths_pil_images_and_arrays(tm
     raw = (np.arange(40 * 30, dtype=np.int64).reshape(30, 40) % 251).astype(np.uint8)  # not square, not 16 px
     Image.fromarray(raw).save(tmp_path / "a.png")
     # by hand: grayscale, Lanczos to 16x16, inverted (omniglot), / 255, [n, 1, H, W]
-    want = (255 - np.asarray(Image.fromarray(raw).resize((SIZE, SIZE), Image.Resampling.LANCZOS), dtype=np.float64)) / 255
-    for given in (tmp_path / "a.png", str(tmp_path / "a.png"), Image.fromarray(raw), raw, [raw, raw], np.stack([raw[..., None]] * 2)):
+    resized = np.asarray(Image.fromarray(raw).resize((SIZE, SIZE), Image.Resampling.LANCZOS), dtype=np.float64)
+    want = (255 - resized) / 255
+    stack = np.stack([raw[..., None]] * 2)
+    for given in (tmp_path / "a.png", str(tmp_path / "a.png"), Image.fromarray(raw), raw, [raw, raw], stack):
         x = model.preprocess(given)
         assert x.shape[1:] == (1, SIZE, SIZE) and x.dtype == torch.float64
         np.testing.assert_allclose(x[0, 0].numpy(), want, atol=1e-6)
     # the same as what the omniglot loader caches for that file
-    np.testing.assert_array_equal(decode_image((tmp_path / "a.png").read_bytes(), "a.png", SIZE, "L", invert=True)[..., 0],
-                                  np.round(want * 255).astype(np.uint8))
+    cached = decode_image((tmp_path / "a.png").read_bytes(), "a.png", SIZE, "L", invert=True)[..., 0]
+    np.testing.assert_array_equal(cached, np.round(want * 255).astype(np.uint8))
     assert model.transform["invert"] is True and model.transform["size"] == SIZE
     with pytest.raises(ValueError, match=r"uint8 \[H, W\] or \[H, W, C\].*got float64"):
         model.preprocess(raw.astype(np.float64))
@@ -281,9 +298,35 @@ def test_eval_options_become_test_task_overrides():
 
     p = argparse.ArgumentParser()
     register(p.add_subparsers())
-    args = p.parse_args(["eval", "run", "--ways", "20", "--shots", "1", "--sources", "a.zip, b.zip", "--alphabets", "all",
-                         "--batch-norm", "transductive"])
-    assert test_overrides(args) == ["task.ways=20", "task.shots=1", 'task.test.sources=["a.zip", "b.zip"]', "task.test.alphabets=null"]
+    args = p.parse_args(["eval", "run", "--ways", "20", "--shots", "1", "--sources", "a.zip, b.zip", "--alphabets",
+                         "all", "--batch-norm", "transductive"])
+    assert test_overrides(args) == ["task.ways=20", "task.shots=1", 'task.test.sources=["a.zip", "b.zip"]',
+                                    "task.test.alphabets=null"]
     assert args.batch_norm == "transductive"
     with pytest.raises(SystemExit):
         p.parse_args(["eval", "run", "--batch-norm", "running"])
+
+
+@pytest.mark.skipif(not OMNIGLOT.is_dir(), reason=f"Omniglot data not found at {OMNIGLOT}")
+def test_eval_command_tests_other_ways_and_alphabets_and_flags_training_classes(tmp_path, capsys):
+    from metaserve.cli import main
+    from metaserve.runtime.learner import train_loop
+
+    cfg = as_config(ROOT / "configs/omniglot-protonet-5w1s.yaml", [
+        "model.hidden=4", "task.query=1", "train.steps=2", "train.meta_batch=2", "train.log_every=1",
+        "train.checkpoint_every=2", "train.val_tasks=0", "eval.episodes=4", "train.device=cpu",
+        f"output_dir={tmp_path}", f"task.cache_dir={tmp_path / 'cache'}"])
+    run = train_loop(cfg).run_dir
+    record = json.loads((run / "test.json").read_text())
+    assert record["batch_norm"] == "support" and record["class_overlap"]["shared"] == 0  # the default split is disjoint
+    assert record["transform"]["invert"] is True
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(run), "--ways", "20", "--query", "2", "--episodes", "3", "--alphabets", "Greek",
+                 "--batch-norm", "transductive", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "are also meta-training classes" in printed and "batch norm: transductive" in printed
+    result = json.loads(out.read_text())
+    assert result["episodes"] == 3 and result["batch_norm"] == "transductive"
+    assert result["class_overlap"]["shared"] == result["class_overlap"]["classes"] == 24  # Greek is in both zips
+    assert main(["eval", str(run), "--ways", "0"]) == 2
+    assert "task.ways" in capsys.readouterr().err

@@ -128,7 +128,8 @@ class Algorithm:
         metrics = self.measure(p, qx, qy)[1] if sx is None else self.measure_query(p, sx, qx, qy)[1]
         return {f"{k}_pre": v for k, v in metrics.items()}
 
-    def before_after(self, params: Params, adapted: Params, qx: Tensor, qy: Tensor, sx: Tensor | None = None) -> Metrics:
+    def before_after(self, params: Params, adapted: Params, qx: Tensor, qy: Tensor,
+                     sx: Tensor | None = None) -> Metrics:
         """Query metrics after adaptation, plus the `_pre` ones before it (with sx: as `self.norm` says)."""
         a = detach(adapted)
         post = self.measure(a, qx, qy)[1] if sx is None else self.measure_query(a, sx, qx, qy)[1]

@@ -57,7 +57,8 @@ class MetricLearner(Algorithm):
         self.ways = ways
         self.embed = forward_fn(model, "embed")
 
-    def compare(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor, norm: str = "transductive") -> Tensor:
+    def compare(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor,
+                norm: str = "transductive") -> Tensor:
         """Scores [query, ways] of query embeddings against support embeddings and their one-hot labels.
 
         `norm` says how a comparison module with batch norm (relation) normalises: with the query
@@ -84,7 +85,7 @@ class MetricLearner(Algorithm):
         return {**params, SUPPORT: support, LABELS: one_hot(y, ways or self.ways, support.dtype)}
 
     def predict(self, adapted: Params, x: Tensor, stats: Stats | None = None) -> Tensor:
-        """Scores [query, ways]; with `stats` (the support set's, `norm_stats`) each query's scores depend on it alone."""
+        """Scores [query, ways]; with `stats` (the support set's, `norm_stats`) a query's scores depend on it alone."""
         params = strip_state(adapted)
         norm = "transductive" if stats is None else "support"
         return self.compare(params, adapted[SUPPORT], adapted[LABELS], self.embed(params, x, stats), norm)

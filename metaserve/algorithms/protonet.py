@@ -20,5 +20,6 @@ def proto_logits(query_embeddings: Tensor, protos: Tensor) -> Tensor:
 class ProtoNet(MetricLearner):
     """Scores = negative squared distances to the class means of the support embeddings."""
 
-    def compare(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor, norm: str = "transductive") -> Tensor:
+    def compare(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor,
+                norm: str = "transductive") -> Tensor:
         return proto_logits(query, class_means(support, onehot))

@@ -34,7 +34,8 @@ class Relation(MetricLearner):
         self.relate = forward_fn(model, "relate")
         self.relate_stats = forward_fn(model, "relate_stats")
 
-    def compare(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor, norm: str = "transductive") -> Tensor:
+    def compare(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor,
+                norm: str = "transductive") -> Tensor:
         classes = onehot.T @ support
         # support: the relation module's batch norms use the statistics of the (class, support image) pairs
         stats = self.relate_stats(params, relation_pairs(classes, support)) if norm == "support" else None

@@ -41,7 +41,8 @@ class Siamese(MetricLearner):
         """Logit of 'same' for every (query, support) pair: [query, support]."""
         return self.verify(params, (query.unsqueeze(1) - support.unsqueeze(0)).abs())
 
-    def compare(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor, norm: str = "transductive") -> Tensor:
+    def compare(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor,
+                norm: str = "transductive") -> Tensor:
         return best_per_class(self.pair_logits(params, support, query), onehot)
 
     def episode_loss(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor, qy: Tensor) -> tuple[Tensor, Metrics]:

@@ -22,11 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ways", type=int, help="classes per test task (default: task.ways)")
     p.add_argument("--shots", type=int, help="support images per class (default: task.shots)")
     p.add_argument("--query", type=int, help="query images per class (default: task.query)")
-    p.add_argument("--sources", help="comma-separated test sources (zips or folders under task.root): task.test.sources")
-    p.add_argument("--alphabets", help="comma-separated omniglot alphabets of the test split, or 'all': task.test.alphabets")
+    p.add_argument("--sources", help="comma-separated test zips or folders under task.root (task.test.sources)")
+    p.add_argument("--alphabets", help="comma-separated omniglot test alphabets, or 'all' (task.test.alphabets)")
     p.add_argument("--batch-norm", choices=["support", "transductive"],
                    help="query normalisation: support statistics (default: eval.batch_norm) or the query set's own")
-    p.add_argument("--json", type=Path, help="also write the result (and its class overlap, batch-norm modes) to this file")
+    p.add_argument("--json", type=Path, help="also write the result, class overlap and batch-norm modes to this file")
     p.set_defaults(func=run)
 
 
@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     for row in result.curve:
         print("  " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
     if args.json is not None:
-        args.json.write_text(json.dumps({"metric": result.metric, "mean": result.mean, "ci95": result.ci95,
-                                         "episodes": result.episodes, "curve": result.curve, **result.record}, indent=2))
+        record = {"metric": result.metric, "mean": result.mean, "ci95": result.ci95, "episodes": result.episodes,
+                  "curve": result.curve, **result.record}
+        args.json.write_text(json.dumps(record, indent=2))
     return 0

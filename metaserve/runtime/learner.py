@@ -116,10 +116,11 @@ def train_loop(config: Config, *, run_dir: Path | None = None, resume: bool = Fa
 def _meta_test(config: Config, learner: Learner, distribution, params: Params, run_dir: Path) -> EvalResult:
     """The final meta-test on held-out tasks, saved as test.json."""
     test = evaluate(learner.algorithm, params, distribution, seed=config.seed, episodes=config.eval.episodes,
-                    steps=config.eval.inner_steps, device=learner.device, dtype=learner.dtype, norm=config.eval.batch_norm)
-    (run_dir / "test.json").write_text(json.dumps({"metric": test.metric, "mean": test.mean, "ci95": test.ci95,
-                                                    "episodes": test.episodes, "curve": test.curve, **meta_test_record(config, distribution)},
-                                                   indent=2))
+                    steps=config.eval.inner_steps, device=learner.device, dtype=learner.dtype,
+                    norm=config.eval.batch_norm)
+    record = {"metric": test.metric, "mean": test.mean, "ci95": test.ci95, "episodes": test.episodes,
+              "curve": test.curve, **meta_test_record(config, distribution)}  # batch-norm modes, class overlap
+    (run_dir / "test.json").write_text(json.dumps(record, indent=2))
     return test
 
 

@@ -34,7 +34,8 @@ class ImageTransform:
     def describe(self) -> dict[str, Any]:
         """The transform in words and numbers, and how to undo it (to look at a model input as an image)."""
         return {**asdict(self), "resample": "lanczos", "layout": "[n, C, H, W] float32", "scale": "v / 255",
-                "inverse": f"uint8 = round(x * 255){'; v = 255 - uint8' if self.invert else ''}; HWC = x.permute(1, 2, 0)"}
+                "inverse": f"uint8 = round(x * 255){'; v = 255 - uint8' if self.invert else ''}; "
+                           "HWC = x.permute(1, 2, 0)"}
 
     def __call__(self, images: Any) -> torch.Tensor:
         """[n, C, size, size] float32 from one image or a list of them: paths, PIL images or uint8 arrays.
