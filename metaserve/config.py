@@ -152,6 +152,9 @@ class ModelConfig(_Section):
 
     name: Literal["mlp", "conv4"] = "mlp"
     hidden: list[PositiveInt] | PositiveInt | None = None  # mlp: widths (40, 40); conv4: channels (64)
+    # conv4 batch norm during meta-training: queries normalised with their own statistics (transductive,
+    # the MAML convention) or with the support set's (support, TaskNorm's non-transductive mode); models/norm.py
+    batch_norm: Literal["transductive", "support"] = "transductive"
 
 
 class OuterSection(_Section):
@@ -214,6 +217,9 @@ class EvalConfig(_Section):
     episodes: PositiveInt = 600
     inner_steps: PositiveInt | None = None  # default: the algorithm's eval_inner_steps
     curve: bool = True  # the query metrics after every inner step (False: after the last only, one query pass)
+    # batch norm at meta-test and in predict: support statistics (non-transductive, each query scored
+    # as if alone) or the query set's own statistics (transductive, as in the MAML/Reptile papers)
+    batch_norm: Literal["transductive", "support"] = "support"
 
 
 class RuntimeConfig(_Section):

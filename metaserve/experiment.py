@@ -64,6 +64,7 @@ def build_learner(config: Config, device: torch.device | str | None = None) -> L
     device = resolve_device(config.train.device) if device is None else torch.device(device)
     model = build_model(config.model, config.task, config.entry.head).to(device)
     algorithm = build_algorithm(config, model, use_vmap(config, device))
+    algorithm.norm = config.model.batch_norm  # how meta-training normalises the queries (models/norm.py)
     return Learner(config, algorithm, device, DTYPES[config.train.dtype])
 
 

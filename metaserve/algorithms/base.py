@@ -16,9 +16,16 @@ from torch.func import vmap
 
 from metaserve.algorithms.params import Params, detach
 from metaserve.models.functional import forward_fn
+from metaserve.models.norm import Stats
 from metaserve.tasks.base import Task, stack_tasks
 
 Metrics = dict[str, Tensor]
+STATE_PREFIX = "__"  # keys of an adapted state that are not model parameters (e.g. a metric learner's support set)
+
+
+def strip_state(adapted: Params) -> Params:
+    """The model parameters of an adapted state, without the extra entries some learners keep in it."""
+    return {k: v for k, v in adapted.items() if not k.startswith(STATE_PREFIX)}
 
 
 @dataclass
@@ -41,11 +48,16 @@ class TaskUpdate:
 class Algorithm:
     """Base class: subclasses implement `contribute` (one task, pure, vmappable) and `adapt`."""
 
+    #: How meta-training normalises the query set (models/norm.py): "transductive" with its own
+    #: batch statistics, "support" with the support set's. Set from `model.batch_norm` by build_algorithm.
+    norm: str = "transductive"
+
     def __init__(self, model: nn.Module, kind: str, vectorize: bool = True):
         self.model = model
         self.kind = kind
         self.vectorize = vectorize
-        self.forward: Callable[[Params, Tensor], Tensor] = forward_fn(model)
+        self.forward: Callable[..., Tensor] = forward_fn(model)  # (params, x[, stats])
+        self._norm_stats = forward_fn(model, "norm_stats") if hasattr(model, "norm_stats") else None
 
     # --- per-task maths (subclasses) -------------------------------------------------------------
     def contribute(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Params, Metrics]:
@@ -56,9 +68,30 @@ class Algorithm:
         """Task-specific parameters after adapting to a support set (no meta-gradient graph)."""
         raise NotImplementedError
 
-    def predict(self, adapted: Params, x: Tensor) -> Tensor:
-        """Outputs of the adapted model: regression values or class logits."""
-        return self.forward(adapted, x)
+    def predict(self, adapted: Params, x: Tensor, stats: Stats | None = None) -> Tensor:
+        """Outputs of the adapted model: regression values or class logits.
+
+        `stats` (from `norm_stats` on the support set) normalise x's batch norms, so each row's output
+        depends on that row alone; None normalises x with its own batch statistics (transductive).
+        """
+        return self.forward(adapted, x, stats)
+
+    def norm_stats(self, adapted: Params, support_x: Tensor) -> Stats | None:
+        """Batch-norm statistics of the support set under the adapted parameters (None: no batch norm)."""
+        if self._norm_stats is None:
+            return None
+        return self._norm_stats(strip_state(adapted), support_x)
+
+    @property
+    def head_classes(self) -> int | None:
+        """Outputs of the classifier head (the most classes `adapt` can take), None without a fixed head."""
+        head = getattr(self.model, "head", None)
+        return head.out_features if isinstance(head, nn.Linear) else None
+
+    def measure_query(self, params: Params, sx: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Metrics]:
+        """Query loss and metrics, the queries normalised as `self.norm` says (support: with sx's statistics)."""
+        stats = self.norm_stats(params, sx) if self.norm == "support" else None
+        return self.score(self.predict(params, qx, stats), qy)
 
     # --- shared helpers --------------------------------------------------------------------------
     def loss(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
@@ -68,13 +101,18 @@ class Algorithm:
         """Loss (MSE or cross-entropy) and its metrics from one forward pass."""
         return self.score(self.forward(params, x), y)
 
-    def pre_metrics(self, params: Params, qx: Tensor, qy: Tensor) -> Metrics:
-        """Query metrics before adaptation, suffixed `_pre`."""
-        return {f"{k}_pre": v for k, v in self.measure(detach(params), qx, qy)[1].items()}
+    def pre_metrics(self, params: Params, qx: Tensor, qy: Tensor, sx: Tensor | None = None) -> Metrics:
+        """Query metrics before adaptation, suffixed `_pre` (with sx: normalised as `self.norm` says)."""
+        p = detach(params)
+        metrics = self.measure(p, qx, qy)[1] if sx is None else self.measure_query(p, sx, qx, qy)[1]
+        return {f"{k}_pre": v for k, v in metrics.items()}
 
-    def before_after(self, params: Params, adapted: Params, qx: Tensor, qy: Tensor) -> Metrics:
-        """Query metrics after adaptation, plus the `_pre` ones before it."""
-        return {**self.measure(detach(adapted), qx, qy)[1], **self.pre_metrics(params, qx, qy)}
+    def before_after(self, params: Params, adapted: Params, qx: Tensor, qy: Tensor,
+                     sx: Tensor | None = None) -> Metrics:
+        """Query metrics after adaptation, plus the `_pre` ones before it (with sx: as `self.norm` says)."""
+        a = detach(adapted)
+        post = self.measure(a, qx, qy)[1] if sx is None else self.measure_query(a, sx, qx, qy)[1]
+        return {**post, **self.pre_metrics(params, qx, qy, sx)}
 
     def score(self, out: Tensor, y: Tensor) -> tuple[Tensor, Metrics]:
         if self.kind == "regression":

@@ -177,8 +177,8 @@ class LazyMAML(InnerLoopLearner):
         theta = detach(params)
         phi, checkpoints = self.student_run(theta, sx, sy)
         theta_t = interpolate(theta, phi, self.leap)
-        v, post = grad(self.measure, has_aux=True)(theta_t, qx, qy)
-        return self.meta_grad(theta, checkpoints, v, sx, sy), {**post, **self.pre_metrics(theta, qx, qy)}
+        v, post = grad(lambda p: self.measure_query(p, sx, qx, qy), has_aux=True)(theta_t)
+        return self.meta_grad(theta, checkpoints, v, sx, sy), {**post, **self.pre_metrics(theta, qx, qy, sx)}
 
 
 class LazyReptile(LazyMAML):
@@ -187,7 +187,8 @@ class LazyReptile(LazyMAML):
     def contribute(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Params, Metrics]:
         theta = detach(params)
         theta_t = self.teacher(theta, sx, sy)
-        return subtract(theta_t, theta), self.before_after(theta, theta_t, qx, qy)
+        return subtract(theta_t, theta), self.before_after(theta, theta_t, qx, qy, sx)
+
 
 
 register(AlgorithmEntry("lazy-maml", LazyConfig, LazyMAML.from_section))

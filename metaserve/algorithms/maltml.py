@@ -33,6 +33,7 @@ from metaserve.algorithms.inner import LossFn, sgd_adapt
 from metaserve.algorithms.params import Params, add, detach, sgd_step, subtract
 from metaserve.config import AlgorithmSection, PositiveFloat, PositiveInt, task_kind
 from metaserve.registry import AlgorithmEntry, register
+from metaserve.models.norm import Stats
 from metaserve.tasks.base import Task
 from metaserve.tasks.families import family_split, family_tasks, goal_tasks, unpack
 
@@ -131,10 +132,14 @@ class FamilyLearner(Algorithm):
         steps = self.finetune_steps if steps is None else steps
         return sgd_adapt(self.loss, params, x, y, self.finetune_lr, steps, first_order=True)
 
-    def predict(self, adapted: Params, x: Tensor) -> Tensor:
+    def predict(self, adapted: Params, x: Tensor, stats: Stats | None = None) -> Tensor:
         if x.dim() == self.example_ndim + 1:
             return vmap(self.forward, in_dims=(None, 0))(adapted, x)  # per task: batch norm sees one task at a time
-        return self.forward(adapted, x)
+        return self.forward(adapted, x, stats)
+
+    def norm_stats(self, adapted: Params, support_x: Tensor) -> Stats | None:
+        """One task's support statistics; None for a family's stacked tasks (each goal task is normalised by itself)."""
+        return None if support_x.dim() == self.example_ndim + 1 else super().norm_stats(adapted, support_x)
 
     def score(self, out: Tensor, y: Tensor) -> tuple[Tensor, Metrics]:
         if self.kind == "classification":  # several tasks' logits [tasks, n, ways] -> rows

@@ -30,10 +30,10 @@ class MAML(InnerLoopLearner):
     def contribute(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Params, Metrics]:
         def query_loss_after_adaptation(p: Params) -> tuple[Tensor, Metrics]:
             adapted = sgd_adapt(self.loss, p, sx, sy, self.inner_lr, self.inner_steps)
-            return self.measure(adapted, qx, qy)
+            return self.measure_query(adapted, sx, qx, qy)
 
         g, post = grad(query_loss_after_adaptation, has_aux=True)(params)
-        return g, {**post, **self.pre_metrics(params, qx, qy)}
+        return g, {**post, **self.pre_metrics(params, qx, qy, sx)}
 
 
 class FOMAML(InnerLoopLearner):
@@ -41,8 +41,9 @@ class FOMAML(InnerLoopLearner):
 
     def contribute(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Params, Metrics]:
         adapted = detach(sgd_adapt(self.loss, detach(params), sx, sy, self.inner_lr, self.inner_steps, first_order=True))
-        g, post = grad(self.measure, has_aux=True)(adapted, qx, qy)
-        return g, {**post, **self.pre_metrics(params, qx, qy)}
+        g, post = grad(lambda p: self.measure_query(p, sx, qx, qy), has_aux=True)(adapted)
+        return g, {**post, **self.pre_metrics(params, qx, qy, sx)}
+
 
 
 register(AlgorithmEntry("maml", MAMLConfig, MAML.from_section))

@@ -47,7 +47,8 @@ class Matching(MetricLearner):
             self.context_support = forward_fn(model, "context_support")
             self.context_query = forward_fn(model, "context_query")
 
-    def compare(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor) -> Tensor:
+    def compare(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor,
+                norm: str = "transductive") -> Tensor:
         if self.fce:
             support = self.context_support(params, support)
             query = self.context_query(params, query, support, self.fce_steps)

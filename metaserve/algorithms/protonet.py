@@ -30,7 +30,8 @@ class ProtoNetConfig(AlgorithmSection):
 class ProtoNet(MetricLearner):
     """Scores = negative squared distances to the class means of the support embeddings."""
 
-    def compare(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor) -> Tensor:
+    def compare(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor,
+                norm: str = "transductive") -> Tensor:
         return proto_logits(query, class_means(support, onehot))
 
 

@@ -42,12 +42,17 @@ class Relation(MetricLearner):
     def __init__(self, model: nn.Module, kind: str, *, ways: int, vectorize: bool = True):
         super().__init__(model, kind, ways=ways, vectorize=vectorize)
         self.relate = forward_fn(model, "relate")
+        self.relate_stats = forward_fn(model, "relate_stats")
 
-    def compare(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor) -> Tensor:
-        return self.relate(params, relation_pairs(onehot.T @ support, query))  # [query, ways]
+    def compare(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor,
+                norm: str = "transductive") -> Tensor:
+        classes = onehot.T @ support
+        # support: the relation module's batch norms use the statistics of the (class, support image) pairs
+        stats = self.relate_stats(params, relation_pairs(classes, support)) if norm == "support" else None
+        return self.relate(params, relation_pairs(classes, query), stats)  # [query, ways]
 
     def score(self, out: Tensor, y: Tensor) -> tuple[Tensor, Metrics]:
-        loss = ((out - one_hot(y, self.ways, out.dtype)) ** 2).mean()
+        loss = ((out - one_hot(y, out.shape[-1], out.dtype)) ** 2).mean()
         return loss, {"loss": loss.detach(), "acc": accuracy(out, y).detach()}
 
 

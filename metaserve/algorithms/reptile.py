@@ -31,7 +31,8 @@ class Reptile(InnerLoopLearner):
         theta = detach(params)
         # Reptile adapts on the support set; the query set only serves the reported metrics.
         phi = sgd_adapt(self.loss, theta, sx, sy, self.inner_lr, self.inner_steps, first_order=True)
-        return detach(subtract(phi, theta)), self.before_after(theta, phi, qx, qy)
+        return detach(subtract(phi, theta)), self.before_after(theta, phi, qx, qy, sx)
+
 
 
 register(AlgorithmEntry("reptile", ReptileConfig, Reptile.from_section, contribution="delta"))

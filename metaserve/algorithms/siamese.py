@@ -51,11 +51,12 @@ class Siamese(MetricLearner):
         """Logit of 'same' for every (query, support) pair: [query, support]."""
         return self.verify(params, (query.unsqueeze(1) - support.unsqueeze(0)).abs())
 
-    def compare(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor) -> Tensor:
+    def compare(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor,
+                norm: str = "transductive") -> Tensor:
         return best_per_class(self.pair_logits(params, support, query), onehot)
 
     def episode_loss(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor, qy: Tensor) -> tuple[Tensor, Metrics]:
-        same = one_hot(qy, self.ways, support.dtype) @ onehot.T  # [query, support]: 1 for a same-class pair
+        same = one_hot(qy, onehot.shape[1], support.dtype) @ onehot.T  # [query, support]: 1 for a same-class pair
         logits = self.pair_logits(params, support, query)
         loss = balanced_bce(logits, same)
         acc = accuracy(best_per_class(logits, onehot), qy)
@@ -63,7 +64,7 @@ class Siamese(MetricLearner):
 
     def score(self, out: Tensor, y: Tensor) -> tuple[Tensor, Metrics]:
         """On class scores (`predict`): the balanced BCE of each query's best pair per class (the training loss when K = 1)."""
-        loss = balanced_bce(out, one_hot(y, self.ways, out.dtype))
+        loss = balanced_bce(out, one_hot(y, out.shape[-1], out.dtype))
         return loss, {"loss": loss.detach(), "acc": accuracy(out, y).detach()}
 
 

@@ -34,7 +34,7 @@ class _MethodAsForward(nn.Module):
 def forward_fn(model: nn.Module, method: str = "forward") -> Callable[[Params, Tensor], Tensor]:
     """A pure function params, x -> model output (or another method's output, e.g. 'embed'; extra
     positional arguments are passed on to the method)."""
-    if method == "forward":
-        return lambda params, x: functional_call(model, params, (x,))
+    if method == "forward":  # optional batch-norm statistics (models/norm.py) as a second argument
+        return lambda params, x, *stats: functional_call(model, params, (x, *[s for s in stats if s is not None]))
     bound = _MethodAsForward(model, method)
     return lambda params, *args: functional_call(bound, {f"inner.{k}": v for k, v in params.items()}, args)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from metaserve.models.conv4 import Conv4, _block
+from metaserve.models.norm import Stats, run_layers
 
 RELATION_HIDDEN = 8  # Sung et al.'s relation module: a fully connected layer of 8 units, then one sigmoid unit
 
@@ -54,14 +55,21 @@ class RelationConv4(Conv4):
         self.relation = nn.Sequential(_block(2 * hidden, hidden), _block(hidden, hidden), nn.Flatten(),
                                       nn.Linear(hidden * (self.side // 4) ** 2, RELATION_HIDDEN), nn.ReLU(), nn.Linear(RELATION_HIDDEN, 1))
 
-    def relate(self, pairs: Tensor) -> Tensor:
+    def relate(self, pairs: Tensor, stats: Stats | None = None) -> Tensor:
         """Relation scores in (0, 1) of concatenated flattened pairs: [..., 2 * embedding_dim] -> [...].
 
         Flattened maps are channel-major, so joining two of them is joining their channels: each pair is
         read back as a [2 * hidden, side, side] map, the input of the relation module's conv blocks.
+        `stats` (from `relate_stats`) normalise the module's batch norms; None: the pairs' own statistics.
         """
         maps = pairs.reshape(-1, 2 * self.hidden, self.side, self.side)
-        return torch.sigmoid(self.relation(maps)).reshape(pairs.shape[:-1])
+        return torch.sigmoid(run_layers(self.relation, maps, stats)).reshape(pairs.shape[:-1])
+
+    def relate_stats(self, pairs: Tensor) -> Stats:
+        """The relation module's batch-norm statistics on a set of pairs (the support set's class-support pairs)."""
+        collected: list[Tensor] = []
+        run_layers(self.relation, pairs.reshape(-1, 2 * self.hidden, self.side, self.side), collect=collected)
+        return tuple(collected)
 
 
 class SiameseConv4(Conv4):

@@ -19,7 +19,7 @@ import torch
 
 from metaserve.config import Config, config_to_dict
 from metaserve.curriculum import Teacher, build_teacher
-from metaserve.evaluation import EvalResult, evaluate, protocol_steps, summarize
+from metaserve.evaluation import EvalResult, evaluate, meta_test_record, protocol_steps, summarize
 from metaserve.experiment import Learner, build_distribution, build_learner
 from metaserve.models.functional import Params
 from metaserve.progress import end_phase, phase, resume_note
@@ -175,8 +175,9 @@ class TrainLoop:
                                    progress=phase(self.say, "meta-test episode", ec.episodes, "episode"))
         end_phase(self.say)
         test = summarize(curves, self.learner.algorithm.kind, steps)
-        (self.run_dir / "test.json").write_text(json.dumps({"metric": test.metric, "mean": test.mean, "ci95": test.ci95,
-                                                            "episodes": test.episodes, "curve": test.curve}, indent=2))
+        record = {"metric": test.metric, "mean": test.mean, "ci95": test.ci95, "episodes": test.episodes,
+                  "curve": test.curve, **meta_test_record(self.config, self.distribution)}  # batch-norm modes, overlap
+        (self.run_dir / "test.json").write_text(json.dumps(record, indent=2))
         return test
 
 

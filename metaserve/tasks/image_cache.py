@@ -66,17 +66,25 @@ def cache_key(**parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
+def prepare_image(image: Image.Image, size: int, mode: str, invert: bool = False) -> np.ndarray:
+    """The pixel transform of every task image: PIL `mode` ("L" or "RGB"), Lanczos resize to size x size,
+    optionally inverted (255 - v; Omniglot, so strokes are bright); uint8 [size, size, C].
+
+    The one definition the loaders and `MetaModel.preprocess` share (tasks/transform.py).
+    """
+    array = np.asarray(image.convert(mode).resize((size, size), Image.Resampling.LANCZOS), dtype=np.uint8)
+    array = 255 - array if invert else array
+    return array.reshape(size, size, -1)
+
+
 def decode_image(data: bytes, name: str, size: int, mode: str, invert: bool = False) -> np.ndarray:
-    """Decode one image to uint8 [size, size, C] in PIL `mode` ("L" or "RGB"); ValueError names the file."""
+    """Decode one image and `prepare_image` it: uint8 [size, size, C]; ValueError names the file."""
     try:
         with Image.open(io.BytesIO(data)) as raw:
-            im = raw.convert(mode).resize((size, size), Image.Resampling.LANCZOS)
+            return prepare_image(raw, size, mode, invert)
     except Exception as err:  # PIL raises OSError, SyntaxError, zlib.error... for bad data
         reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(err)) or type(err).__name__
         raise ValueError(f"cannot decode image {name!r}: {reason} (not an image PIL can read, or damaged)") from err
-    array = np.asarray(im, dtype=np.uint8)
-    array = 255 - array if invert else array
-    return array.reshape(size, size, -1)
 
 
 def load_or_build(cache_dir: str | Path, key: str, build: Callable[[], ClassPool]) -> ClassPool:

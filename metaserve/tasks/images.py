@@ -150,8 +150,8 @@ class FewShotImages:
         pool = self.pool(stream)
         per_class = [self._draw(rng, pool, int(c), space.shots + space.query) for c in classes]
         images = np.stack(per_class)  # [ways, shots + query, H, W, C]
-        support = _to_tensor(images[:, :space.shots])
-        query = _to_tensor(images[:, space.shots:])
+        support = to_tensor(images[:, :space.shots])
+        query = to_tensor(images[:, space.shots:])
         labels = torch.arange(space.ways, dtype=torch.int64)
         return Task(support, labels.repeat_interleave(space.shots), query, labels.repeat_interleave(space.query))
 
@@ -163,8 +163,8 @@ class FewShotImages:
         return np.rot90(picked, k=rot, axes=(1, 2)) if rot else picked
 
 
-def _to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 [ways, n, H, W, C] -> float32 [ways * n, C, H, W] in [0, 1]."""
-    ways, n, h, w, c = images.shape
-    x = images.reshape(ways * n, h, w, c).transpose(0, 3, 1, 2)
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 [..., n, H, W, C] -> float32 [... * n, C, H, W] in [0, 1] (v / 255): the model's input layout."""
+    h, w, c = images.shape[-3:]
+    x = images.reshape(-1, h, w, c).transpose(0, 3, 1, 2)
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) / np.float32(255.0))

@@ -105,4 +105,7 @@ def _build(sources: list[Path], alphabets: list[str] | None, size: int) -> Class
 
 def _decode_class(source: _Source, names: list[str], size: int) -> np.ndarray:
     """uint8 [n, size, size, 1], strokes bright."""
-    return np.stack([decode_image(source.read(n), str(source.path / n), size, "L", invert=True) for n in names])
+    from metaserve.tasks.transform import omniglot_transform  # the transform MetaModel.preprocess applies too
+
+    t = omniglot_transform(size)
+    return np.stack([decode_image(source.read(n), str(source.path / n), t.size, t.mode, t.invert) for n in names])
