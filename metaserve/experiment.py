@@ -51,7 +51,7 @@ class Learner:
 
     def model(self):
         """A fresh network of this config (its head from the algorithm's registry entry)."""
-        return build_model(self.config.model, self.config.task, self.config.entry.head)
+        return build_model(self.config.model, self.config.task, self.config.entry.head, self.config.algorithm)
 
     @property
     def outer(self) -> OuterOptimizer:
@@ -62,7 +62,7 @@ class Learner:
 def build_learner(config: Config, device: torch.device | str | None = None) -> Learner:
     """The model and algorithm of a config, without loading any data."""
     device = resolve_device(config.train.device) if device is None else torch.device(device)
-    model = build_model(config.model, config.task, config.entry.head).to(device)
+    model = build_model(config.model, config.task, config.entry.head, config.algorithm).to(device)
     algorithm = build_algorithm(config, model, use_vmap(config, device))
     return Learner(config, algorithm, device, DTYPES[config.train.dtype])
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from metaserve.algorithms.base import Algorithm, TaskUpdate, map_tasks
 from metaserve.algorithms.lazy import LazyMAML, LazyReptile
+from metaserve.algorithms.lstm_meta import LSTMMeta
 from metaserve.algorithms.maltml import MALTML, MALTML2nd
 from metaserve.algorithms.maml import FOMAML, MAML
 from metaserve.algorithms.matching import Matching
@@ -27,4 +28,5 @@ def build_algorithm(config: Config, model: nn.Module, vectorize: bool) -> Algori
 
 
 __all__ = ["Algorithm", "TaskUpdate", "map_tasks", "build_algorithm", "MAML", "FOMAML", "Reptile", "LazyMAML",
-           "LazyReptile", "ProtoNet", "Matching", "Relation", "Siamese", "Pretrain", "MALTML", "MALTML2nd"]
+           "LazyReptile", "ProtoNet", "Matching", "Relation", "Siamese", "Pretrain", "MALTML", "MALTML2nd",
+           "LSTMMeta"]

@@ -1,20 +1,26 @@
-"""Models evaluated functionally: `mlp` for regression, `conv4` for images (+ metric heads)."""
+"""Models evaluated functionally: `mlp` for regression, `conv4` for images (+ metric heads, learner wrappers)."""
 from __future__ import annotations
+
+from typing import Any
 
 from torch import nn
 
 from metaserve.config import ImageTaskConfig, ModelConfig, TaskConfig
 from metaserve.models.conv4 import Conv4
+from metaserve.models.lstm_meta import LSTMMetaModel
 from metaserve.models.metric_heads import METRIC_MODELS
 from metaserve.models.mlp import MLP
 
 
-def build_model(cfg: ModelConfig, task: TaskConfig, head: str = "classifier") -> nn.Module:
+def build_model(cfg: ModelConfig, task: TaskConfig, head: str = "classifier", algorithm: Any = None) -> nn.Module:
     """The network for a task: its input/output sizes come from the task config.
 
     `head` (an algorithm's registry entry says which): 'classifier' a linear layer over task.ways
-    classes, 'embedding' none, or a metric head ('relation', 'siamese', 'matching'; models/metric_heads.py).
+    classes, 'embedding' none, or a metric head ('relation', 'siamese', 'matching'; models/metric_heads.py);
+    'lstm-meta' wraps the classifier with the LSTM meta-learner sized by the `algorithm` section.
     """
+    if head == "lstm-meta":
+        return LSTMMetaModel(build_model(cfg, task), algorithm.lstm_hidden, algorithm.init_lr)
     if cfg.name == "mlp":
         hidden = (cfg.hidden,) if isinstance(cfg.hidden, int) else tuple(cfg.hidden or (40, 40))
         return MLP(3 if getattr(task, "oracle", False) else 1, 1, hidden)  # oracle inputs: (x, amplitude, phase)
