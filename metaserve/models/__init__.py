@@ -8,6 +8,7 @@ from torch import nn
 from metaserve.config import ImageTaskConfig, ModelConfig, TaskConfig
 from metaserve.models.conv4 import Conv4
 from metaserve.models.lstm_meta import LSTMMetaModel
+from metaserve.models.mann import MANNModel
 from metaserve.models.metric_heads import METRIC_MODELS
 from metaserve.models.mlp import MLP
 
@@ -17,7 +18,8 @@ def build_model(cfg: ModelConfig, task: TaskConfig, head: str = "classifier", al
 
     `head` (an algorithm's registry entry says which): 'classifier' a linear layer over task.ways
     classes, 'embedding' none, or a metric head ('relation', 'siamese', 'matching'; models/metric_heads.py);
-    'lstm-meta' wraps the classifier with the LSTM meta-learner sized by the `algorithm` section.
+    'lstm-meta' wraps the classifier with the LSTM meta-learner, 'mann' is MANN's network (models/mann.py),
+    both sized by the `algorithm` section.
     """
     if head == "lstm-meta":
         return LSTMMetaModel(build_model(cfg, task), algorithm.lstm_hidden, algorithm.init_lr)
@@ -26,6 +28,9 @@ def build_model(cfg: ModelConfig, task: TaskConfig, head: str = "classifier", al
         return MLP(3 if getattr(task, "oracle", False) else 1, 1, hidden)  # oracle inputs: (x, amplitude, phase)
     assert isinstance(task, ImageTaskConfig)
     hidden = cfg.hidden if isinstance(cfg.hidden, int) else (cfg.hidden[0] if cfg.hidden else 64)
+    if head == "mann":
+        return MANNModel(task.channels, hidden, task.image_size, task.ways, controller=algorithm.controller,
+                         controller_hidden=algorithm.controller_hidden, memory_size=algorithm.memory_size)
     if head in METRIC_MODELS:
         return METRIC_MODELS[head](task.channels, hidden, task.image_size)
     return Conv4(task.channels, task.ways if head == "classifier" else 0, hidden, task.image_size)
