@@ -14,6 +14,7 @@ from metaserve.algorithms.maltml import MALTML, MALTML2nd
 from metaserve.algorithms.maml import FOMAML, MAML
 from metaserve.algorithms.mann import MANN
 from metaserve.algorithms.matching import Matching
+from metaserve.algorithms.metanet import MetaNet
 from metaserve.algorithms.pretrain import Pretrain
 from metaserve.algorithms.protonet import ProtoNet
 from metaserve.algorithms.relation import Relation
@@ -30,4 +31,4 @@ def build_algorithm(config: Config, model: nn.Module, vectorize: bool) -> Algori
 
 __all__ = ["Algorithm", "TaskUpdate", "map_tasks", "build_algorithm", "MAML", "FOMAML", "Reptile", "LazyMAML",
            "LazyReptile", "ProtoNet", "Matching", "Relation", "Siamese", "Pretrain", "MALTML", "MALTML2nd",
-           "LSTMMeta", "MANN"]
+           "LSTMMeta", "MANN", "MetaNet"]

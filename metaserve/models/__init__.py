@@ -9,6 +9,7 @@ from metaserve.config import ImageTaskConfig, ModelConfig, TaskConfig
 from metaserve.models.conv4 import Conv4
 from metaserve.models.lstm_meta import LSTMMetaModel
 from metaserve.models.mann import MANNModel
+from metaserve.models.metanet import MetaNetModel
 from metaserve.models.metric_heads import METRIC_MODELS
 from metaserve.models.mlp import MLP
 
@@ -18,8 +19,8 @@ def build_model(cfg: ModelConfig, task: TaskConfig, head: str = "classifier", al
 
     `head` (an algorithm's registry entry says which): 'classifier' a linear layer over task.ways
     classes, 'embedding' none, or a metric head ('relation', 'siamese', 'matching'; models/metric_heads.py);
-    'lstm-meta' wraps the classifier with the LSTM meta-learner, 'mann' is MANN's network (models/mann.py),
-    both sized by the `algorithm` section.
+    'lstm-meta' wraps the classifier with the LSTM meta-learner, 'mann' MANN's network (models/mann.py), 'metanet'
+    Meta Networks' (models/metanet.py), sized by the `algorithm` section.
     """
     if head == "lstm-meta":
         return LSTMMetaModel(build_model(cfg, task), algorithm.lstm_hidden, algorithm.init_lr)
@@ -31,6 +32,9 @@ def build_model(cfg: ModelConfig, task: TaskConfig, head: str = "classifier", al
     if head == "mann":
         return MANNModel(task.channels, hidden, task.image_size, task.ways, controller=algorithm.controller,
                          controller_hidden=algorithm.controller_hidden, memory_size=algorithm.memory_size)
+    if head == "metanet":
+        return MetaNetModel(task.channels, hidden, task.image_size, task.ways, embed_size=algorithm.embed_size,
+                            meta_hidden=algorithm.meta_hidden)
     if head in METRIC_MODELS:
         return METRIC_MODELS[head](task.channels, hidden, task.image_size)
     return Conv4(task.channels, task.ways if head == "classifier" else 0, hidden, task.image_size)
