@@ -39,9 +39,21 @@ def config_for(learner: str, a):
         f"output_dir={RUNS}", f"name=survey-{learner}-5w1s"])
 
 
+def reuse(config) -> tuple:
+    """The latest run of this config under RUNS (its last checkpoint), instead of training."""
+    from metaserve.api import load
+
+    run_dir = sorted(RUNS.glob(f"{config.name}-*"))[-1]
+    model = load(run_dir)
+    return run_dir, model.params, model.step, float("nan"), None  # training seconds: see the training log
+
+
 def run(learner: str, a) -> dict:
     config = config_for(learner, a)
-    run_dir, params, steps, train_s, _ = train_for(config, a.budget_s, progress=lambda m: print(f"    {learner} {m}", flush=True))
+    if a.reuse:
+        run_dir, params, steps, train_s, _ = reuse(config)
+    else:
+        run_dir, params, steps, train_s, _ = train_for(config, a.budget_s, progress=lambda m: print(f"    {learner} {m}", flush=True))
     test_config = as_config(config, ["task.query=15"])
     model = build_learner(test_config)
     t0 = time.perf_counter()
@@ -67,6 +79,7 @@ def main() -> None:
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--episodes", type=int, default=600)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--reuse", action="store_true", help="meta-test the latest run of each learner instead of training")
     p.add_argument("--tag", default="survey-omniglot")
     a = p.parse_args()
     torch.set_num_threads(a.threads)

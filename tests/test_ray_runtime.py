@@ -26,7 +26,8 @@ TINY = {
 
 def tiny(tmp_path, algorithm: str, **runtime) -> object:
     extra = {"leap": 0.7, "inner_steps": 3} if algorithm.startswith("lazy") else {}
-    cfg = {**TINY, "output_dir": str(tmp_path), "algorithm": {**TINY["algorithm"], "name": algorithm, **extra},
+    section = {"name": algorithm, "inner_steps": 2} if algorithm == "lstm-meta" else {**TINY["algorithm"], "name": algorithm, **extra}
+    cfg = {**TINY, "output_dir": str(tmp_path), "algorithm": section,
            "runtime": {**TINY["runtime"], **runtime}}
     return as_config(cfg)
 
@@ -46,7 +47,7 @@ def test_slices_are_whole_blocks_covering_the_batch_once_and_evenly():
         assert max(counts) - min(counts) <= size, (n, workers, counts)
 
 
-ALGORITHMS = ["maml", "fomaml", "reptile", "lazy-maml"]
+ALGORITHMS = ["maml", "fomaml", "reptile", "lazy-maml", "lstm-meta"]
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])
