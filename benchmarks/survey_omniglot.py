@@ -53,23 +53,29 @@ def run(learner: str, a) -> dict:
     if a.reuse:
         run_dir, params, steps, train_s, _ = reuse(config)
     else:
-        run_dir, params, steps, train_s, _ = train_for(config, a.budget_s, progress=lambda m: print(f"    {learner} {m}", flush=True))
+        def progress(m: str) -> None:
+            print(f"    {learner} {m}", flush=True)
+
+        run_dir, params, steps, train_s, _ = train_for(config, a.budget_s, progress=progress)
     test_config = as_config(config, ["task.query=15"])
     model = build_learner(test_config)
     t0 = time.perf_counter()
     r = evaluate(model, params, build_distribution(test_config), episodes=a.episodes, seed=config.seed)
-    untrained = evaluate(model, model.initial_params(), build_distribution(test_config), episodes=a.episodes, seed=config.seed)
+    untrained = evaluate(model, model.initial_params(), build_distribution(test_config), episodes=a.episodes,
+                         seed=config.seed)
     row = {"learner": learner, "hidden": a.hidden, "meta_batch": a.meta_batch, "train_steps": steps,
-           "train_s": round(train_s, 1), "test_acc": 100 * r.mean, "ci95": 100 * r.ci95, "untrained_acc": 100 * untrained.mean,
+           "train_s": round(train_s, 1), "test_acc": 100 * r.mean, "ci95": 100 * r.ci95,
+           "untrained_acc": 100 * untrained.mean,
            "episodes": r.episodes, "eval_s": round(time.perf_counter() - t0, 1), "published": PUBLISHED.get(learner),
            "run_dir": str(run_dir.relative_to(_common.ROOT))}
-    print(f"  {learner} 5-way 1-shot: {row['test_acc']:.2f}% +- {row['ci95']:.2f}% after {steps} steps ({train_s:.0f} s; "
+    print(f"  {learner} 5-way 1-shot: {row['test_acc']:.2f}% +- {row['ci95']:.2f}% after {steps} steps "
+          f"({train_s:.0f} s; "
           f"untrained {row['untrained_acc']:.2f}%); published {row['published']}", flush=True)
     return row
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description="Omniglot 5-way 1-shot accuracy of lstm-meta, mann, metanet after a CPU budget")
+    p = argparse.ArgumentParser(description="Omniglot 5-way 1-shot accuracy of lstm-meta, mann, metanet, short budget")
     p.add_argument("--learners", default="lstm-meta,mann,metanet")
     p.add_argument("--hidden", type=int, default=32, help="conv4 channels")
     p.add_argument("--meta-batch", type=int, default=4)

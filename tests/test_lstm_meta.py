@@ -16,7 +16,8 @@ H = 3
 
 
 def setup(steps: int = 2):
-    config = as_config({"seed": 3, "task": {"name": "sinusoid", "shots": 4, "query": 4}, "model": {"name": "mlp", "hidden": [4]},
+    config = as_config({"seed": 3, "task": {"name": "sinusoid", "shots": 4, "query": 4},
+                        "model": {"name": "mlp", "hidden": [4]},
                         "algorithm": {"name": "lstm-meta", "inner_steps": steps, "lstm_hidden": H, "init_lr": 0.1},
                         "train": {"dtype": "float64", "device": "cpu", "vectorize": "off"}})
     learner = build_learner(config)
@@ -47,7 +48,8 @@ def reference_unroll(params, x, y, steps, frozen=None):
     m = {k.removeprefix("meta."): v for k, v in params.items() if k.startswith("meta.")}
     theta = torch.cat([params[k].reshape(-1) for k in names])
     n = theta.numel()
-    h, c, i, f = torch.zeros(n, H, dtype=theta.dtype), torch.zeros(n, H, dtype=theta.dtype), torch.zeros(n, dtype=theta.dtype), torch.zeros(n, dtype=theta.dtype)
+    h, c = torch.zeros(n, H, dtype=theta.dtype), torch.zeros(n, H, dtype=theta.dtype)
+    i, f = torch.zeros(n, dtype=theta.dtype), torch.zeros(n, dtype=theta.dtype)
     record = []
     for t in range(steps):
         if frozen is None:
@@ -64,8 +66,10 @@ def reference_unroll(params, x, y, steps, frozen=None):
         gi, gf, gg, go = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
         c = torch.sigmoid(gf) * c + torch.sigmoid(gi) * torch.tanh(gg)
         h = torch.sigmoid(go) * torch.tanh(c)
-        i = torch.sigmoid(torch.cat([h, theta[:, None], i[:, None]], 1) @ m["input_gate.weight"][0] + m["input_gate.bias"])
-        f = torch.sigmoid(torch.cat([h, theta[:, None], f[:, None]], 1) @ m["forget_gate.weight"][0] + m["forget_gate.bias"])
+        w_i, b_i = m["input_gate.weight"][0], m["input_gate.bias"]
+        w_f, b_f = m["forget_gate.weight"][0], m["forget_gate.bias"]
+        i = torch.sigmoid(torch.cat([h, theta[:, None], i[:, None]], 1) @ w_i + b_i)  # eq. 3
+        f = torch.sigmoid(torch.cat([h, theta[:, None], f[:, None]], 1) @ w_f + b_f)  # eq. 4
         theta = f * theta - i * g  # eq. 2: c_t = f_t c_{t-1} + i_t (-grad)
     parts = [theta[0:4].reshape(4, 1), theta[4:8], theta[8:12].reshape(1, 4), theta[12:13]]
     return parts, record
@@ -85,7 +89,8 @@ def test_adapted_learner_equals_the_hand_written_lstm_unroll_and_adapt_continues
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
     # one step, then one more from the carried state = two steps (the evaluation curve is the true unroll)
-    twice = alg.adapt(alg.adapt(params, task.support_x, task.support_y, steps=1), task.support_x, task.support_y, steps=1)
+    once = alg.adapt(params, task.support_x, task.support_y, steps=1)
+    twice = alg.adapt(once, task.support_x, task.support_y, steps=1)
     for k in adapted:
         torch.testing.assert_close(twice[k], adapted[k], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(alg.predict(adapted, task.query_x), mlp(want, task.query_x), rtol=1e-10, atol=1e-12)
@@ -93,7 +98,8 @@ def test_adapted_learner_equals_the_hand_written_lstm_unroll_and_adapt_continues
 
 def test_meta_gradient_matches_finite_differences_with_the_learner_gradients_held_constant():
     learner, params, task = setup()
-    contribution, metrics = learner.algorithm.contribute(params, task.support_x, task.support_y, task.query_x, task.query_y)
+    fields = (task.support_x, task.support_y, task.query_x, task.query_y)
+    contribution, metrics = learner.algorithm.contribute(params, *fields)
     _, frozen = reference_unroll(params, task.support_x, task.support_y, 2)
 
     def query_loss(p):
@@ -103,7 +109,8 @@ def test_meta_gradient_matches_finite_differences_with_the_learner_gradients_hel
     assert metrics["loss"].item() == pytest.approx(query_loss(params), rel=1e-10)
     eps = 1e-6
     for key, idx in [("learner.0.weight", (1, 0)), ("learner.2.bias", (0,)), ("meta.input_gate.weight", (0, H)),
-                     ("meta.forget_gate.bias", (0,)), ("meta.layer1.x2g.weight", (2, 0)), ("meta.layer1.s2g.weight", (7, 1))]:
+                     ("meta.forget_gate.bias", (0,)), ("meta.layer1.x2g.weight", (2, 0)),
+                     ("meta.layer1.s2g.weight", (7, 1))]:
         up, down = dict(params), dict(params)
         up[key], down[key] = params[key].clone(), params[key].clone()
         up[key][idx] += eps
@@ -114,7 +121,8 @@ def test_meta_gradient_matches_finite_differences_with_the_learner_gradients_hel
 
 @pytest.mark.parametrize("key, value, allowed", [("lstm_hidden", 0, "greater than or equal to 1"),
                                                   ("lstm_hidden", 1000, "less than or equal to 256"),
-                                                  ("init_lr", 1.0, "less than 1"), ("inner_steps", 0, "greater than or equal to 1")])
+                                                  ("init_lr", 1.0, "less than 1"),
+                                                  ("inner_steps", 0, "greater than or equal to 1")])
 def test_lstm_sizes_and_rates_are_validated_with_one_sentence(key, value, allowed):
     with pytest.raises(ConfigError, match=rf"algorithm\.{key}={value!r}: Input should be {allowed}"):
         as_config({"algorithm": {"name": "lstm-meta", key: value}})

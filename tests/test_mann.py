@@ -51,10 +51,12 @@ def images(tmp_path_factory):
 
 def config(images, vectorize="off", **algorithm):
     split = {"sources": ["images"]}
-    return as_config({"seed": 2, "task": {"name": "image-folder", "root": str(images), "ways": 3, "shots": 2, "query": 1,
-                                          "image_size": 16, "cache_dir": str(images / "cache"), "train": split, "test": split},
+    task = {"name": "image-folder", "root": str(images), "ways": 3, "shots": 2, "query": 1, "image_size": 16,
+            "cache_dir": str(images / "cache"), "train": split, "test": split}
+    return as_config({"seed": 2, "task": task,
                       "model": {"name": "conv4", "hidden": 2},
-                      "algorithm": {"name": "mann", "controller_hidden": 5, "memory_slots": 4, "memory_size": 3, **algorithm},
+                      "algorithm": {"name": "mann", "controller_hidden": 5, "memory_slots": 4, "memory_size": 3,
+                                    **algorithm},
                       "train": {"dtype": "float64", "device": "cpu", "vectorize": vectorize}})
 
 
@@ -72,8 +74,8 @@ def test_gradient_matches_finite_differences_and_vmap_matches_the_loop(images, c
     fields = (task.support_x, task.support_y, task.query_x, task.query_y)
     g, _ = alg.contribute(params, *fields)
     eps = 1e-6
-    for key in ["out.weight", "key.bias", "gate.weight", "controller.x2g.weight" if controller == "lstm" else "controller.weight",
-                "encoder.features.0.0.weight"]:
+    recurrent = "controller.x2g.weight" if controller == "lstm" else "controller.weight"
+    for key in ["out.weight", "key.bias", "gate.weight", recurrent, "encoder.features.0.0.weight"]:
         idx = (0,) * params[key].dim()
         up, down = dict(params), dict(params)
         up[key], down[key] = params[key].clone(), params[key].clone()
@@ -108,9 +110,12 @@ def test_label_offset_and_adapt_predict_reproduce_the_training_sequence(images):
 
 
 def test_mann_rejects_regression_and_bad_sizes_at_config_time():
-    with pytest.raises(ConfigError, match="algorithm.name='mann' needs a classification task, not task.name='sinusoid'"):
+    with pytest.raises(ConfigError, match="algorithm.name='mann' needs a classification task, not task.name='sinusoid"):
         as_config({"algorithm": {"name": "mann"}, "task": {"name": "sinusoid"}})
-    for key, value, allowed in [("memory_slots", 1, "greater than or equal to 2"), ("memory_size", 0, "greater than or equal to 1"),
-                                ("controller_hidden", 5000, "less than or equal to 1024"), ("gamma", 1.5, "less than or equal to 1")]:
+    for key, value, allowed in [("memory_slots", 1, "greater than or equal to 2"),
+                                ("memory_size", 0, "greater than or equal to 1"),
+                                ("controller_hidden", 5000, "less than or equal to 1024"),
+                                ("gamma", 1.5, "less than or equal to 1")]:
         with pytest.raises(ConfigError, match=rf"algorithm\.{key}={value!r}: Input should be {allowed}"):
-            as_config({"algorithm": {"name": "mann", key: value}, "task": {"name": "omniglot"}, "model": {"name": "conv4"}})
+            as_config({"algorithm": {"name": "mann", key: value}, "task": {"name": "omniglot"},
+                       "model": {"name": "conv4"}})

@@ -50,7 +50,8 @@ def preprocess(x: Tensor, p: float) -> Tensor:
     """[...] -> [..., 2]: (log|x| / p, sign x) where |x| >= e^-p, else (-1, e^p x) (Andrychowicz et al., appendix A)."""
     big = x.abs() >= math.exp(-p)
     log = torch.log(x.abs().clamp_min(math.exp(-p))) / p
-    return torch.stack([torch.where(big, log, -torch.ones_like(x)), torch.where(big, torch.sign(x), math.exp(p) * x)], -1)
+    first = torch.where(big, log, -torch.ones_like(x))
+    return torch.stack([first, torch.where(big, torch.sign(x), math.exp(p) * x)], -1)
 
 
 class LSTMMetaConfig(AlgorithmSection):

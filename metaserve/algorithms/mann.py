@@ -79,7 +79,8 @@ class MANNConfig(AlgorithmSection):
 class MANN(Algorithm):
     """Contribution: the gradient of the sequence cross-entropy; adapting = reading the support sequence into memory."""
 
-    def __init__(self, model: nn.Module, kind: str, *, ways: int, memory_slots: int, gamma: float, vectorize: bool = True):
+    def __init__(self, model: nn.Module, kind: str, *, ways: int, memory_slots: int, gamma: float,
+                 vectorize: bool = True):
         super().__init__(model, kind, vectorize)
         self.ways, self.slots, self.gamma = ways, memory_slots, gamma
         self.embed = forward_fn(model, "embed")
@@ -99,7 +100,7 @@ class MANN(Algorithm):
         return torch.argsort(flat @ proj)
 
     def initial_state(self, ref: Tensor) -> tuple[Tensor, ...]:
-        """M_0 = 1e-6 (cosine needs nonzero rows), zero usage and read weights, w^lu_0 = slot 0, zero controller state."""
+        """M_0 = 1e-6 (cosine needs nonzero rows), zero usage and read weights, w^lu_0 = slot 0, zero controller."""
         z = ref.new_zeros
         lu = least_used(z(self.slots))
         return (z(self.slots, self.size) + 1e-6, z(self.slots), z(self.slots), lu, z(self.hidden), z(self.hidden),

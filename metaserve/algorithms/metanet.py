@@ -5,8 +5,8 @@ A base learner g (here: the output layer W_b over an embedding) and an embedding
 a representation layer W_e) have slow weights learned across tasks; a meta learner generates fast
 weights from loss gradients, at two levels:
 
-  representation level (task):   theta^+ = F_w(grad_{W_e} L_emb(S))                        (eq. 3-4 of the survey's account)
-  weight level (example):        phi^+_i = G_v(grad_{W_b} L_task(x_i, y_i)),  i in S           (per support example)
+  representation level (task):   theta^+ = F_w(grad_{W_e} L_emb(S))                (task-level fast weights)
+  weight level (example):        phi^+_i = G_v(grad_{W_b} L_task(x_i, y_i)),  i in S   (one per support example)
   memory:                        M = [phi^+_i],  R = [r'_i],  r'_i = f_{theta, theta^+}(x_i)
   query x:                       r = f_{theta, theta^+}(x),  a = softmax_i cos(r, R_i),  phi^+ = sum_i a_i M_i
   output:                        g_{phi, phi^+}(r) = W_b r + b_b + phi^+ r                     (layer augmentation)
@@ -60,7 +60,7 @@ class MetaNetConfig(AlgorithmSection):
 
 
 class MetaNet(Algorithm):
-    """Contribution: the end-to-end gradient of the query loss; adapting = the fast weights and memory of a support set."""
+    """Contribution: the end-to-end gradient of the query loss; adapting = a support set's fast weights and memory."""
 
     def __init__(self, model: nn.Module, kind: str, *, ways: int, preprocess_p: float = 10.0, vectorize: bool = True):
         super().__init__(model, kind, vectorize)

@@ -20,12 +20,14 @@ class MANNModel(nn.Module):
     """conv4 encoder + controller + key/gate heads + output layer, for `ways` classes and `memory_size` wide slots."""
 
     def __init__(self, in_channels: int, conv_hidden: int, image_size: int, ways: int, *,
-                 controller: Literal["lstm", "feedforward"] = "lstm", controller_hidden: int = 64, memory_size: int = 16):
+                 controller: Literal["lstm", "feedforward"] = "lstm", controller_hidden: int = 64,
+                 memory_size: int = 16):
         super().__init__()
         self.encoder = Conv4(in_channels, 0, conv_hidden, image_size)
         width = self.encoder.embedding_dim + ways + memory_size
         self.lstm = controller == "lstm"
-        self.controller = LSTMCell(width, controller_hidden, controller_hidden) if self.lstm else nn.Linear(width, controller_hidden)
+        hidden = controller_hidden
+        self.controller = LSTMCell(width, hidden, hidden) if self.lstm else nn.Linear(width, hidden)
         self.key = nn.Linear(controller_hidden, memory_size)
         self.gate = nn.Linear(controller_hidden, 1)
         self.out = nn.Linear(controller_hidden + memory_size, ways)
@@ -37,7 +39,7 @@ class MANNModel(nn.Module):
         return self.encoder.embed(x)
 
     def control(self, inputs: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(h_t, c_t, k_t, alpha_t) from the controller input [..., width] and its state (c unused when feed-forward)."""
+        """(h_t, c_t, k_t, alpha_t) from the controller input [..., width] and its state (c unused if feed-forward)."""
         if self.lstm:
             h, c = self.controller(inputs, h, c)
         else:
