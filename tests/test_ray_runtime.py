@@ -26,7 +26,9 @@ TINY = {
 
 def tiny(tmp_path, algorithm: str, **runtime) -> object:
     extra = {"leap": 0.7, "inner_steps": 3} if algorithm.startswith("lazy") else {}
-    section = {"name": algorithm, "inner_steps": 2} if algorithm == "lstm-meta" else {**TINY["algorithm"], "name": algorithm, **extra}
+    section = {**TINY["algorithm"], "name": algorithm, **extra}
+    if algorithm == "lstm-meta":  # no inner_lr: the LSTM's input gate is its learning rate
+        section = {"name": algorithm, "inner_steps": 2}
     cfg = {**TINY, "output_dir": str(tmp_path), "algorithm": section,
            "runtime": {**TINY["runtime"], **runtime}}
     return as_config(cfg)
