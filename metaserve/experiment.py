@@ -47,7 +47,8 @@ class Learner:
     def initial_params(self) -> Params:
         """Meta-parameters at step 0, a pure function of the seed."""
         torch.manual_seed(self.config.seed)
-        return init_params(build_model(self.config.model, self.config.task, self.config.entry.head), self.dtype, self.device)
+        model = build_model(self.config.model, self.config.task, self.config.entry.head, self.config.algorithm)
+        return init_params(model, self.dtype, self.device)
 
     @property
     def outer(self) -> OuterOptimizer:
@@ -62,7 +63,7 @@ class Learner:
 def build_learner(config: Config, device: torch.device | str | None = None) -> Learner:
     """The model and algorithm of a config, without loading any data."""
     device = resolve_device(config.train.device) if device is None else torch.device(device)
-    model = build_model(config.model, config.task, config.entry.head).to(device)
+    model = build_model(config.model, config.task, config.entry.head, config.algorithm).to(device)
     algorithm = build_algorithm(config, model, use_vmap(config, device))
     algorithm.norm = config.model.batch_norm  # how meta-training normalises the queries (models/norm.py)
     return Learner(config, algorithm, device, DTYPES[config.train.dtype])

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 TaskKind = Literal["regression", "classification"]
-Head = Literal["classifier", "embedding", "relation", "siamese", "matching"]
+Head = Literal["classifier", "embedding", "relation", "siamese", "matching", "lstm-meta", "mann", "metanet"]
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,10 @@ def tiny(tmp_path, algorithm: str, **runtime) -> object:
     algorithm, _, mode = algorithm.partition(":")  # "lazy-maml:linearised": that meta-gradient mode
     extra = {"leap": 0.7, "inner_steps": 3} if algorithm.startswith("lazy") else {}
     extra |= {"meta_gradient": mode} if mode else {}
-    cfg = {**TINY, "output_dir": str(tmp_path), "algorithm": {**TINY["algorithm"], "name": algorithm, **extra},
+    section = {**TINY["algorithm"], "name": algorithm, **extra}
+    if algorithm == "lstm-meta":  # no inner_lr: the LSTM's input gate is its learning rate
+        section = {"name": algorithm, "inner_steps": 2}
+    cfg = {**TINY, "output_dir": str(tmp_path), "algorithm": section,
            "runtime": {**TINY["runtime"], **runtime}}
     return as_config(cfg)
 
@@ -48,7 +51,7 @@ def test_slices_are_whole_blocks_covering_the_batch_once_and_evenly():
         assert max(counts) - min(counts) <= size, (n, workers, counts)
 
 
-ALGORITHMS = ["maml", "fomaml", "reptile", "lazy-maml", "lazy-maml:linearised"]
+ALGORITHMS = ["maml", "fomaml", "reptile", "lazy-maml", "lazy-maml:linearised", "lstm-meta"]
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])

@@ -9,9 +9,12 @@ from torch import nn
 
 from metaserve.algorithms.base import Algorithm, TaskUpdate, map_tasks
 from metaserve.algorithms.lazy import LazyMAML, LazyReptile
+from metaserve.algorithms.lstm_meta import LSTMMeta
 from metaserve.algorithms.maltml import MALTML, MALTML2nd
 from metaserve.algorithms.maml import FOMAML, MAML
+from metaserve.algorithms.mann import MANN
 from metaserve.algorithms.matching import Matching
+from metaserve.algorithms.metanet import MetaNet
 from metaserve.algorithms.pretrain import Pretrain
 from metaserve.algorithms.protonet import ProtoNet
 from metaserve.algorithms.relation import Relation
@@ -27,4 +30,5 @@ def build_algorithm(config: Config, model: nn.Module, vectorize: bool) -> Algori
 
 
 __all__ = ["Algorithm", "TaskUpdate", "map_tasks", "build_algorithm", "MAML", "FOMAML", "Reptile", "LazyMAML",
-           "LazyReptile", "ProtoNet", "Matching", "Relation", "Siamese", "Pretrain", "MALTML", "MALTML2nd"]
+           "LazyReptile", "ProtoNet", "Matching", "Relation", "Siamese", "Pretrain", "MALTML", "MALTML2nd",
+           "LSTMMeta", "MANN", "MetaNet"]
