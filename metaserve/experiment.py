@@ -45,9 +45,10 @@ class Learner:
     dtype: torch.dtype
 
     def initial_params(self) -> Params:
-        """Meta-parameters at step 0, a pure function of the seed."""
+        """Meta-parameters at step 0, a pure function of the seed: the model's initial parameters plus
+        any the algorithm adds (`Algorithm.init_meta_params`)."""
         torch.manual_seed(self.config.seed)
-        return init_params(self.model(), self.dtype, self.device)
+        return self.algorithm.init_meta_params(init_params(self.model(), self.dtype, self.device))
 
     def model(self):
         """A fresh network of this config (its head from the algorithm's registry entry)."""

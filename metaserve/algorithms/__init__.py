@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from torch import nn
 
+from metaserve.algorithms.anil import ANIL, ANIL1st
 from metaserve.algorithms.base import Algorithm, TaskUpdate, map_tasks
 from metaserve.algorithms.lazy import LazyMAML, LazyReptile
 from metaserve.algorithms.maltml import MALTML, MALTML2nd
 from metaserve.algorithms.maml import FOMAML, MAML
 from metaserve.algorithms.matching import Matching
+from metaserve.algorithms.meta_sgd import MetaSGD, MetaSGD1st
 from metaserve.algorithms.pretrain import Pretrain
 from metaserve.algorithms.protonet import ProtoNet
 from metaserve.algorithms.relation import Relation
@@ -27,4 +29,5 @@ def build_algorithm(config: Config, model: nn.Module, vectorize: bool) -> Algori
 
 
 __all__ = ["Algorithm", "TaskUpdate", "map_tasks", "build_algorithm", "MAML", "FOMAML", "Reptile", "LazyMAML",
-           "LazyReptile", "ProtoNet", "Matching", "Relation", "Siamese", "Pretrain", "MALTML", "MALTML2nd"]
+           "LazyReptile", "ProtoNet", "Matching", "Relation", "Siamese", "Pretrain", "MALTML", "MALTML2nd",
+           "MetaSGD", "MetaSGD1st", "ANIL", "ANIL1st"]
