@@ -135,8 +135,8 @@ class MnistTaskConfig(ImageTaskConfig):
             raise ValueError(f"task.{fixed[0]} does not apply to task.name='mnist': its train and test splits are "
                              "the official train-* and t10k-* IDX files under task.root")
         if self.image_size != 28 or self.channels != 1:
-            raise ValueError(f"task.image_size={self.image_size}, task.channels={self.channels}: MNIST images are 28x28 "
-                             "grayscale, use image_size 28 and channels 1")
+            raise ValueError(f"task.image_size={self.image_size}, task.channels={self.channels}: MNIST images are "
+                             "28x28 grayscale, use image_size 28 and channels 1")
         if self.ways > 10:
             raise ValueError(f"task.ways={self.ways} is not allowed for MNIST, which has 10 classes: use 1..10")
         return self

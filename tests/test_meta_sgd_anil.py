@@ -35,7 +35,8 @@ def mlp_and_params(hidden=(8,), seed=0):
 def with_rates(theta, seed=1, low=0.02, high=0.2):
     """theta plus per-entry learning rates lr.<name>, uniform in [low, high] (not all equal)."""
     gen = torch.Generator().manual_seed(seed)
-    return {**theta, **{f"lr.{k}": low + (high - low) * torch.rand(v.shape, generator=gen, dtype=DT) for k, v in theta.items()}}
+    rates = {f"lr.{k}": low + (high - low) * torch.rand(v.shape, generator=gen, dtype=DT) for k, v in theta.items()}
+    return {**theta, **rates}
 
 
 def sinusoid_task(index=0) -> Task:
@@ -95,7 +96,8 @@ def test_meta_sgd_inner_step_is_the_closed_form_update_of_a_linear_model():
     # f(x) = w x + b, L = mean((f - y)^2): dL/dw = 2 mean((f - y) x), dL/db = 2 mean(f - y)
     model = MLP(1, 1, ()).to(DT)
     w, b = torch.tensor([[0.7]], dtype=DT), torch.tensor([-0.3], dtype=DT)
-    params = {"0.weight": w, "0.bias": b, "lr.0.weight": torch.tensor([[0.05]], dtype=DT), "lr.0.bias": torch.tensor([0.2], dtype=DT)}
+    params = {"0.weight": w, "0.bias": b,
+              "lr.0.weight": torch.tensor([[0.05]], dtype=DT), "lr.0.bias": torch.tensor([0.2], dtype=DT)}
     x = torch.tensor([[-1.0], [0.5], [2.0]], dtype=DT)
     y = torch.tensor([[1.0], [0.0], [3.0]], dtype=DT)
     r = (w * x + b - y)
@@ -119,7 +121,8 @@ def test_meta_sgd_vectorised_batch_equals_per_task_loop():
 
 
 def sinusoid_config(tmp_path, algorithm, **train):
-    return as_config({"name": "msgd", "seed": 3, "output_dir": str(tmp_path), "task": {"name": "sinusoid", "shots": 5, "query": 5},
+    return as_config({"name": "msgd", "seed": 3, "output_dir": str(tmp_path),
+                      "task": {"name": "sinusoid", "shots": 5, "query": 5},
                       "model": {"name": "mlp", "hidden": [8]}, "algorithm": algorithm,
                       "train": {"steps": 2, "meta_batch": 2, "log_every": 2, "checkpoint_every": 2, "val_tasks": 2,
                                 "dtype": "float64", "device": "cpu", **train}, "eval": {"episodes": 2}})
@@ -137,7 +140,8 @@ def test_meta_sgd_learning_rates_are_initialised_from_config_checkpointed_and_us
     constant = build_learner(sinusoid_config(tmp_path, {"name": "meta-sgd-1st", "init_lr": 0.03})).initial_params()
     assert all(bool((v == 0.03).all()) for n, v in constant.items() if n.startswith("lr."))
 
-    result = train_loop(sinusoid_config(tmp_path, {"name": "meta-sgd", "init_lr": 0.03, "outer": {"optimizer": "sgd", "lr": 0.1}}))
+    trained = {"name": "meta-sgd", "init_lr": 0.03, "outer": {"optimizer": "sgd", "lr": 0.1}}
+    result = train_loop(sinusoid_config(tmp_path, trained))
     loaded = metaserve.load(result.run_dir)
     assert_params_close(loaded.params, result.params, rtol=0, atol=0)
     assert any(not torch.equal(v, torch.full_like(v, 0.03)) for n, v in loaded.params.items() if n.startswith("lr."))
@@ -182,16 +186,19 @@ def test_head_parameters_are_the_final_linear_layer():
 def test_anil_body_meta_gradient_matches_finite_differences(k):
     model, theta = mlp_and_params(hidden=(6, 6))
     task = sinusoid_task(index=3)
-    got = ANIL(model, "regression", inner_lr=ALPHA, inner_steps=k, vectorize=False).task_update(theta, task).contribution
+    anil = ANIL(model, "regression", inner_lr=ALPHA, inner_steps=k, vectorize=False)
+    got = anil.task_update(theta, task).contribution
     head = ["4.weight", "4.bias"]
 
     def query_loss(p):
-        return mse(model, anil_reference(model, p, head, task.support_x, task.support_y, ALPHA, k), task.query_x, task.query_y)
+        adapted = anil_reference(model, p, head, task.support_x, task.support_y, ALPHA, k)
+        return mse(model, adapted, task.query_x, task.query_y)
 
     want = finite_differences(query_loss, theta)
     assert_params_close(got, want, rtol=1e-5, atol=1e-7)
     body = [n for n in theta if n not in head]
-    first = ANIL1st(model, "regression", inner_lr=ALPHA, inner_steps=k, vectorize=False).task_update(theta, task).contribution
+    anil_1st = ANIL1st(model, "regression", inner_lr=ALPHA, inner_steps=k, vectorize=False)
+    first = anil_1st.task_update(theta, task).contribution
     assert relative_gap({n: first[n] for n in body}, {n: want[n] for n in body}) > 1e-3
     # first order: the plain gradient of L_Q at (body, adapted head)
     adapted = anil_reference(model, theta, head, task.support_x, task.support_y, ALPHA, k)

@@ -26,8 +26,10 @@ TINY = {
 
 def tiny(tmp_path, algorithm: str, **runtime) -> object:
     extra = {"leap": 0.7, "inner_steps": 3} if algorithm.startswith("lazy") else {}
-    cfg = {**TINY, "output_dir": str(tmp_path), "algorithm": {**TINY["algorithm"], "name": algorithm, **extra},
-           "runtime": {**TINY["runtime"], **runtime}}
+    section = {**TINY["algorithm"], "name": algorithm, **extra}
+    if algorithm.startswith("meta-sgd"):  # learned per-parameter rates (lr.* meta-parameters) instead of inner_lr
+        section = {**{k: v for k, v in section.items() if k != "inner_lr"}, "init_lr": [0.01, 0.03]}
+    cfg = {**TINY, "output_dir": str(tmp_path), "algorithm": section, "runtime": {**TINY["runtime"], **runtime}}
     return as_config(cfg)
 
 
@@ -46,7 +48,7 @@ def test_slices_are_whole_blocks_covering_the_batch_once_and_evenly():
         assert max(counts) - min(counts) <= size, (n, workers, counts)
 
 
-ALGORITHMS = ["maml", "fomaml", "reptile", "lazy-maml"]
+ALGORITHMS = ["maml", "fomaml", "reptile", "lazy-maml", "meta-sgd", "anil"]
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])

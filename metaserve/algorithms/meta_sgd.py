@@ -55,7 +55,8 @@ class MetaSGDConfig(AlgorithmSection):
             if not (torch.isfinite(torch.tensor([lo, hi])).all() and lo < hi):
                 raise ValueError(f"lr_bounds={[lo, hi]} is not a range: need finite low < high")
             if init[0] < lo or init[1] > hi:
-                raise ValueError(f"init_lr={self.init_lr} lies outside lr_bounds={[lo, hi]}: start alpha inside the bounds")
+                raise ValueError(f"init_lr={self.init_lr} lies outside lr_bounds={[lo, hi]}: "
+                                 "start alpha inside the bounds")
         return self
 
 

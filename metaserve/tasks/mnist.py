@@ -47,7 +47,8 @@ def find_file(root: Path, stem: str) -> Path:
     for name in (f"{stem}.gz", stem):
         if (root / name).is_file():
             return root / name
-    raise FileNotFoundError(f"task.root={str(root)!r} has no {stem}.gz (or {stem}): put the official MNIST IDX files there")
+    raise FileNotFoundError(f"task.root={str(root)!r} has no {stem}.gz (or {stem}): "
+                            "put the official MNIST IDX files there")
 
 
 def load_mnist(root: str | Path, split: str) -> ClassPool:
