@@ -14,7 +14,7 @@ from references import assert_params_close, finite_differences, relative_gap
 from metaserve.algorithms import ANIL, ANIL1st, MetaSGD, MetaSGD1st
 from metaserve.algorithms.anil import head_parameter_names
 from metaserve.api import as_config
-from metaserve.config import ConfigError
+from metaserve.config import ConfigError, load_config
 from metaserve.experiment import build_learner
 from metaserve.models.conv4 import Conv4
 from metaserve.models.mlp import MLP
@@ -223,3 +223,11 @@ def test_anil_adapt_changes_only_the_head():
         return float(torch.nn.functional.cross_entropy(functional_call(model, p, (x,)), y))
 
     assert loss(adapted) < loss(theta)
+
+
+@pytest.mark.parametrize("name", ["sinusoid-meta-sgd", "omniglot-anil-5w1s", "mnist-maml-adaptive"])
+def test_the_shipped_configs_validate(name):
+    from pathlib import Path
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
+    assert config.name == name
