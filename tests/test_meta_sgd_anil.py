@@ -5,6 +5,8 @@ central finite differences; none of metaserve's adaptation code is used to compu
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch.func import functional_call
@@ -227,7 +229,5 @@ def test_anil_adapt_changes_only_the_head():
 
 @pytest.mark.parametrize("name", ["sinusoid-meta-sgd", "omniglot-anil-5w1s", "mnist-maml-adaptive"])
 def test_the_shipped_configs_validate(name):
-    from pathlib import Path
-
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
     assert config.name == name

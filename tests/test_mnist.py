@@ -118,6 +118,12 @@ def test_bad_files_and_config_values_are_named(mnist_root, tmp_path):
     write_idx(tmp_path / "train-images-idx3-ubyte.gz", np.zeros((2, 28, 28)))
     with pytest.raises(ValueError, match=r"\[2, 28, 28\] .* \[3\] do not pair up"):
         load_mnist(tmp_path, "train")
+    empty, out = tmp_path / "empty", tmp_path / "runs"
+    empty.mkdir()
+    config = as_config({"output_dir": str(out), "task": {"name": "mnist", "root": str(empty)}, "model": {"name": "conv4"}})
+    with pytest.raises(FileNotFoundError, match="has no train-images-idx3-ubyte.gz"):
+        train_loop(config)
+    assert not out.exists()  # refused before any run directory (or worker) exists
     for bad, message in [({"ways": 11}, "task.ways=11 is not allowed for MNIST"),
                          ({"rotations": False}, "task.rotations does not apply to task.name='mnist'"),
                          ({"image_size": 32}, "MNIST images are 28x28 grayscale")]:
