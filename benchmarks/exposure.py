@@ -2,7 +2,7 @@
 local cluster (`cluster/local_cluster.py start`); then what an embedded Ray leaves behind when its
 driver is SIGKILLed (the driver alone, not its process group).
 
-    .venv/bin/python benchmarks/exposure.py            # ~1-2 min; starts one Ray at a time, stops it
+    .venv/bin/python -m benchmarks.exposure            # ~1-2 min; starts one Ray at a time, stops it
 
 Prints a table of listening TCP sockets (address, port, process, unauthenticated HTTP answer) and
 the embedded instance's surviving processes at intervals after the kill.

@@ -144,7 +144,32 @@ class ImageTaskConfig(_Section):
     )
 
 
-TaskConfig = Annotated[Union[SinusoidTaskConfig, ImageTaskConfig], Field(discriminator="name")]
+class MnistTaskConfig(ImageTaskConfig):
+    """N-way K-shot MNIST from the official IDX files in `root`, classes relabelled per task (tasks/mnist.py).
+
+    The train split is the train-* files, the test split the t10k-* files; images are 28x28 grayscale and
+    there are 10 classes, so the split, rotation, family and image keys of the other image tasks do not apply.
+    """
+
+    name: Literal["mnist"] = "mnist"  # type: ignore[assignment]
+    root: str = "../shared/data/mnist"
+
+    @model_validator(mode="after")
+    def _mnist(self) -> "MnistTaskConfig":
+        fixed = sorted(self.model_fields_set & {"rotations", "train", "val", "test", "tasks_per_family", "goal_tasks",
+                                                "unit", "cache_dir"})
+        if fixed:
+            raise ValueError(f"task.{fixed[0]} does not apply to task.name='mnist': its train and test splits are "
+                             "the official train-* and t10k-* IDX files under task.root")
+        if self.image_size != 28 or self.channels != 1:
+            raise ValueError(f"task.image_size={self.image_size}, task.channels={self.channels}: MNIST images are "
+                             "28x28 grayscale, use image_size 28 and channels 1")
+        if self.ways > 10:
+            raise ValueError(f"task.ways={self.ways} is not allowed for MNIST, which has 10 classes: use 1..10")
+        return self
+
+
+TaskConfig = Annotated[Union[SinusoidTaskConfig, ImageTaskConfig, MnistTaskConfig], Field(discriminator="name")]
 
 
 class ModelConfig(_Section):

@@ -45,10 +45,11 @@ class Learner:
     dtype: torch.dtype
 
     def initial_params(self) -> Params:
-        """Meta-parameters at step 0, a pure function of the seed."""
+        """Meta-parameters at step 0, a pure function of the seed: the model's initial parameters plus
+        any the algorithm adds (`Algorithm.init_meta_params`)."""
         torch.manual_seed(self.config.seed)
         model = build_model(self.config.model, self.config.task, self.config.entry.head, self.config.algorithm)
-        return init_params(model, self.dtype, self.device)
+        return self.algorithm.init_meta_params(init_params(model, self.dtype, self.device))
 
     @property
     def outer(self) -> OuterOptimizer:

@@ -31,8 +31,9 @@ def tiny(tmp_path, algorithm: str, **runtime) -> object:
     section = {**TINY["algorithm"], "name": algorithm, **extra}
     if algorithm == "lstm-meta":  # no inner_lr: the LSTM's input gate is its learning rate
         section = {"name": algorithm, "inner_steps": 2}
-    cfg = {**TINY, "output_dir": str(tmp_path), "algorithm": section,
-           "runtime": {**TINY["runtime"], **runtime}}
+    if algorithm.startswith("meta-sgd"):  # learned per-parameter rates (lr.* meta-parameters) instead of inner_lr
+        section = {**{k: v for k, v in section.items() if k != "inner_lr"}, "init_lr": [0.01, 0.03]}
+    cfg = {**TINY, "output_dir": str(tmp_path), "algorithm": section, "runtime": {**TINY["runtime"], **runtime}}
     return as_config(cfg)
 
 
@@ -51,7 +52,7 @@ def test_slices_are_whole_blocks_covering_the_batch_once_and_evenly():
         assert max(counts) - min(counts) <= size, (n, workers, counts)
 
 
-ALGORITHMS = ["maml", "fomaml", "reptile", "lazy-maml", "lazy-maml:linearised", "lstm-meta"]
+ALGORITHMS = ["maml", "fomaml", "reptile", "lazy-maml", "lazy-maml:linearised", "lstm-meta", "meta-sgd", "anil"]
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from metaserve.algorithms.anil import ANIL, ANIL1st
 from metaserve.algorithms.base import Algorithm, TaskUpdate, map_tasks
 from metaserve.algorithms.lazy import LazyMAML, LazyReptile
 from metaserve.algorithms.lstm_meta import LSTMMeta
@@ -15,6 +16,7 @@ from metaserve.algorithms.maml import FOMAML, MAML
 from metaserve.algorithms.mann import MANN
 from metaserve.algorithms.matching import Matching
 from metaserve.algorithms.metanet import MetaNet
+from metaserve.algorithms.meta_sgd import MetaSGD, MetaSGD1st
 from metaserve.algorithms.pretrain import Pretrain
 from metaserve.algorithms.protonet import ProtoNet
 from metaserve.algorithms.relation import Relation
@@ -31,4 +33,4 @@ def build_algorithm(config: Config, model: nn.Module, vectorize: bool) -> Algori
 
 __all__ = ["Algorithm", "TaskUpdate", "map_tasks", "build_algorithm", "MAML", "FOMAML", "Reptile", "LazyMAML",
            "LazyReptile", "ProtoNet", "Matching", "Relation", "Siamese", "Pretrain", "MALTML", "MALTML2nd",
-           "LSTMMeta", "MANN", "MetaNet"]
+           "LSTMMeta", "MANN", "MetaNet", "MetaSGD", "MetaSGD1st", "ANIL", "ANIL1st"]

@@ -68,6 +68,13 @@ class Algorithm:
         """Task-specific parameters after adapting to a support set (no meta-gradient graph)."""
         raise NotImplementedError
 
+    def init_meta_params(self, params: Params) -> Params:
+        """The meta-parameters at step 0 given the model's initial parameters: by default the model's
+        own. An algorithm that meta-learns more than an initialisation (Meta-SGD's per-parameter inner
+        learning rates) returns them added here; `Learner.initial_params` calls it under the run's seed,
+        so they are checkpointed, shipped to workers and optimised like any other meta-parameter."""
+        return params
+
     def predict(self, adapted: Params, x: Tensor, stats: Stats | None = None) -> Tensor:
         """Outputs of the adapted model: regression values or class logits.
 

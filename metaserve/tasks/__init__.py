@@ -8,6 +8,7 @@ from metaserve.tasks.base import Task, TaskDistribution
 from metaserve.tasks.families import AlphabetFamilies
 from metaserve.tasks.image_folder import load_image_folder
 from metaserve.tasks.images import ClassPool, FewShotImages, ImageSpace
+from metaserve.tasks.mnist import load_mnist
 from metaserve.tasks.omniglot import load_omniglot
 from metaserve.tasks.sinusoid import Sinusoid, SinusoidFamilies, SinusoidSpace
 
@@ -47,6 +48,9 @@ def resolve_root(root: str) -> Path:
 
 def _images(cfg: ImageTaskConfig) -> FewShotImages | AlphabetFamilies:
     root = resolve_root(cfg.root)
+    if cfg.name == "mnist":  # the official train / t10k files, digits relabelled per task (tasks/mnist.py)
+        pools = {stream: load_mnist(root, stream) for stream in ("train", "test")}
+        return FewShotImages(pools, ImageSpace(cfg.ways, cfg.shots, cfg.query), rotations=False)
     omniglot = cfg.name in ("omniglot", "omniglot-families")
     if omniglot:
         if cfg.channels != 1:
