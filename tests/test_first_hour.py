@@ -57,7 +57,7 @@ def startup() -> float:
 def check(argv: list[str], startup: float, cwd: Path = ROOT, bound: float | None = None) -> str:
     code, first, out = timed(argv, cwd)
     assert code == 0, out[-3000:]
-    limit = bound if bound is not None else 3 * startup
+    limit = bound if bound is not None else 5 * startup  # a loaded CI machine varies by 2x between commands
     assert first <= limit, f"first line after {first:.1f} s, bound {limit:.1f} s (startup {startup:.1f} s): {out[:300]}"
     return out
 
