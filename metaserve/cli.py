@@ -7,7 +7,7 @@ import sys
 
 from metaserve.config import ConfigError
 
-COMMANDS = ["train", "eval", "tune", "report", "submit", "jobs"]
+COMMANDS = ["train", "eval", "tune", "report", "submit", "jobs", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:
