@@ -9,7 +9,7 @@ run never waits for a replica to load it, which multiplexing's per-replica LRU w
 Endpoints: POST /predict (a few-shot task as JSON, schema.py), GET /models, GET /health.
 Bad requests get a 4xx with {"error": one sentence}; the replica keeps serving.
 """
-from __future__ import annotations
+# No `from __future__ import annotations` here: FastAPI must see `Request` as a class, not a string.
 
 import json
 import time
