@@ -219,6 +219,30 @@ def test_every_bad_request_gets_a_4xx_and_the_service_keeps_serving(service, run
     assert post(port, json.dumps(image).encode())[0] == 200
 
 
+def test_per_run_layout_answers_as_the_shared_one(service, runs):
+    """One deployment per run behind a router (second application on the same Serve instance)."""
+    from ray import serve
+
+    from metaserve.serve.app import build
+
+    client, port = service
+    serve.run(build([str(runs["maml"]), str(runs["protonet"])], limits=LIMITS, layout="per-run"),
+              name="per-run", route_prefix="/per-run")
+    routed = Client(f"http://127.0.0.1:{port}/per-run")
+    try:
+        assert {m["id"] for m in routed.models()} == {runs["maml"].name, runs["protonet"].name}
+        rng = np.random.default_rng(6)
+        for name, task in (("maml", sinusoid_task(rng)), ("protonet", image_task(rng))):
+            a, b = (c.predict(*task, model=runs[name].name) for c in (routed, client))
+            assert a["predictions"] == b["predictions"] and a.get("logits") == b.get("logits")
+        with pytest.raises(ServeError, match="not served"):
+            routed.predict([[0.0]], [0.0], [[0.0]], model=runs["maltml"].name)
+        with pytest.raises(ServeError, match="steps=99"):
+            routed.predict([[0.0]], [0.0], [[0.0]], model=runs["maml"].name, steps=99)
+    finally:
+        serve.delete("per-run")
+
+
 def test_client_raises_the_service_message(service, runs):
     client, _ = service
     with pytest.raises(ServeError, match="not served"):
@@ -236,4 +260,6 @@ def test_cli_refuses_bad_options_before_starting_ray(tmp_path, capsys):
     assert main(["serve", str(tmp_path), "--port", "70000"]) == 2
     assert main(["serve", str(tmp_path), "--max-steps", "-1"]) == 2
     assert "max_steps" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--max-batch", "0"]) == 2
+    assert "max_batch=0" in capsys.readouterr().err
     assert ray.is_initialized() == was

@@ -1,4 +1,5 @@
-"""`metaserve serve RUN_DIR [RUN_DIR...] [--address] [--host] [--port] [--replicas N] ...`: the few-shot service."""
+"""`metaserve serve RUN_DIR [RUN_DIR...] [--address] [--host] [--port] [--replicas N] ...`: the few-shot service
+(metaserve/serve/app.py); options are checked before Ray starts."""
 from __future__ import annotations
 
 import argparse
@@ -19,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-body-mb", type=float, default=8.0, help="largest request body in MiB")
     p.add_argument("--max-batch", type=int, default=32, help="requests batched into one call (1: no batching)")
     p.add_argument("--batch-wait-ms", type=float, default=2.0, help="how long a batch waits to fill")
+    p.add_argument("--layout", choices=["shared", "per-run"], default="shared",
+                   help="shared: every run in each replica (default); per-run: a router plus one deployment per run")
     p.set_defaults(func=run)
 
 
@@ -36,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     app = build(args.runs, replicas=args.replicas, gpus_per_replica=args.gpus_per_replica,
                 cpus_per_replica=args.cpus_per_replica, limits=limits, max_batch=args.max_batch,
-                batch_wait_ms=args.batch_wait_ms)  # loads nothing yet; checks run directories and options
+                batch_wait_ms=args.batch_wait_ms, layout=args.layout)  # loads nothing yet; checks run directories and options
     import ray
     from ray import serve
 

@@ -54,10 +54,9 @@ def decode_json(body: bytes) -> Any:
                                 f"{getattr(err, 'pos', 0)}); send a JSON object") from None
 
 
-@serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 1})
-@serve.ingress(api)
-class FewShotService:
-    """Loads the runs and answers few-shot requests, batching concurrent ones."""
+class RunService:
+    """Loads runs and answers decoded few-shot requests, batching concurrent ones (no HTTP: the
+    `per-run` layout deploys it behind the `Router`; `FewShotService` adds the HTTP routes)."""
 
     def __init__(self, runs: dict[str, str], limits: dict[str, int], max_batch: int = 32,
                  batch_wait_ms: float = 2.0, threads: int = 1):
@@ -78,27 +77,22 @@ class FewShotService:
     async def compute(self, jobs: list[Job]) -> list[Result]:
         return run_batch(self.models, jobs, self.vectorize)
 
-    @api.get("/health")
-    def health(self) -> dict[str, Any]:
-        return {"status": "ok", "models": len(self.models), "device": self.device}
-
-    @api.get("/models")
-    def list_models(self) -> dict[str, Any]:
+    def listing(self) -> dict[str, Any]:
+        """What /models answers: every served run's listing entry and the request limits."""
         return {"models": [i.model_dump() for i in self.infos.values()], "limits": self.limits.model_dump()}
 
-    @api.post("/predict")
-    async def predict(self, request: Request) -> JSONResponse:
-        t0 = time.perf_counter()
+    async def answer(self, data: Any, t0: float | None = None) -> tuple[int, dict[str, Any]]:
+        """Status and JSON body for a decoded request (the HTTP route, and the per-run `Router`, call this)."""
+        t0 = time.perf_counter() if t0 is None else t0
         try:
-            req = parse_request(decode_json(await read_body(request, self.limits.max_body_bytes)))
+            req = parse_request(data)
             info = self.pick(req.model)
             job = to_job(req, info, self.limits, self.models[info.id].model.learner.dtype)
         except RequestError as err:
-            return error(err.status, err.message)
+            return err.status, {"error": err.message}
         result = await self.compute(job)
-        body = response(info, result.output, result.steps, result.group_size, result.compute_ms,
-                        (time.perf_counter() - t0) * 1e3)
-        return JSONResponse(body)
+        return 200, response(info, result.output, result.steps, result.group_size, result.compute_ms,
+                             (time.perf_counter() - t0) * 1e3)
 
     def pick(self, model: str | None) -> ModelInfo:
         """The served model a request names (or the only one)."""
@@ -110,6 +104,30 @@ class FewShotService:
         if model not in self.infos:
             raise RequestError(404, f"model={model!r} is not served; served models: {served}")
         return self.infos[model]
+
+
+@serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 1})
+@serve.ingress(api)
+class FewShotService(RunService):
+    """The `shared` layout: the runs and the HTTP routes in one deployment (the default)."""
+
+    @api.get("/health")
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "models": len(self.models), "device": self.device}
+
+    @api.get("/models")
+    def list_models(self) -> dict[str, Any]:
+        return self.listing()
+
+    @api.post("/predict")
+    async def predict(self, request: Request) -> JSONResponse:
+        t0 = time.perf_counter()
+        try:
+            data = decode_json(await read_body(request, self.limits.max_body_bytes))
+        except RequestError as err:
+            return error(err.status, err.message)
+        status, body = await self.answer(data, t0)
+        return JSONResponse(body, status_code=status)
 
 
 def run_ids(run_dirs: list[str]) -> dict[str, str]:
@@ -125,19 +143,75 @@ def run_ids(run_dirs: list[str]) -> dict[str, str]:
     return ids
 
 
+router_api = FastAPI(title="metaserve", description="Adapt-on-request few-shot prediction (one deployment per run)")
+
+
+@serve.deployment(max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0})
+@serve.ingress(router_api)
+class Router:
+    """The `per-run` layout's ingress: reads the body, forwards it to the named run's deployment."""
+
+    def __init__(self, services: dict[str, Any], max_body_bytes: int):
+        self.services = services
+        self.max_body_bytes = max_body_bytes
+
+    @router_api.get("/health")
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "models": len(self.services)}
+
+    @router_api.get("/models")
+    async def list_models(self) -> dict[str, Any]:
+        listed = [await h.listing.remote() for h in self.services.values()]
+        return {"models": [m for part in listed for m in part["models"]], "limits": listed[0]["limits"]}
+
+    @router_api.post("/predict")
+    async def predict(self, request: Request) -> JSONResponse:
+        t0 = time.perf_counter()
+        try:
+            data = decode_json(await read_body(request, self.max_body_bytes))
+            model = data.get("model") if isinstance(data, dict) else None
+            served = ", ".join(self.services)
+            if model is None and len(self.services) > 1:
+                raise RequestError(422, f"model is required when several runs are served; one of: {served}")
+            if model is not None and model not in self.services:
+                raise RequestError(404, f"model={model!r} is not served; served models: {served}")
+        except RequestError as err:
+            return error(err.status, err.message)
+        handle = self.services[model] if model is not None else next(iter(self.services.values()))
+        status, body = await handle.answer.remote(data, None)
+        body.get("timing_ms", {})["total"] = round((time.perf_counter() - t0) * 1e3, 3)
+        return JSONResponse(body, status_code=status)
+
+
 def build(run_dirs: list[str], *, replicas: int = 1, gpus_per_replica: float = 0.0, cpus_per_replica: float = 1.0,
-          limits: Limits | None = None, max_batch: int = 32, batch_wait_ms: float = 2.0) -> serve.Application:
-    """The Serve application for some runs (`metaserve serve` and `app_builder` call this)."""
+          limits: Limits | None = None, max_batch: int = 32, batch_wait_ms: float = 2.0,
+          layout: str = "shared") -> serve.Application:
+    """The Serve application for some runs (`metaserve serve` and `app_builder` call this).
+
+    layout='shared': one deployment, every run in each replica (the default, see the module docstring);
+    'per-run': a `Router` ingress plus one deployment of `replicas` replicas per run.
+    """
     if replicas < 1:
         raise ValueError(f"replicas={replicas} must be at least 1")
     if max_batch < 1:
         raise ValueError(f"max_batch={max_batch} must be at least 1 (1 turns batching off)")
+    if layout not in ("shared", "per-run"):
+        raise ValueError(f"layout={layout!r} must be 'shared' or 'per-run'")
     runs = run_ids(run_dirs)
+    limits = limits or Limits()
     options = {"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica}
     threads = max(1, int(cpus_per_replica))
-    return FewShotService.options(num_replicas=replicas, ray_actor_options=options,
-                                  max_ongoing_requests=max(256, 4 * max_batch)).bind(
-        runs, (limits or Limits()).model_dump(), max_batch, batch_wait_ms, threads)
+
+    def service(cls: Any, name: str, part: dict[str, str]) -> serve.Application:
+        return cls.options(name=name, num_replicas=replicas, ray_actor_options=options,
+                                      max_ongoing_requests=max(256, 4 * max_batch)).bind(
+            part, limits.model_dump(), max_batch, batch_wait_ms, threads)
+
+    if layout == "shared":
+        return service(FewShotService, "FewShotService", runs)
+    plain = serve.deployment(RunService)  # Serve allows one FastAPI ingress per application: the Router
+    services = {mid: service(plain, f"run-{i}", {mid: path}) for i, (mid, path) in enumerate(runs.items())}
+    return Router.bind(services, limits.max_body_bytes)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:
