@@ -31,7 +31,8 @@ from metaserve.api import as_config
 from metaserve.runtime.loop import train_loop
 
 WORKLOADS = {
-    "sinusoid-mlp": {"task": {"name": "sinusoid", "shots": 10, "query": 10}, "model": {"name": "mlp", "hidden": [40, 40]},
+    "sinusoid-mlp": {"task": {"name": "sinusoid", "shots": 10, "query": 10},
+                     "model": {"name": "mlp", "hidden": [40, 40]},
                      "algorithm": {"name": "maml", "inner_lr": 0.01, "inner_steps": 1, "eval_inner_steps": 10}},
 }
 
@@ -48,7 +49,8 @@ def conv4_workload(root: Path) -> dict:
     split = {"sources": ["images"]}
     return {"task": {"name": "image-folder", "root": str(root), "ways": 5, "shots": 1, "query": 2, "image_size": 28,
                      "cache_dir": str(root / "cache"), "train": split, "test": split},
-            "model": {"name": "conv4", "hidden": 64}, "algorithm": {"name": "fomaml", "inner_lr": 0.4, "eval_inner_steps": 1}}
+            "model": {"name": "conv4", "hidden": 64},
+            "algorithm": {"name": "fomaml", "inner_lr": 0.4, "eval_inner_steps": 1}}
 
 
 def train_run(name: str, spec: dict, out: Path) -> Path:
@@ -58,7 +60,8 @@ def train_run(name: str, spec: dict, out: Path) -> Path:
 
 
 def make_requests(kind: str, n: int, seed: int) -> list[dict]:
-    """n distinct few-shot tasks as request bodies (sinusoids: 10 shots, 10 queries; images: 5-way 1-shot, 10 queries)."""
+    """n distinct few-shot tasks as request bodies (sinusoid: 10 shots, 10 queries; images: 5-way 1-shot,
+    10 queries)."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
@@ -150,6 +153,27 @@ def check(run: Path, requests: list[dict], answers: list) -> float:
     return worst
 
 
+def compare_layouts(port: int, tmp: Path, args: argparse.Namespace) -> dict:
+    """Two runs served by one deployment (shared) or by a router plus one deployment each (per-run)."""
+    from ray import serve
+
+    from metaserve.serve.app import build
+
+    runs = [train_run(f"sinusoid-{i}", WORKLOADS["sinusoid-mlp"], tmp / f"layout-{i}") for i in range(2)]
+    requests = [{**r, "model": runs[i % 2].name} for i, r in enumerate(make_requests("sinusoid-mlp", 256, seed=2))]
+    rows = {}
+    for layout in ("shared", "per-run"):
+        serve.run(build([str(r) for r in runs], max_batch=32, layout=layout), name="bench", route_prefix="/")
+        load(port, requests, 4, 2.0, 200)
+        for c in args.clients:
+            rows[f"{layout}, 2 runs, {c} clients"], answers = load(port, requests, c, args.seconds, args.requests)
+            print(layout, c, rows[f"{layout}, 2 runs, {c} clients"], flush=True)
+            for i, got in answers:
+                assert got["model"] == requests[i]["model"]
+        serve.delete("bench")
+    return rows
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -163,6 +187,9 @@ def main() -> None:
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 128])
     p.add_argument("--workloads", nargs="+", default=["sinusoid-mlp"], choices=["sinusoid-mlp", "conv4-5w1s"])
     p.add_argument("--replicas", type=int, nargs="+", default=[1])
+    p.add_argument("--batch", type=int, nargs="+", default=[32, 1], help="max batch sizes to run (1: batching off)")
+    p.add_argument("--layouts", action="store_true",
+                   help="instead: two sinusoid runs served shared vs per-run, requests alternating between them")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -182,14 +209,16 @@ def main() -> None:
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        for name in args.workloads:
+        if args.layouts:
+            result["layouts"] = compare_layouts(port, tmp, args)
+        for name in ([] if args.layouts else args.workloads):
             spec = WORKLOADS[name] if name in WORKLOADS else conv4_workload(tmp / "images")
             run = train_run(name, spec, tmp / name)
             requests = make_requests(name, 256, seed=1)
             rows = {"naive in-process": naive(run, requests * 8, args.seconds)}
             print(name, "naive", rows["naive in-process"], flush=True)
             for replicas in args.replicas:
-                for batch in (32, 1):
+                for batch in args.batch:
                     serve.run(build([str(run)], replicas=replicas, max_batch=batch, batch_wait_ms=2.0),
                               name="bench", route_prefix="/")
                     load(port, requests, 4, 2.0, 200)  # warm-up
@@ -197,7 +226,8 @@ def main() -> None:
                     for c in args.clients:
                         row, answers = load(port, requests, c, args.seconds, args.requests)
                         worst = max(worst, check(run, requests, answers))
-                        key = f"serve {replicas} replica(s), batching {'on (max 32)' if batch > 1 else 'off'}, {c} clients"
+                        mode = f"on (max {batch})" if batch > 1 else "off"
+                        key = f"serve {replicas} replica(s), batching {mode}, {c} clients"
                         rows[key] = row
                         print(name, key, row, flush=True)
                     rows[f"max rel. diff vs in-process, {replicas} replica(s), batch {batch}"] = worst

@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 
 import metaserve
+from metaserve.api import as_config
 from metaserve.cli import main
 from metaserve.runtime.loop import train_loop
-from metaserve.api import as_config
 from metaserve.serve.client import Client, ServeError
 from metaserve.serve.schema import Limits
 
@@ -51,7 +51,8 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     }
     dirs = {}
     for name, cfg in configs.items():
-        config = as_config({"name": name, "output_dir": str(out / name), **cfg, "train": TRAIN, "eval": {"episodes": 2}})
+        config = as_config({"name": name, "output_dir": str(out / name), **cfg, "train": TRAIN,
+                            "eval": {"episodes": 2}})
         dirs[name] = Path(train_loop(config).run_dir)
     return dirs
 
@@ -118,7 +119,8 @@ def test_regression_answers_equal_the_in_process_api(service, runs, name):
         assert torch.equal(torch.tensor(got["predictions"], dtype=want.dtype), want[:, 0])
     # steps=0 is the meta-parameters' own prediction: independent of adaptation code.
     model = metaserve.load(runs[name])
-    plain = torch.func.functional_call(model.learner.algorithm.model, model.params, (torch.tensor(qx, dtype=model.learner.dtype),))
+    q = torch.tensor(qx, dtype=model.learner.dtype)
+    plain = torch.func.functional_call(model.learner.algorithm.model, model.params, (q,))
     zero = client.predict(sx, sy, qx, steps=0, model=runs[name].name)
     assert torch.equal(torch.tensor(zero["predictions"], dtype=plain.dtype), plain[:, 0])
 
@@ -206,7 +208,7 @@ def test_every_bad_request_gets_a_4xx_and_the_service_keeps_serving(service, run
     for body, status, words in cases:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         got_status, data = post(port, raw)
-        assert (got_status, words in data.get("error", "")) == (status, True), (body if len(raw) < 300 else raw[:80], data)
+        assert (got_status, words in data.get("error", "")) == (status, True), (raw[:120], data)
         assert data["error"].count(". ") == 0  # one sentence
         assert post(port, json.dumps(good).encode())[0] == 200
     # A body too large with no Content-Length (chunked) is refused too.

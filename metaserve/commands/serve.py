@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     app = build(args.runs, replicas=args.replicas, gpus_per_replica=args.gpus_per_replica,
                 cpus_per_replica=args.cpus_per_replica, limits=limits, max_batch=args.max_batch,
-                batch_wait_ms=args.batch_wait_ms, layout=args.layout)  # loads nothing yet; checks run directories and options
+                batch_wait_ms=args.batch_wait_ms, layout=args.layout)  # checks runs and options, loads nothing
     import ray
     from ray import serve
 

@@ -121,8 +121,9 @@ def to_job(req: PredictRequest, info: ModelInfo, limits: Limits, dtype: torch.dt
                                 "are allowed per request")
     sx, qx = inputs("support_x", req.support_x, info), inputs("query_x", req.query_x, info)
     sy = labels(req.support_y, n, info)
-    return Job(info.id, check_steps(req.steps, info, limits), torch.from_numpy(sx).to(dtype),
-               torch.from_numpy(sy).to(dtype) if info.kind == "regression" else torch.from_numpy(sy), torch.from_numpy(qx).to(dtype))
+    y = torch.from_numpy(sy).to(dtype) if info.kind == "regression" else torch.from_numpy(sy)
+    return Job(info.id, check_steps(req.steps, info, limits), torch.from_numpy(sx).to(dtype), y,
+               torch.from_numpy(qx).to(dtype))
 
 
 def check_steps(steps: int | None, info: ModelInfo, limits: Limits) -> int | None:
