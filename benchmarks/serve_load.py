@@ -102,12 +102,14 @@ def summary(lat: list[float], wall: float, errors: int = 0) -> dict:
             "p50_ms": round(statistics.median(ms), 2), "p99_ms": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 2)}
 
 
-def load(port: int, requests: list[dict], clients: int, seconds: float, total: int) -> tuple[dict, list]:
-    """C threads, each on its own keep-alive connection, until `total` requests or `seconds` pass."""
+def load(port: int, requests: list[dict], clients: int, seconds: float, total: int,
+         retries: int = 0) -> tuple[dict, list]:
+    """C threads, each on its own keep-alive connection, until `total` requests or `seconds` pass;
+    a 5xx or a dropped connection is retried up to `retries` times before it counts as an error."""
     bodies = [json.dumps(r).encode() for r in requests]
     lat: list[float] = []
     answers: list[tuple[int, dict]] = []
-    errors = [0]
+    errors, retried = [0], [0]
     lock, counter = threading.Lock(), [0]
     deadline = time.perf_counter() + seconds
 
@@ -120,11 +122,22 @@ def load(port: int, requests: list[dict], clients: int, seconds: float, total: i
             if i >= total:
                 break
             s = time.perf_counter()
-            conn.request("POST", "/predict", body=bodies[i % len(bodies)], headers={"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            data = resp.read()
+            for attempt in range(retries + 1):
+                try:
+                    conn.request("POST", "/predict", body=bodies[i % len(bodies)],
+                                 headers={"Content-Type": "application/json"})
+                    resp = conn.getresponse()
+                    status, data = resp.status, resp.read()
+                except (OSError, http.client.HTTPException):
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                    status, data = 599, b""
+                if status < 500:
+                    break
+                with lock:
+                    retried[0] += attempt < retries
             with lock:
-                if resp.status == 200:
+                if status == 200:
                     lat.append(time.perf_counter() - s)
                     if len(answers) < 64:
                         answers.append((i % len(bodies), json.loads(data)))
@@ -138,7 +151,8 @@ def load(port: int, requests: list[dict], clients: int, seconds: float, total: i
         t.start()
     for t in threads:
         t.join()
-    return summary(lat, time.perf_counter() - t0, errors[0]), answers
+    row = summary(lat, time.perf_counter() - t0, errors[0])
+    return {**row, "retried": retried[0]} if retries else row, answers
 
 
 def check(run: Path, requests: list[dict], answers: list) -> float:
@@ -174,6 +188,43 @@ def compare_layouts(port: int, tmp: Path, args: argparse.Namespace) -> dict:
     return rows
 
 
+def fault_check(port: int, tmp: Path, args: argparse.Namespace) -> dict:
+    """Two replicas under 16 clients; one replica is killed 3 s in. Requests are retried once on a 5xx:
+    counts errors and retries, checks every sampled answer, and that Serve brings the replica back."""
+    import ray
+    from ray import serve
+
+    from metaserve.serve.app import build
+
+    run = train_run("sinusoid-fault", WORKLOADS["sinusoid-mlp"], tmp / "fault")
+    requests = make_requests("sinusoid-mlp", 256, seed=3)
+    serve.run(build([str(run)], replicas=2, max_batch=32), name="bench", route_prefix="/")
+    load(port, requests, 4, 2.0, 200)
+    replicas = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "FewShotService" in a["name"]]
+
+    def kill() -> None:
+        time.sleep(3.0)
+        ray.kill(ray.get_actor(replicas[0], namespace="serve"), no_restart=True)
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    row, answers = load(port, requests, 16, 12.0, 100000, retries=1)
+    killer.join()
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 60:
+        status = serve.status().applications["bench"].deployments["FewShotService"]
+        if status.status == "HEALTHY" and status.replica_states.get("RUNNING", 0) == 2:
+            break
+        time.sleep(0.5)
+    row["recovered_s"] = round(time.perf_counter() - t0, 1)
+    row["max_rel_diff"] = check(run, requests, answers)
+    after, _ = load(port, requests, 8, 3.0, 100000)
+    row["after_recovery"] = after
+    serve.delete("bench")
+    print("fault", row, flush=True)
+    return row
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -190,6 +241,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, nargs="+", default=[32, 1], help="max batch sizes to run (1: batching off)")
     p.add_argument("--layouts", action="store_true",
                    help="instead: two sinusoid runs served shared vs per-run, requests alternating between them")
+    p.add_argument("--fault", action="store_true", help="instead: kill one of two replicas under load")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -211,7 +263,9 @@ def main() -> None:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         if args.layouts:
             result["layouts"] = compare_layouts(port, tmp, args)
-        for name in ([] if args.layouts else args.workloads):
+        if args.fault:
+            result["fault"] = fault_check(port, tmp, args)
+        for name in ([] if args.layouts or args.fault else args.workloads):
             spec = WORKLOADS[name] if name in WORKLOADS else conv4_workload(tmp / "images")
             run = train_run(name, spec, tmp / name)
             requests = make_requests(name, 256, seed=1)
