@@ -265,3 +265,18 @@ def test_cli_refuses_bad_options_before_starting_ray(tmp_path, capsys):
     assert main(["serve", str(tmp_path), "--max-batch", "0"]) == 2
     assert "max_batch=0" in capsys.readouterr().err
     assert ray.is_initialized() == was
+
+
+def test_serve_config_file_builds_the_application(runs):
+    """cluster/serve.yaml's arguments build the application (`serve deploy` calls app_builder)."""
+    import yaml
+    from ray import serve
+
+    from metaserve.serve.app import app_builder
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "cluster" / "serve.yaml").read_text())
+    args = {**config["applications"][0]["args"], "runs": [str(runs["maml"])]}
+    assert config["applications"][0]["import_path"] == "metaserve.serve.app:app_builder"
+    assert isinstance(app_builder(args), serve.Application)
+    with pytest.raises(ValueError, match="max_steps"):
+        app_builder({**args, "max_steps": -1})
