@@ -267,6 +267,14 @@ def test_cli_refuses_bad_options_before_starting_ray(tmp_path, capsys):
     assert ray.is_initialized() == was
 
 
+def test_submit_pins_served_run_directories(runs):
+    from metaserve.commands.submit import prepare
+
+    here = runs["maml"].parent
+    plan = prepare(["serve", runs["maml"].name, "--port", "8001"], here, here, None)
+    assert plan.argv == ["serve", str(runs["maml"]), "--port", "8001"]
+
+
 def test_serve_config_file_builds_the_application(runs):
     """cluster/serve.yaml's arguments build the application (`serve deploy` calls app_builder)."""
     import yaml

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 
@@ -43,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    ray.init(address=args.address or "local", include_dashboard=False)
+    # Inside a Ray job (`metaserve submit -- metaserve serve ...`) RAY_ADDRESS names the job's cluster.
+    ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False)
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(app, name="metaserve", route_prefix="/")
