@@ -260,6 +260,8 @@ def test_cli_refuses_bad_options_before_starting_ray(tmp_path, capsys):
     assert main(["serve", str(tmp_path), "--replicas", "0"]) == 2
     assert "replicas=0" in capsys.readouterr().err
     assert main(["serve", str(tmp_path), "--port", "70000"]) == 2
+    assert main(["serve", str(tmp_path), "--replicas", "2", "--max-replicas", "1"]) == 2
+    assert "max_replicas=1" in capsys.readouterr().err
     assert main(["serve", str(tmp_path), "--max-steps", "-1"]) == 2
     assert "max_steps" in capsys.readouterr().err
     assert main(["serve", str(tmp_path), "--max-batch", "0"]) == 2
@@ -286,5 +288,6 @@ def test_serve_config_file_builds_the_application(runs):
     args = {**config["applications"][0]["args"], "runs": [str(runs["maml"])]}
     assert config["applications"][0]["import_path"] == "metaserve.serve.app:app_builder"
     assert isinstance(app_builder(args), serve.Application)
+    assert isinstance(app_builder({**args, "max_replicas": 4}), serve.Application)
     with pytest.raises(ValueError, match="max_steps"):
         app_builder({**args, "max_steps": -1})

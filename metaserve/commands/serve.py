@@ -13,7 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", help="Ray cluster address (default: an embedded local Ray)")
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
-    p.add_argument("--replicas", type=int, default=1, help="replicas of the service (default 1)")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="replicas of the service (default 1; the least when autoscaling)")
+    p.add_argument("--max-replicas", type=int, help="autoscale between --replicas and this many replicas")
     p.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs per replica (default 0: CPU)")
     p.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs per replica (default 1)")
     p.add_argument("--max-steps", type=int, default=100, help="most adaptation steps a request may ask for")
@@ -40,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
 
     app = build(args.runs, replicas=args.replicas, gpus_per_replica=args.gpus_per_replica,
                 cpus_per_replica=args.cpus_per_replica, limits=limits, max_batch=args.max_batch,
-                batch_wait_ms=args.batch_wait_ms, layout=args.layout)  # checks runs and options, loads nothing
+                batch_wait_ms=args.batch_wait_ms, layout=args.layout,
+                max_replicas=args.max_replicas)  # checks runs and options, loads nothing
     import ray
     from ray import serve
 

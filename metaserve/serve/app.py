@@ -185,11 +185,12 @@ class Router:
 
 def build(run_dirs: list[str], *, replicas: int = 1, gpus_per_replica: float = 0.0, cpus_per_replica: float = 1.0,
           limits: Limits | None = None, max_batch: int = 32, batch_wait_ms: float = 2.0,
-          layout: str = "shared") -> serve.Application:
+          layout: str = "shared", max_replicas: int | None = None) -> serve.Application:
     """The Serve application for some runs (`metaserve serve` and `app_builder` call this).
 
     layout='shared': one deployment, every run in each replica (the default, see the module docstring);
     'per-run': a `Router` ingress plus one deployment of `replicas` replicas per run.
+    `max_replicas` turns on Serve autoscaling between `replicas` and it (target: a full batch per replica).
     """
     if replicas < 1:
         raise ValueError(f"replicas={replicas} must be at least 1")
@@ -197,13 +198,19 @@ def build(run_dirs: list[str], *, replicas: int = 1, gpus_per_replica: float = 0
         raise ValueError(f"max_batch={max_batch} must be at least 1 (1 turns batching off)")
     if layout not in ("shared", "per-run"):
         raise ValueError(f"layout={layout!r} must be 'shared' or 'per-run'")
+    if max_replicas is not None and max_replicas < replicas:
+        raise ValueError(f"max_replicas={max_replicas} must be at least replicas={replicas}")
     runs = run_ids(run_dirs)
     limits = limits or Limits()
+    scale: dict[str, Any] = {"num_replicas": replicas}
+    if max_replicas is not None:
+        scale = {"autoscaling_config": {"min_replicas": replicas, "max_replicas": max_replicas,
+                                        "target_ongoing_requests": max_batch}}
     options = {"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica}
     threads = max(1, int(cpus_per_replica))
 
     def service(cls: Any, name: str, part: dict[str, str]) -> serve.Application:
-        return cls.options(name=name, num_replicas=replicas, ray_actor_options=options,
+        return cls.options(name=name, **scale, ray_actor_options=options,
                                       max_ongoing_requests=max(256, 4 * max_batch)).bind(
             part, limits.model_dump(), max_batch, batch_wait_ms, threads)
 
