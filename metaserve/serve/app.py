@@ -1,10 +1,11 @@
-"""The Ray Serve application: one deployment, a FastAPI ingress, every served run in each replica.
+"""The Ray Serve application: a FastAPI ingress over the served runs, in one of two layouts.
 
-Layout (chosen over one deployment per run and over Serve model multiplexing; BENCHMARKS-serve.md):
-each replica loads all runs given (a few MB of weights each) and runs one `@serve.batch` queue;
-batching groups the queued requests by model, steps and shapes (batching.py). Requests therefore
-take one hop (HTTP proxy -> replica) instead of two (proxy -> ingress -> per-run deployment), and a
-run never waits for a replica to load it, which multiplexing's per-replica LRU would cost on a miss.
+`shared` (the default): one deployment whose replicas each load every run given (a few MB of weights
+each) and run one `@serve.batch` queue; batching groups the queued requests by model, steps and
+shapes (batching.py). A request takes one hop (HTTP proxy -> replica). `per-run`: a `Router` ingress
+forwards each request to its run's own deployment: two hops, but each run scales on its own. Measured
+(BENCHMARKS-serve.md, 2 runs, 32 clients, 2 cores): shared 114 req/s, per-run 73. Serve model
+multiplexing was not chosen: it also takes two hops and reloads a run on a replica's cache miss.
 
 Endpoints: POST /predict (a few-shot task as JSON, schema.py), GET /models, GET /health.
 Bad requests get a 4xx with {"error": one sentence}; the replica keeps serving.
@@ -211,7 +212,7 @@ def build(run_dirs: list[str], *, replicas: int = 1, gpus_per_replica: float = 0
 
     def service(cls: Any, name: str, part: dict[str, str]) -> serve.Application:
         return cls.options(name=name, **scale, ray_actor_options=options,
-                                      max_ongoing_requests=max(256, 4 * max_batch)).bind(
+                           max_ongoing_requests=max(256, 4 * max_batch)).bind(
             part, limits.model_dump(), max_batch, batch_wait_ms, threads)
 
     if layout == "shared":
