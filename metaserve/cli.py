@@ -12,7 +12,7 @@ import sys
 
 from metaserve.errors import USER_ERRORS, one_sentence
 
-COMMANDS = ["train", "eval", "tune", "report", "submit", "jobs", "init", "data"]
+COMMANDS = ["train", "eval", "tune", "report", "submit", "jobs", "init", "data", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -143,6 +143,9 @@ def prepare(argv: list[str], cwd: Path, working_dir: Path, storage: str | None) 
         value = getattr(ns, key, None)
         if value and not is_uri(value) and not Path(value).is_absolute():
             replace_arg(plan.argv, value, str((cwd / value).resolve()))
+    for run in getattr(ns, "runs", None) or []:  # `metaserve serve RUN_DIR...`: run directories, not shipped
+        if "://" not in run and not Path(run).is_absolute():
+            replace_arg(plan.argv, run, str((cwd / run).resolve()))
     pin = {"train": pin_train, "tune": pin_tune}.get(ns.command)
     if pin is not None:
         pin(plan, ns, cwd, storage)
