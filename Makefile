@@ -21,6 +21,8 @@ demo: setup
 	$(VENV)/bin/metaserve train configs/sinusoid-maml-ray.yaml --set train.steps=1000
 
 test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q tests
 
 clean:

@@ -3,6 +3,7 @@
 The repository's top-level configs/ and tuning/ stay the source; build_py copies their YAML files to
 metaserve/_shipped/ in the build tree, where metaserve.shipped finds them in an installed wheel.
 """
+
 import shutil
 from pathlib import Path
 

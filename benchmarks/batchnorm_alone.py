@@ -1,4 +1,5 @@
-"""Does a query's answer depend on the other queries? Accuracy of trained runs, queries predicted together or one by one.
+"""Does a query's answer depend on the other queries? Accuracy of trained runs, queries predicted together
+or one by one.
 
 Through the public API (`metaserve.load(run).adapt(support_x, support_y, norm=...).predict(query_x)`), on
 `--episodes` meta-test episodes of `--ways`-way 1-shot with 15 query images per class: the support-statistics
@@ -7,23 +8,23 @@ batch of one query with that image's own statistics.
 
   nice -n 10 .venv/bin/python -m benchmarks.batchnorm_alone RUN_DIR [RUN_DIR ...] --ways 20 --episodes 100
 """
+
 from __future__ import annotations
 
 import argparse
 import time
 
-from benchmarks import common as _common
-from benchmarks.common import markdown_table, print_machine, save
-
 import torch
 
 import metaserve
+from benchmarks import common as _common
+from benchmarks.common import markdown_table, print_machine, save
 from metaserve.api import as_config
 from metaserve.experiment import build_distribution
 
 
 def accuracy(adapted, qx, qy, alone: bool) -> float:
-    logits = torch.cat([adapted.predict(qx[i:i + 1]) for i in range(len(qx))]) if alone else adapted.predict(qx)
+    logits = torch.cat([adapted.predict(qx[i : i + 1]) for i in range(len(qx))]) if alone else adapted.predict(qx)
     return float((logits.argmax(1) == qy).double().mean())
 
 
@@ -37,13 +38,25 @@ def measure(run: str, a) -> list[dict]:
         for norm, alone in sums:
             sums[norm, alone] += accuracy(model.adapt(t.support_x, t.support_y, norm=norm), t.query_x, t.query_y, alone)
     seconds = time.perf_counter() - t0
-    return [{"run": run.rstrip("/").split("/")[-1], "train_norm": model.config.model.batch_norm, "ways": a.ways,
-             "test_norm": norm, "queries": "one by one" if alone else "together", "test_acc": 100 * s / a.episodes,
-             "episodes": a.episodes, "seconds": round(seconds, 1)} for (norm, alone), s in sums.items()]
+    return [
+        {
+            "run": run.rstrip("/").split("/")[-1],
+            "train_norm": model.config.model.batch_norm,
+            "ways": a.ways,
+            "test_norm": norm,
+            "queries": "one by one" if alone else "together",
+            "test_acc": 100 * s / a.episodes,
+            "episodes": a.episodes,
+            "seconds": round(seconds, 1),
+        }
+        for (norm, alone), s in sums.items()
+    ]
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description="query accuracy, predicted together vs one by one, in both batch-norm modes")
+    p = argparse.ArgumentParser(
+        description="query accuracy, predicted together vs one by one, in both batch-norm modes"
+    )
     p.add_argument("runs", nargs="+")
     p.add_argument("--ways", type=int, default=20)
     p.add_argument("--episodes", type=int, default=100)

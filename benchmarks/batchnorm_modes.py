@@ -11,16 +11,16 @@ MAML's head fixes its ways, so it trains once per test ways.
 
   nice -n 10 .venv/bin/python -m benchmarks.batchnorm_modes --budget-s 90 --episodes 300
 """
+
 from __future__ import annotations
 
 import argparse
 import time
 
-from benchmarks import common as _common
-from benchmarks.common import RESULTS, markdown_table, print_machine, save, train_for
-
 import torch
 
+from benchmarks import common as _common
+from benchmarks.common import RESULTS, markdown_table, print_machine, save, train_for
 from metaserve.api import as_config
 from metaserve.evaluation import evaluate
 from metaserve.experiment import build_distribution, build_learner
@@ -31,18 +31,33 @@ EXTRA = {"maml": ["algorithm.inner_lr=0.4", "algorithm.inner_steps=1", "algorith
 
 
 def config_for(learner: str, ways: int, mode: str, a):
-    return as_config(str(_common.ROOT / "configs" / f"omniglot-{learner}-5w1s.yaml"), [
-        *EXTRA.get(learner, []), f"task.ways={ways}", "task.shots=1", f"task.query={a.train_query}",
-        f"model.hidden={a.hidden}", f"model.batch_norm={mode}", f"train.meta_batch={a.meta_batch}",
-        f"train.steps={a.max_steps}", f"train.log_every={a.log_every}", f"train.checkpoint_every={a.log_every}",
-        "train.val_tasks=0", "train.device=cpu", "train.dtype=float32", f"output_dir={RUNS}",
-        f"name=omniglot-{learner}-{ways}w1s-{mode}"])
+    return as_config(
+        str(_common.ROOT / "configs" / f"omniglot-{learner}-5w1s.yaml"),
+        [
+            *EXTRA.get(learner, []),
+            f"task.ways={ways}",
+            "task.shots=1",
+            f"task.query={a.train_query}",
+            f"model.hidden={a.hidden}",
+            f"model.batch_norm={mode}",
+            f"train.meta_batch={a.meta_batch}",
+            f"train.steps={a.max_steps}",
+            f"train.log_every={a.log_every}",
+            f"train.checkpoint_every={a.log_every}",
+            "train.val_tasks=0",
+            "train.device=cpu",
+            "train.dtype=float32",
+            f"output_dir={RUNS}",
+            f"name=omniglot-{learner}-{ways}w1s-{mode}",
+        ],
+    )
 
 
 def run(learner: str, train_ways: int, test_ways: list[int], mode: str, a) -> list[dict]:
     config = config_for(learner, train_ways, mode, a)
-    run_dir, params, steps, train_s, _ = train_for(config, a.budget_s,
-                                                   progress=lambda m: print(f"    {learner} {mode} {m}", flush=True))
+    run_dir, params, steps, train_s, _ = train_for(
+        config, a.budget_s, progress=lambda m: print(f"    {learner} {mode} {m}", flush=True)
+    )
     rows = []
     for ways in test_ways:
         test_config = as_config(config, ["task.query=15", f"task.ways={ways}"])
@@ -51,13 +66,27 @@ def run(learner: str, train_ways: int, test_ways: list[int], mode: str, a) -> li
         for test_mode in MODES:
             t0 = time.perf_counter()
             r = evaluate(learner_obj, params, distribution, episodes=a.episodes, norm=test_mode)
-            rows.append({"learner": learner, "train_ways": train_ways, "test_ways": ways, "train_norm": mode,
-                         "test_norm": test_mode, "train_steps": steps, "train_s": round(train_s, 1),
-                         "test_acc": 100 * r.mean, "ci95": 100 * r.ci95, "episodes": r.episodes,
-                         "eval_s": round(time.perf_counter() - t0, 1),
-                         "run_dir": str(run_dir.relative_to(_common.ROOT))})
-            print(f"  {learner} trained {train_ways}-way ({mode}), tested {ways}-way ({test_mode}): "
-                  f"{rows[-1]['test_acc']:.2f}% +- {rows[-1]['ci95']:.2f}% after {steps} steps", flush=True)
+            rows.append(
+                {
+                    "learner": learner,
+                    "train_ways": train_ways,
+                    "test_ways": ways,
+                    "train_norm": mode,
+                    "test_norm": test_mode,
+                    "train_steps": steps,
+                    "train_s": round(train_s, 1),
+                    "test_acc": 100 * r.mean,
+                    "ci95": 100 * r.ci95,
+                    "episodes": r.episodes,
+                    "eval_s": round(time.perf_counter() - t0, 1),
+                    "run_dir": str(run_dir.relative_to(_common.ROOT)),
+                }
+            )
+            print(
+                f"  {learner} trained {train_ways}-way ({mode}), tested {ways}-way ({test_mode}): "
+                f"{rows[-1]['test_acc']:.2f}% +- {rows[-1]['ci95']:.2f}% after {steps} steps",
+                flush=True,
+            )
     return rows
 
 
@@ -79,11 +108,33 @@ def main() -> None:
     print_machine(info)
     t0 = time.perf_counter()
     plan = {"protonet": [(5, [5, 20])], "maml": [(5, [5]), (20, [20])]}
-    rows = [row for name in a.learners.split(",") for train_ways, tests in plan[name] for mode in MODES
-            for row in run(name, train_ways, tests, mode, a)]
+    rows = [
+        row
+        for name in a.learners.split(",")
+        for train_ways, tests in plan[name]
+        for mode in MODES
+        for row in run(name, train_ways, tests, mode, a)
+    ]
     print()
-    print(markdown_table(rows, ["learner", "train_ways", "test_ways", "train_norm", "test_norm", "train_steps",
-                                "train_s", "test_acc", "ci95", "episodes", "eval_s"], ".4g"))
+    print(
+        markdown_table(
+            rows,
+            [
+                "learner",
+                "train_ways",
+                "test_ways",
+                "train_norm",
+                "test_norm",
+                "train_steps",
+                "train_s",
+                "test_acc",
+                "ci95",
+                "episodes",
+                "eval_s",
+            ],
+            ".4g",
+        )
+    )
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
     csv_path, json_path = save(a.tag, rows, info, {"args": vars(a)})
     print(f"\nwrote {csv_path.relative_to(_common.ROOT)} and {json_path.relative_to(_common.ROOT)}")

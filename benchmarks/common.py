@@ -4,6 +4,7 @@ time-budgeted training and the meta-test every accuracy/MSE table uses.
 The scripts are modules of the `benchmarks` package, run from the project root as
 `python -m benchmarks.<name>`, so they import this checkout's `metaserve` without any path edits.
 """
+
 from __future__ import annotations
 
 import csv
@@ -13,8 +14,9 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]  # the project root (holds `metaserve/`)
 RESULTS = ROOT / "benchmarks" / "results"
@@ -72,9 +74,11 @@ def relative(path: Path | str) -> str:
 
 
 def print_machine(info: dict[str, Any]) -> None:
-    print(f"machine: {info['nproc']} CPU ({info['cpu']}), {info['mem_gib']} GiB, GPU {info['gpu']}; "
-          f"python {info['python']}, torch {info['torch']} ({info['torch_threads']} threads), ray {info['ray']}; "
-          f"load average {info['loadavg_at_start']}; {info['date']}")
+    print(
+        f"machine: {info['nproc']} CPU ({info['cpu']}), {info['mem_gib']} GiB, GPU {info['gpu']}; "
+        f"python {info['python']}, torch {info['torch']} ({info['torch_threads']} threads), ray {info['ray']}; "
+        f"load average {info['loadavg_at_start']}; {info['date']}"
+    )
     print(f"command: {info['command']}")
 
 
@@ -94,7 +98,9 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
     return "\n".join(lines)
 
 
-def save(name: str, rows: Sequence[dict[str, Any]], info: dict[str, Any], extra: dict[str, Any] | None = None) -> tuple[Path, Path]:
+def save(
+    name: str, rows: Sequence[dict[str, Any]], info: dict[str, Any], extra: dict[str, Any] | None = None
+) -> tuple[Path, Path]:
     """Write results/<name>.csv (the rows) and results/<name>.json (rows, machine, extra)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     columns: list[str] = []
@@ -136,8 +142,11 @@ def train_for(config, budget_s: float, progress=None, with_status: bool = False)
     def on_log(row, ckpt):
         where["run_dir"] = Path(ckpt).parents[1] if ckpt is not None else where.get("run_dir")
         if progress is not None:
-            progress(f"step {row['step']}: loss {row['loss']:.4f}" + (f", acc {100 * row['acc']:.1f}%" if "acc" in row else "")
-                     + f", {row['tasks_per_s']:.1f} tasks/s, {time.perf_counter() - t0:.0f} s")
+            progress(
+                f"step {row['step']}: loss {row['loss']:.4f}"
+                + (f", acc {100 * row['acc']:.1f}%" if "acc" in row else "")
+                + f", {row['tasks_per_s']:.1f} tasks/s, {time.perf_counter() - t0:.0f} s"
+            )
         if time.perf_counter() - t0 > budget_s:
             raise _BudgetSpent
 

@@ -8,43 +8,61 @@ N ways for Omniglot), the query loss and accuracy before adaptation (0 inner ste
   .venv/bin/python -m benchmarks.curriculum --task sinusoid --steps 2000
   .venv/bin/python -m benchmarks.curriculum --task omniglot --steps 150 --episodes 200
 """
+
 from __future__ import annotations
 
 import argparse
 import time
 
-from benchmarks.common import RESULTS, ROOT, machine, markdown_table, print_machine, save
-
 import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch.func import vmap  # noqa: E402
+from benchmarks.common import RESULTS, ROOT, machine, markdown_table, print_machine, save
 
-from metaserve.api import as_config  # noqa: E402
-from metaserve.evaluation import ci95, episode_curve  # noqa: E402
-from metaserve.experiment import build_distribution, build_learner  # noqa: E402
-from metaserve.runtime.loop import train_loop  # noqa: E402
-from metaserve.store.metrics import read_metrics  # noqa: E402
-from metaserve.tasks.base import stack_tasks  # noqa: E402
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+from torch.func import vmap
+
+from metaserve.api import as_config
+from metaserve.evaluation import ci95, episode_curve
+from metaserve.experiment import build_distribution, build_learner
+from metaserve.runtime.loop import train_loop
+from metaserve.store.metrics import read_metrics
+from metaserve.tasks.base import stack_tasks
 
 TEACHERS = ["none", "static", "adaptive"]
 # One base per task; the teachers differ only in `curriculum.*`. Teacher settings: Table I's update
 # rate 4 (every) for both; the adaptive step is Table I's 2 for ways, 0.5 on the amplitude range [1, 5].
 SETUPS = {
-    "sinusoid": ("configs/sinusoid-maml-adaptive.yaml", [
-        "train.val_tasks=50",
-        "curriculum.stages=[{amplitude_high: 1.0}, {amplitude_high: 2.0}, {amplitude_high: 3.5}, {amplitude_high: 5.0}]",
-        "curriculum.threshold=[0.05, 0.18, 0.5]", "curriculum.patience=3",
-    ]),
-    "omniglot": ("configs/omniglot-maml-5w1s.yaml", [
-        "algorithm.name=fomaml", "model.hidden=32", "train.meta_batch=4", "train.val_tasks=20", "algorithm.eval_inner_steps=3",
-        "curriculum.every=4", "curriculum.val_tasks=10", "curriculum.patience=2", "curriculum.threshold=[0.4, 0.6, 0.8]",
-        "curriculum.target_loss=0.6",
-        "curriculum.stages=[{ways: 2}, {ways: 3}, {ways: 4}, {ways: 5}]",
-        "curriculum.params={ways: {low: 2, high: 5, start: 2}}", "curriculum.step=2", "curriculum.window=3",
-    ]),
+    "sinusoid": (
+        "configs/sinusoid-maml-adaptive.yaml",
+        [
+            "train.val_tasks=50",
+            "curriculum.stages=[{amplitude_high: 1.0}, {amplitude_high: 2.0}, "
+            "{amplitude_high: 3.5}, {amplitude_high: 5.0}]",
+            "curriculum.threshold=[0.05, 0.18, 0.5]",
+            "curriculum.patience=3",
+        ],
+    ),
+    "omniglot": (
+        "configs/omniglot-maml-5w1s.yaml",
+        [
+            "algorithm.name=fomaml",
+            "model.hidden=32",
+            "train.meta_batch=4",
+            "train.val_tasks=20",
+            "algorithm.eval_inner_steps=3",
+            "curriculum.every=4",
+            "curriculum.val_tasks=10",
+            "curriculum.patience=2",
+            "curriculum.threshold=[0.4, 0.6, 0.8]",
+            "curriculum.target_loss=0.6",
+            "curriculum.stages=[{ways: 2}, {ways: 3}, {ways: 4}, {ways: 5}]",
+            "curriculum.params={ways: {low: 2, high: 5, start: 2}}",
+            "curriculum.step=2",
+            "curriculum.window=3",
+        ],
+    ),
 }
 
 
@@ -53,7 +71,10 @@ def episode_table(learner, params, distribution, seed: int, episodes: int, steps
     algo, out = learner.algorithm, []
     run = lambda sx, sy, qx, qy: episode_curve(algo, params, sx, sy, qx, qy, steps)  # noqa: E731
     for start in range(0, episodes, chunk):
-        tasks = [distribution.sample(seed, 0, i, None, "test").to(learner.device, learner.dtype) for i in range(start, min(start + chunk, episodes))]
+        tasks = [
+            distribution.sample(seed, 0, i, None, "test").to(learner.device, learner.dtype)
+            for i in range(start, min(start + chunk, episodes))
+        ]
         if algo.vectorize:
             b = stack_tasks(tasks)
             out.append(vmap(run)(b.support_x, b.support_y, b.query_x, b.query_y))
@@ -78,7 +99,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2000, help="meta-steps of every run")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--episodes", type=int, default=600, help="test episodes of the hardest distribution")
-    p.add_argument("--set", action="append", default=[], help="extra config override for every run, e.g. curriculum.target_loss=0.5")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        help="extra config override for every run, e.g. curriculum.target_loss=0.5",
+    )
     p.add_argument("--tag", default="", help="suffix of the result files and plot folder (e.g. seed1)")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -88,11 +114,21 @@ def main() -> None:
     label = f"curriculum-{args.task}" + (f"-{args.tag}" if args.tag else "")
     out_dir = RESULTS / label
     out_dir.mkdir(parents=True, exist_ok=True)
-    common = overrides + [f"train.steps={args.steps}", f"train.log_every={args.log_every}", f"train.checkpoint_every={args.steps}",
-                          f"output_dir={RESULTS / 'runs' / f'curriculum-{args.task}'}"] + args.set
+    common = (
+        overrides
+        + [
+            f"train.steps={args.steps}",
+            f"train.log_every={args.log_every}",
+            f"train.checkpoint_every={args.steps}",
+            f"output_dir={RESULTS / 'runs' / f'curriculum-{args.task}'}",
+        ]
+        + args.set
+    )
     rows, curves, metrics = [], {}, {}
     for name in args.teachers.split(","):
-        config = as_config(str(ROOT / config_path), common + [f"curriculum.teacher={name}", f"name=curriculum-{args.task}-{name}"])
+        config = as_config(
+            str(ROOT / config_path), common + [f"curriculum.teacher={name}", f"name=curriculum-{args.task}-{name}"]
+        )
         t0 = time.perf_counter()
         result = train_loop(config, final_eval=False, progress=lambda m: print(f"[{name}] {m}", flush=True))
         seconds = time.perf_counter() - t0
@@ -108,13 +144,29 @@ def main() -> None:
         df = read_metrics(result.run_dir)
         metrics[name] = df
         omega = {c.removeprefix("omega_"): float(df[c].iloc[-1]) for c in df if c.startswith("omega_")}
-        rows.append({**summarise(name, table, classification), "meta_steps": config.train.steps, "train_s": round(seconds, 1),
-                     "final_omega": ", ".join(f"{k}={v:g}" for k, v in omega.items()) or "-", "run_dir": str(result.run_dir.relative_to(ROOT))})
+        rows.append(
+            {
+                **summarise(name, table, classification),
+                "meta_steps": config.train.steps,
+                "train_s": round(seconds, 1),
+                "final_omega": ", ".join(f"{k}={v:g}" for k, v in omega.items()) or "-",
+                "run_dir": str(result.run_dir.relative_to(ROOT)),
+            }
+        )
         print(f"[{name}] {rows[-1]}", flush=True)
     plots = plot(args.task, curves, metrics, classification, out_dir)
-    extra = {"args": vars(args), "overrides": common, "plots": [str(p.relative_to(ROOT)) for p in plots],
-             "curves": {k: {"loss": v[:, :, 0].mean(0).tolist(), "acc": v[:, :, 1].mean(0).tolist()} for k, v in curves.items()},
-             "omega": {k: df[["step"] + [c for c in df if c.startswith(("omega_", "teacher_"))]].to_dict("list") for k, df in metrics.items()}}
+    extra = {
+        "args": vars(args),
+        "overrides": common,
+        "plots": [str(p.relative_to(ROOT)) for p in plots],
+        "curves": {
+            k: {"loss": v[:, :, 0].mean(0).tolist(), "acc": v[:, :, 1].mean(0).tolist()} for k, v in curves.items()
+        },
+        "omega": {
+            k: df[["step"] + [c for c in df if c.startswith(("omega_", "teacher_"))]].to_dict("list")
+            for k, df in metrics.items()
+        },
+    }
     csv_path, json_path = save(label, rows, info, extra)
     cols = ["teacher", "meta_steps", "pre_loss", "pre_loss_ci95", "post_loss", "post_loss_ci95"]
     cols += ["pre_acc", "pre_acc_ci95", "post_acc", "post_acc_ci95"] if classification else []
@@ -146,7 +198,11 @@ def plot(task: str, curves: dict, metrics: dict, classification: bool, out_dir) 
             for name, df in metrics.items():
                 if col in df:
                     ax.plot(df["step"], df[col], marker=".", label=f"teacher: {name}")
-            ax.set(title=f"{task}: {col.removeprefix('omega_')} trained on", xlabel="meta-step", ylabel=col.removeprefix("omega_"))
+            ax.set(
+                title=f"{task}: {col.removeprefix('omega_')} trained on",
+                xlabel="meta-step",
+                ylabel=col.removeprefix("omega_"),
+            )
             ax.legend(fontsize=8)
         fig.tight_layout()
         files.append(out_dir / "omega.png")
@@ -155,7 +211,9 @@ def plot(task: str, curves: dict, metrics: dict, classification: bool, out_dir) 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, df in metrics.items():
         ax.plot(df["step"], df["val_loss"], label=f"teacher: {name}")
-    ax.set(title=f"{task}: meta-val loss on the full task space", xlabel="meta-step", ylabel="post-adaptation query loss")
+    ax.set(
+        title=f"{task}: meta-val loss on the full task space", xlabel="meta-step", ylabel="post-adaptation query loss"
+    )
     ax.set_yscale("log")
     ax.legend(fontsize=8)
     fig.tight_layout()

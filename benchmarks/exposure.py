@@ -7,6 +7,7 @@ driver is SIGKILLed (the driver alone, not its process group).
 Prints a table of listening TCP sockets (address, port, process, unauthenticated HTTP answer) and
 the embedded instance's surviving processes at intervals after the kill.
 """
+
 from __future__ import annotations
 
 import os
@@ -106,8 +107,9 @@ def cluster_ports() -> None:
     token.chmod(0o600)
     env = {**os.environ, "RAY_AUTH_TOKEN_PATH": str(token)}
     script = [sys.executable, str(ROOT / "cluster" / "local_cluster.py")]
-    started = subprocess.run(script + ["start", "--workers", "1", "--dir", str(state)], env=env, capture_output=True,
-                             text=True, timeout=240)
+    started = subprocess.run(
+        script + ["start", "--workers", "1", "--dir", str(state)], env=env, capture_output=True, text=True, timeout=240
+    )
     print(started.stdout.strip() or started.stderr[-2000:])
     try:
         import json
@@ -120,15 +122,25 @@ def cluster_ports() -> None:
         for ip, port, name, probe in sorted(rows, key=lambda r: (r[2], r[1])):
             print(f"{ip:<16} {port:>6}  {name:<60}  {probe}")
     finally:
-        print(subprocess.run(script + ["stop", "--dir", str(state)], env=env, capture_output=True, text=True,
-                             timeout=120).stdout.strip())
+        print(
+            subprocess.run(
+                script + ["stop", "--dir", str(state)], env=env, capture_output=True, text=True, timeout=120
+            ).stdout.strip()
+        )
 
 
 def leftovers_after_driver_kill(extra_env: dict[str, str]) -> None:
-    code = ("import ray, time; ray.init(address='local', num_cpus=1, include_dashboard=False); "
-            "ray.get(ray.remote(lambda: 1).remote()); print('ready', flush=True); time.sleep(600)")
-    driver = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True,
-                              env={**os.environ, **extra_env})
+    code = (
+        "import ray, time; ray.init(address='local', num_cpus=1, include_dashboard=False); "
+        "ray.get(ray.remote(lambda: 1).remote()); print('ready', flush=True); time.sleep(600)"
+    )
+    driver = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, **extra_env},
+    )
     assert driver.stdout.readline().strip() == "ready"
     session = tree([driver.pid]) - {driver.pid}
     print(f"embedded Ray {extra_env or ''}: driver pid {driver.pid}, {len(session)} processes of its own")

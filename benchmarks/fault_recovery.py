@@ -6,6 +6,7 @@ each case and the time Ray needs to restart a worker, over `--repeats` tries.
 
     python -m benchmarks.fault_recovery --repeats 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,10 +24,14 @@ from metaserve.api import as_config
 from metaserve.experiment import build_learner
 from metaserve.runtime.ray_executor import RayExecutor
 
-CONFIG = {"name": "faults", "task": {"name": "sinusoid"}, "model": {"name": "mlp"},
-          "algorithm": {"name": "maml", "inner_steps": 5},
-          "train": {"meta_batch": 64, "dtype": "float32", "device": "cpu"},
-          "runtime": {"backend": "ray", "num_workers": 2, "cpus_per_worker": 1, "worker_wait_s": 60}}
+CONFIG = {
+    "name": "faults",
+    "task": {"name": "sinusoid"},
+    "model": {"name": "mlp"},
+    "algorithm": {"name": "maml", "inner_steps": 5},
+    "train": {"meta_batch": 64, "dtype": "float32", "device": "cpu"},
+    "runtime": {"backend": "ray", "num_workers": 2, "cpus_per_worker": 1, "worker_wait_s": 60},
+}
 
 
 def timed_step(executor: RayExecutor, params, step: int, kill: list[int], after_s: float) -> float:
@@ -77,8 +82,13 @@ def main() -> None:
     summary = {k: {"median_s": statistics.median(v), "all_s": v} for k, v in cases.items()}
     for k, v in summary.items():
         print(f"{k:>22}: median {v['median_s']:.3f} s  ({', '.join(f'{x:.2f}' for x in v['all_s'])})")
-    machine = {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
-               "cpus": __import__("os").cpu_count(), "date": time.strftime("%Y-%m-%d")}
+    machine = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+        "cpus": __import__("os").cpu_count(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
     Path(a.out).write_text(json.dumps({"machine": machine, "config": CONFIG, "cases": summary}, indent=2))
 
 

@@ -16,17 +16,17 @@ Three measurements, each a subcommand (sinusoid K=10, the shipped configs/sinuso
   nice -n 10 .venv/bin/python -m benchmarks.lazy_horizon claim --contenders "omniglot lazy-maml k=20,omniglot maml k=1"
       --steps 10 --log-every 5 --set train.meta_batch=2 --set train.val_tasks=5 --episodes 100 --eval-steps 20
 """
+
 from __future__ import annotations
 
 import argparse
 import statistics
 import time
 
-from benchmarks import common as _common
-from benchmarks.common import RESULTS, markdown_table, print_machine, save, train_for
-
 import torch
 
+from benchmarks import common as _common
+from benchmarks.common import RESULTS, markdown_table, print_machine, save, train_for
 from metaserve.api import as_config
 from metaserve.evaluation import evaluate
 from metaserve.experiment import build_distribution, build_learner
@@ -48,9 +48,18 @@ SINUSOID = [label for label in CLAIM if not label.startswith("omniglot")]
 
 
 def config(path: str, overrides: list[str], steps: int, log_every: int, extra: list[str]):
-    return as_config(str(_common.ROOT / path), [*overrides, f"train.steps={steps}", f"train.log_every={log_every}",
-                                                f"train.checkpoint_every={log_every}", "train.device=cpu",
-                                                f"output_dir={RUNS}", *extra])
+    return as_config(
+        str(_common.ROOT / path),
+        [
+            *overrides,
+            f"train.steps={steps}",
+            f"train.log_every={log_every}",
+            f"train.checkpoint_every={log_every}",
+            "train.device=cpu",
+            f"output_dir={RUNS}",
+            *extra,
+        ],
+    )
 
 
 def stability(a) -> list[dict]:
@@ -59,13 +68,25 @@ def stability(a) -> list[dict]:
     for k in a.ks:
         overrides = [f"algorithm.inner_steps={k}", f"algorithm.meta_gradient={a.mode}"]
         cfg = config(LAZY, overrides, a.steps, a.log_every, a.set)
-        _, _, steps, seconds, metrics, status = train_for(cfg, a.budget_s, with_status=True,
-                                                          progress=lambda m, k=k: print(f"    k={k} {m}", flush=True))
+        _, _, steps, seconds, metrics, status = train_for(
+            cfg, a.budget_s, with_status=True, progress=lambda m, k=k: print(f"    k={k} {m}", flush=True)
+        )
         val = metrics["val_loss"].dropna().tolist()
-        rows.append({"k": k, "mode": a.mode, "meta_batch": cfg.train.meta_batch, "steps": steps, "train_s": seconds,
-                     "status": status, "val_first": val[0], "val_min": min(val), "val_last": val[-1],
-                     "finite": bool(all(v == v and abs(v) < float("inf") for v in val)),
-                     "val_curve": [round(v, 4) for v in val]})
+        rows.append(
+            {
+                "k": k,
+                "mode": a.mode,
+                "meta_batch": cfg.train.meta_batch,
+                "steps": steps,
+                "train_s": seconds,
+                "status": status,
+                "val_first": val[0],
+                "val_min": min(val),
+                "val_last": val[-1],
+                "finite": bool(all(v == v and abs(v) < float("inf") for v in val)),
+                "val_curve": [round(v, 4) for v in val],
+            }
+        )
         print(f"  k={k}: {steps} steps in {seconds:.0f} s, {status}, val {val[0]:.3f} -> {val[-1]:.3f}", flush=True)
     return rows
 
@@ -96,8 +117,11 @@ def compute(a) -> list[dict]:
             row[f"lazy_{mode}_s"] = seconds_per_step(LAZY, lazy, a.meta_batch, a.reps)
         row["exact_over_maml"] = row["lazy_exact_s"] / row["maml_s"]
         row["exact_over_linearised"] = row["lazy_exact_s"] / row["lazy_linearised_s"]
-        print(f"  k={k}: maml {row['maml_s']:.3f} s, lazy exact {row['lazy_exact_s']:.3f} s "
-              f"({row['exact_over_maml']:.2f}x), linearised {row['lazy_linearised_s']:.3f} s", flush=True)
+        print(
+            f"  k={k}: maml {row['maml_s']:.3f} s, lazy exact {row['lazy_exact_s']:.3f} s "
+            f"({row['exact_over_maml']:.2f}x), linearised {row['lazy_linearised_s']:.3f} s",
+            flush=True,
+        )
         rows.append(row)
     return rows
 
@@ -110,16 +134,21 @@ def claim(a) -> list[dict]:
         cfg = config(path, overrides, a.steps, a.log_every, a.set)
         _, params, steps, seconds, metrics, status = train_for(cfg, float("inf"), with_status=True)
         learner, dist = build_learner(cfg), build_distribution(cfg)
-        row = {"contender": label, "steps": steps, "meta_batch": cfg.train.meta_batch,
-               "inner_lr": cfg.algorithm.inner_lr,
-               "train_s": seconds, "status": status}
+        row = {
+            "contender": label,
+            "steps": steps,
+            "meta_batch": cfg.train.meta_batch,
+            "inner_lr": cfg.algorithm.inner_lr,
+            "train_s": seconds,
+            "status": status,
+        }
         for k in a.eval_steps:
             r = evaluate(learner, params, dist, episodes=a.episodes, steps=k)
             row[f"{r.metric}_{k}"], row[f"ci95_{k}"] = r.mean, r.ci95
-        scores = ", ".join(f"{k} steps {r.metric} {row[f'{r.metric}_{k}']:.4f} +- {row[f'ci95_{k}']:.4f}"
-                           for k in a.eval_steps)
-        print(f"  {label}: " + scores
-              + f" ({steps} meta-steps, {seconds:.0f} s, {status})", flush=True)
+        scores = ", ".join(
+            f"{k} steps {r.metric} {row[f'{r.metric}_{k}']:.4f} +- {row[f'ci95_{k}']:.4f}" for k in a.eval_steps
+        )
+        print(f"  {label}: " + scores + f" ({steps} meta-steps, {seconds:.0f} s, {status})", flush=True)
         rows.append(row)
     return rows
 
@@ -128,8 +157,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description="lazy-maml at long horizons")
     p.add_argument("what", choices=["stability", "compute", "claim"])
     p.add_argument("--ks", type=lambda s: [int(x) for x in s.split(",")], default=[10, 20, 50, 100])
-    p.add_argument("--mode", choices=["exact", "linearised"], default="exact",
-                   help="stability: lazy-maml's meta_gradient")
+    p.add_argument(
+        "--mode", choices=["exact", "linearised"], default="exact", help="stability: lazy-maml's meta_gradient"
+    )
     p.add_argument("--steps", type=int, default=5000, help="meta-steps (stability: at most; claim: each)")
     p.add_argument("--budget-s", type=float, default=300.0, help="stability: training seconds per k")
     p.add_argument("--log-every", type=int, default=50)

@@ -1,4 +1,5 @@
-"""Sinusoid families, 5-task 5-shot (Q = 5): goal-task MSE after 0..s finetuning steps (the MALTML paper's Fig. 2 protocol).
+"""Sinusoid families, 5-task 5-shot (Q = 5): goal-task MSE after 0..s finetuning steps (the MALTML paper's
+Fig. 2 protocol).
 
 Every learner is trained with `train_loop` from configs/sinusoid-families-maltml.yaml with its
 `algorithm` section (and `task.unit` / `task.oracle`) replaced, for the same number of outer steps and
@@ -13,17 +14,17 @@ Writes results/maltml-families.{csv,json} and the plot results/maltml-families.p
 
   .venv/bin/python -m benchmarks.maltml_families --steps 1500 --meta-batch 10
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import time
 
-from benchmarks.common import RESULTS, ROOT, machine, markdown_table, print_machine, save
-
 import torch
 import yaml
 
+from benchmarks.common import RESULTS, ROOT, machine, markdown_table, print_machine, save
 from metaserve.api import as_config
 from metaserve.experiment import build_learner
 from metaserve.family_eval import evaluate_families, family_task_config, split_of
@@ -38,14 +39,40 @@ def learners(a) -> dict[str, tuple[dict, dict]]:
     """name -> (algorithm section, task overrides)."""
     outer = {"optimizer": "adam", "lr": a.outer_lr}
     return {
-        "maltml": ({"name": "maltml", "meta_learner": a.meta_learner, "task_lr": a.task_lr, "task_steps": 1, "meta_lr": a.meta_lr,
-                    "meta_steps": a.meta_steps, "finetune_lr": a.gamma, "finetune_steps": a.finetune_steps, "outer": outer}, {}),
-        "maml": ({"name": "maml", "inner_lr": a.gamma, "inner_steps": 1, "eval_inner_steps": a.finetune_steps, "outer": outer}, {"unit": "task"}),
-        "pretrain": ({"name": "pretrain", "inner_lr": a.gamma, "eval_inner_steps": a.finetune_steps, "outer": outer}, {"unit": "task"}),
+        "maltml": (
+            {
+                "name": "maltml",
+                "meta_learner": a.meta_learner,
+                "task_lr": a.task_lr,
+                "task_steps": 1,
+                "meta_lr": a.meta_lr,
+                "meta_steps": a.meta_steps,
+                "finetune_lr": a.gamma,
+                "finetune_steps": a.finetune_steps,
+                "outer": outer,
+            },
+            {},
+        ),
+        "maml": (
+            {
+                "name": "maml",
+                "inner_lr": a.gamma,
+                "inner_steps": 1,
+                "eval_inner_steps": a.finetune_steps,
+                "outer": outer,
+            },
+            {"unit": "task"},
+        ),
+        "pretrain": (
+            {"name": "pretrain", "inner_lr": a.gamma, "eval_inner_steps": a.finetune_steps, "outer": outer},
+            {"unit": "task"},
+        ),
         # The oracle's finetuning diverges at the others' gamma (its inputs include A and phi, up to 5 and pi):
         # it finetunes with its own, smaller step (it needs no finetuning at all).
-        "oracle": ({"name": "pretrain", "inner_lr": a.oracle_gamma, "eval_inner_steps": a.finetune_steps, "outer": outer},
-                   {"unit": "task", "oracle": True}),
+        "oracle": (
+            {"name": "pretrain", "inner_lr": a.oracle_gamma, "eval_inner_steps": a.finetune_steps, "outer": outer},
+            {"unit": "task", "oracle": True},
+        ),
     }
 
 
@@ -53,21 +80,46 @@ def run(name: str, algorithm: dict, task: dict, a) -> dict:
     data = yaml.safe_load(BASE.read_text())
     data["task"] |= task
     data |= {"name": f"families-{name}", "output_dir": str(RUNS), "algorithm": algorithm}
-    config = as_config(data, [f"train.steps={a.steps}", f"train.meta_batch={a.meta_batch}", f"train.log_every={a.steps}",
-                              f"train.checkpoint_every={a.steps}", "train.val_tasks=0", "train.device=cpu", f"train.dtype={a.dtype}"])
+    config = as_config(
+        data,
+        [
+            f"train.steps={a.steps}",
+            f"train.meta_batch={a.meta_batch}",
+            f"train.log_every={a.steps}",
+            f"train.checkpoint_every={a.steps}",
+            "train.val_tasks=0",
+            "train.device=cpu",
+            f"train.dtype={a.dtype}",
+        ],
+    )
     t0 = time.perf_counter()
     result = train_loop(config, final_eval=False)
     train_s = time.perf_counter() - t0
     learner = build_learner(config)
     families = make_distribution(family_task_config(config.task))
     t1 = time.perf_counter()
-    r = evaluate_families(learner.algorithm, result.params, families, seed=config.seed, split=split_of(config.task),
-                          families=a.families, steps=a.finetune_steps, dtype=learner.dtype)
-    row = {"learner": name, "steps": a.steps, "meta_batch": a.meta_batch, "gamma": algorithm.get("finetune_lr", algorithm.get("inner_lr")),
-           "train_s": round(train_s, 1),
-           "eval_s": round(time.perf_counter() - t1, 1), "families": r.families,
-           **{f"mse_{c['finetune_step']}": c["mean"] for c in r.curve}, **{f"ci95_{c['finetune_step']}": c["ci95"] for c in r.curve},
-           "run_dir": str(result.run_dir.relative_to(ROOT))}
+    r = evaluate_families(
+        learner.algorithm,
+        result.params,
+        families,
+        seed=config.seed,
+        split=split_of(config.task),
+        families=a.families,
+        steps=a.finetune_steps,
+        dtype=learner.dtype,
+    )
+    row = {
+        "learner": name,
+        "steps": a.steps,
+        "meta_batch": a.meta_batch,
+        "gamma": algorithm.get("finetune_lr", algorithm.get("inner_lr")),
+        "train_s": round(train_s, 1),
+        "eval_s": round(time.perf_counter() - t1, 1),
+        "families": r.families,
+        **{f"mse_{c['finetune_step']}": c["mean"] for c in r.curve},
+        **{f"ci95_{c['finetune_step']}": c["ci95"] for c in r.curve},
+        "run_dir": str(result.run_dir.relative_to(ROOT)),
+    }
     print(f"  {name}: {r}  (train {train_s:.0f} s)", flush=True)
     return row
 
@@ -128,7 +180,11 @@ def main() -> None:
         rows = [fresh.pop(r["learner"], r) for r in previous["rows"]] + list(fresh.values())
         info = {**info, "previous_run": previous["machine"]}
     print()
-    cols = ["learner", "steps", "gamma", "train_s"] + [f"mse_{s}" for s in (0, 1, 5, a.finetune_steps)] + [f"ci95_{a.finetune_steps}"]
+    cols = (
+        ["learner", "steps", "gamma", "train_s"]
+        + [f"mse_{s}" for s in (0, 1, 5, a.finetune_steps)]
+        + [f"ci95_{a.finetune_steps}"]
+    )
     print(markdown_table(rows, cols, ".4g"))
     csv_path, json_path = save(a.tag, rows, info, {"args": vars(a)})
     png = RESULTS / f"{a.tag}.png"

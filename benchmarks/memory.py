@@ -14,6 +14,7 @@ its k=1 figure. `lazy-maml:linearised` selects the linearised meta-gradient (met
 
   nice -n 10 .venv/bin/python -m benchmarks.memory --ks 1,10,50,100 --algorithms maml,lazy-maml,lazy-maml:linearised
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,9 +39,16 @@ def child(algorithm: str, k: int, meta_batch: int, hidden: int, vectorize: str) 
 
     torch.set_num_threads(1)
     algorithm, _, mode = algorithm.partition(":")  # lazy-maml:linearised -> meta_gradient=linearised
-    overrides = [f"algorithm.name={algorithm}", f"algorithm.inner_steps={k}", "algorithm.inner_lr=0.1",
-                 f"model.hidden={hidden}", f"train.meta_batch={meta_batch}", "train.device=cpu", "train.dtype=float32",
-                 f"train.vectorize='{vectorize}'"]
+    overrides = [
+        f"algorithm.name={algorithm}",
+        f"algorithm.inner_steps={k}",
+        "algorithm.inner_lr=0.1",
+        f"model.hidden={hidden}",
+        f"train.meta_batch={meta_batch}",
+        "train.device=cpu",
+        "train.dtype=float32",
+        f"train.vectorize='{vectorize}'",
+    ]
     if algorithm.startswith("lazy"):
         overrides.append("algorithm.leap=0.5")
     if mode:
@@ -59,8 +67,19 @@ def child(algorithm: str, k: int, meta_batch: int, hidden: int, vectorize: str) 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     n_params = sum(v.numel() for v in params.values())
     finite = all(bool(torch.isfinite(v).all()) for v in update.contribution.values())
-    print(json.dumps({"baseline_mb": base / MB, "peak_mb": peak / MB, "delta_mb": (peak - base) / MB, "seconds": seconds,
-                      "params": n_params, "finite": finite, "query_loss": update.metrics.get("loss", float("nan")) / update.count}))
+    print(
+        json.dumps(
+            {
+                "baseline_mb": base / MB,
+                "peak_mb": peak / MB,
+                "delta_mb": (peak - base) / MB,
+                "seconds": seconds,
+                "params": n_params,
+                "finite": finite,
+                "query_loss": update.metrics.get("loss", float("nan")) / update.count,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -82,8 +101,20 @@ def main() -> None:
     rows = []
     for algorithm in a.algorithms.split(","):
         for k in [int(x) for x in a.ks.split(",")]:
-            cmd = [sys.executable, "-m", "benchmarks.memory", "--child", algorithm, str(k), "--meta-batch", str(a.meta_batch),
-                   "--hidden", str(a.hidden), "--vectorize", a.vectorize]
+            cmd = [
+                sys.executable,
+                "-m",
+                "benchmarks.memory",
+                "--child",
+                algorithm,
+                str(k),
+                "--meta-batch",
+                str(a.meta_batch),
+                "--hidden",
+                str(a.hidden),
+                "--vectorize",
+                a.vectorize,
+            ]
             row = {"algorithm": algorithm, "k": k, "meta_batch": a.meta_batch, "hidden": a.hidden}
             t0 = time.perf_counter()
             try:
@@ -91,16 +122,34 @@ def main() -> None:
                 if out.returncode == 0:
                     row |= json.loads(out.stdout.strip().splitlines()[-1]) | {"status": "ok"}
                 else:
-                    row["status"] = f"failed (rc {out.returncode}): {out.stderr.strip().splitlines()[-1][:200] if out.stderr.strip() else ''}"
+                    row["status"] = (
+                        f"failed (rc {out.returncode}): "
+                        f"{out.stderr.strip().splitlines()[-1][:200] if out.stderr.strip() else ''}"
+                    )
             except subprocess.TimeoutExpired:
                 row["status"] = f"timed out after {a.timeout:.0f} s"
             row["wall_s"] = time.perf_counter() - t0
-            print(f"  {algorithm} k={k}: " + (f"+{row['delta_mb']:.1f} MB over {row['baseline_mb']:.0f} MB, {row['seconds']:.2f} s"
-                                              if row["status"] == "ok" else row["status"]), flush=True)
+            print(
+                f"  {algorithm} k={k}: "
+                + (
+                    f"+{row['delta_mb']:.1f} MB over {row['baseline_mb']:.0f} MB, {row['seconds']:.2f} s"
+                    if row["status"] == "ok"
+                    else row["status"]
+                ),
+                flush=True,
+            )
             rows.append(row)
     print()
-    print(markdown_table(rows, ["algorithm", "k", "meta_batch", "delta_mb", "peak_mb", "baseline_mb", "seconds", "finite", "status"], ".4g"))
-    csv_path, json_path = save(a.tag, rows, info, {"meta_batch": a.meta_batch, "hidden": a.hidden, "vectorize": a.vectorize})
+    print(
+        markdown_table(
+            rows,
+            ["algorithm", "k", "meta_batch", "delta_mb", "peak_mb", "baseline_mb", "seconds", "finite", "status"],
+            ".4g",
+        )
+    )
+    csv_path, json_path = save(
+        a.tag, rows, info, {"meta_batch": a.meta_batch, "hidden": a.hidden, "vectorize": a.vectorize}
+    )
     print(f"\nwrote {csv_path.relative_to(_common.ROOT)} and {json_path.relative_to(_common.ROOT)}")
 
 

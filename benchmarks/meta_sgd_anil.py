@@ -8,16 +8,16 @@ this protocol differs).
 
   nice -n 10 .venv/bin/python -m benchmarks.meta_sgd_anil --sinusoid-steps 3000 --omniglot-steps 150
 """
+
 from __future__ import annotations
 
 import argparse
 import time
 
-from benchmarks import common as _common
-from benchmarks.common import RESULTS, markdown_table, print_machine, save
-
 import torch
 
+from benchmarks import common as _common
+from benchmarks.common import RESULTS, markdown_table, print_machine, save
 from metaserve.api import as_config
 from metaserve.evaluation import evaluate
 from metaserve.experiment import build_distribution, build_learner
@@ -38,20 +38,43 @@ OMNIGLOT_ALGORITHMS = {  # the MAML paper's Omniglot alpha 0.4, one inner step
 
 
 def sinusoid_config(algorithm: dict, steps: int, eval_steps: int) -> dict:
-    return {"name": f"bench-sinusoid-{algorithm['name']}", "seed": 0, "output_dir": str(RUNS),
-            "task": {"name": "sinusoid", "shots": 10, "query": 10}, "model": {"name": "mlp", "hidden": [40, 40]},
-            "algorithm": {**algorithm, "inner_steps": 1, "eval_inner_steps": eval_steps, "outer": ADAM},
-            "train": {"steps": steps, "meta_batch": 25, "log_every": steps, "checkpoint_every": steps, "val_tasks": 100,
-                      "device": "cpu"}, "eval": {"episodes": 2}}
+    return {
+        "name": f"bench-sinusoid-{algorithm['name']}",
+        "seed": 0,
+        "output_dir": str(RUNS),
+        "task": {"name": "sinusoid", "shots": 10, "query": 10},
+        "model": {"name": "mlp", "hidden": [40, 40]},
+        "algorithm": {**algorithm, "inner_steps": 1, "eval_inner_steps": eval_steps, "outer": ADAM},
+        "train": {
+            "steps": steps,
+            "meta_batch": 25,
+            "log_every": steps,
+            "checkpoint_every": steps,
+            "val_tasks": 100,
+            "device": "cpu",
+        },
+        "eval": {"episodes": 2},
+    }
 
 
 def omniglot_config(algorithm: dict, steps: int, eval_steps: int, meta_batch: int, hidden: int) -> dict:
-    return {"name": f"bench-omniglot-{algorithm['name']}", "seed": 0, "output_dir": str(RUNS),
-            "task": {"name": "omniglot", "root": "../shared/data/omniglot", "ways": 5, "shots": 1, "query": 5},
-            "model": {"name": "conv4", "hidden": hidden},
-            "algorithm": {**algorithm, "inner_steps": 1, "eval_inner_steps": eval_steps, "outer": ADAM},
-            "train": {"steps": steps, "meta_batch": meta_batch, "log_every": steps, "checkpoint_every": steps,
-                      "val_tasks": 20, "device": "cpu"}, "eval": {"episodes": 2}}
+    return {
+        "name": f"bench-omniglot-{algorithm['name']}",
+        "seed": 0,
+        "output_dir": str(RUNS),
+        "task": {"name": "omniglot", "root": "../shared/data/omniglot", "ways": 5, "shots": 1, "query": 5},
+        "model": {"name": "conv4", "hidden": hidden},
+        "algorithm": {**algorithm, "inner_steps": 1, "eval_inner_steps": eval_steps, "outer": ADAM},
+        "train": {
+            "steps": steps,
+            "meta_batch": meta_batch,
+            "log_every": steps,
+            "checkpoint_every": steps,
+            "val_tasks": 20,
+            "device": "cpu",
+        },
+        "eval": {"episodes": 2},
+    }
 
 
 def run(task: str, label: str, data: dict, episodes: int, eval_steps: int) -> dict:
@@ -61,8 +84,14 @@ def run(task: str, label: str, data: dict, episodes: int, eval_steps: int) -> di
     result = train_loop(config)
     train_s = time.perf_counter() - t0
     learner, dist = build_learner(config), build_distribution(config)
-    row = {"task": task, "algorithm": label, "meta_steps": config.train.steps, "meta_batch": config.train.meta_batch,
-           "train_s": round(train_s, 1), "episodes": episodes}
+    row = {
+        "task": task,
+        "algorithm": label,
+        "meta_steps": config.train.steps,
+        "meta_batch": config.train.meta_batch,
+        "train_s": round(train_s, 1),
+        "episodes": episodes,
+    }
     t1 = time.perf_counter()
     one = evaluate(learner, result.params, dist, episodes=episodes, steps=1)
     many = evaluate(learner, result.params, dist, episodes=episodes, steps=eval_steps)
@@ -70,8 +99,11 @@ def run(task: str, label: str, data: dict, episodes: int, eval_steps: int) -> di
     row.update({f"{key}_1": one.mean, "ci95_1": one.ci95})
     row.update({f"{key}_{eval_steps}": many.mean, f"ci95_{eval_steps}": many.ci95})
     row["eval_s"] = round(time.perf_counter() - t1, 1)
-    print(f"  {task} {label}: {key} after 1 step {one.mean:.4f} +- {one.ci95:.4f}, after {eval_steps} "
-          f"{many.mean:.4f} +- {many.ci95:.4f} ({config.train.steps} meta-steps, {train_s:.0f} s)", flush=True)
+    print(
+        f"  {task} {label}: {key} after 1 step {one.mean:.4f} +- {one.ci95:.4f}, after {eval_steps} "
+        f"{many.mean:.4f} +- {many.ci95:.4f} ({config.train.steps} meta-steps, {train_s:.0f} s)",
+        flush=True,
+    )
     return row
 
 
@@ -98,8 +130,22 @@ def main() -> None:
             data = omniglot_config(alg, a.omniglot_steps, 3, a.omniglot_meta_batch, a.omniglot_hidden)
             rows.append(run("omniglot 5w1s", label, data, a.omniglot_episodes, 3))
     print()
-    cols = ["task", "algorithm", "meta_steps", "meta_batch", "train_s", "mse_1", "ci95_1", "mse_10", "ci95_10",
-            "acc_1", "acc_3", "ci95_3", "episodes", "eval_s"]
+    cols = [
+        "task",
+        "algorithm",
+        "meta_steps",
+        "meta_batch",
+        "train_s",
+        "mse_1",
+        "ci95_1",
+        "mse_10",
+        "ci95_10",
+        "acc_1",
+        "acc_3",
+        "ci95_3",
+        "episodes",
+        "eval_s",
+    ]
     print(markdown_table(rows, [c for c in cols if any(c in r for r in rows)]))
     csv_path, json_path = save("meta_sgd_anil", rows, info)
     print(f"\nwrote {csv_path.relative_to(_common.ROOT)} and {json_path.relative_to(_common.ROOT)}")

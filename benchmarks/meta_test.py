@@ -3,6 +3,7 @@ adaptation workers (the same task-parallel path as training), on Omniglot MAML 5
 
     python -m benchmarks.meta_test --episodes 600 --steps 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,9 +29,15 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/meta-test.json")
     a = p.parse_args()
     torch.set_num_threads(1)
-    config = as_config({"task": {"name": "omniglot", "ways": 5, "shots": 1, "query": 15},
-                        "model": {"name": "conv4", "hidden": a.hidden}, "algorithm": {"name": "maml", "inner_lr": 0.4},
-                        "train": {"device": "cpu"}, "runtime": {"backend": "ray", "num_workers": 2, "cpus_per_worker": 1}})
+    config = as_config(
+        {
+            "task": {"name": "omniglot", "ways": 5, "shots": 1, "query": 15},
+            "model": {"name": "conv4", "hidden": a.hidden},
+            "algorithm": {"name": "maml", "inner_lr": 0.4},
+            "train": {"device": "cpu"},
+            "runtime": {"backend": "ray", "num_workers": 2, "cpus_per_worker": 1},
+        }
+    )
     learner = build_learner(config)
     params, episodes = learner.initial_params(), range(a.episodes)
     local = LocalExecutor(learner, build_distribution(config))
@@ -54,8 +61,19 @@ def main() -> None:
     base = times["one process, full curve"]
     for label, s in times.items():
         print(f"{label:>28}: {s:7.1f} s  ({base / s:.2f}x one process, full curve)")
-    Path(a.out).write_text(json.dumps({"episodes": a.episodes, "steps": a.steps, "conv4_hidden": a.hidden,
-                                       "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "seconds": times}, indent=2))
+    Path(a.out).write_text(
+        json.dumps(
+            {
+                "episodes": a.episodes,
+                "steps": a.steps,
+                "conv4_hidden": a.hidden,
+                "cpus": os.cpu_count(),
+                "date": time.strftime("%Y-%m-%d"),
+                "seconds": times,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -16,24 +16,23 @@ The Ray paths time what `train_loop` records as `step_time` (executor round trip
 
   .venv/bin/python -m benchmarks.paired_ray --rounds 150 --tag paired-sinusoid
 """
+
 from __future__ import annotations
 
 import argparse
 import statistics
 import time
 
-from benchmarks.common import ROOT, machine, markdown_table, print_machine, save
-
 import ray
 import torch
 
+from benchmarks import plain_maml
+from benchmarks.common import ROOT, machine, markdown_table, print_machine, save
+from benchmarks.throughput import workload_config
 from metaserve.api import as_config
 from metaserve.config import Config
 from metaserve.experiment import build_distribution, build_learner
 from metaserve.runtime.ray_executor import RayExecutor
-
-from benchmarks import plain_maml
-from benchmarks.throughput import workload_config
 
 META_BATCH = 32
 
@@ -48,8 +47,10 @@ class VecPath:
 
     def step(self, step: int) -> dict:
         t0 = time.perf_counter()
-        tasks = [self.dist.sample(self.config.seed, step, i, None, "train").to(self.learner.device, self.learner.dtype)
-                 for i in range(META_BATCH)]
+        tasks = [
+            self.dist.sample(self.config.seed, step, i, None, "train").to(self.learner.device, self.learner.dtype)
+            for i in range(META_BATCH)
+        ]
         update = self.learner.algorithm.batch_update(self.params, tasks)
         self.params, self.state = self.learner.outer_step(self.params, update.mean_contribution(), self.state)
         return {"step_time": time.perf_counter() - t0}
@@ -110,8 +111,13 @@ def summarise(raw: list[dict]) -> list[dict]:
         rounds = sorted({r["round"] for r in mine})
         for path in dict.fromkeys(r["path"] for r in mine):
             times = [by[(n, path)]["step_time"] for n in rounds]
-            row = {"phase": phase, "path": path, "step_time_ms": 1e3 * statistics.median(times),
-                   "tasks_per_s": META_BATCH / statistics.median(times), "rounds": len(rounds)}
+            row = {
+                "phase": phase,
+                "path": path,
+                "step_time_ms": 1e3 * statistics.median(times),
+                "tasks_per_s": META_BATCH / statistics.median(times),
+                "rounds": len(rounds),
+            }
             for ref in ("vec", "plain"):
                 if (rounds[0], ref) in by:
                     ratios = sorted(by[(n, ref)]["step_time"] / by[(n, path)]["step_time"] for n in rounds)
@@ -120,7 +126,8 @@ def summarise(raw: list[dict]) -> list[dict]:
             if "worker_time" in by[(rounds[0], path)]:
                 row["worker_time_ms"] = 1e3 * statistics.median(by[(n, path)]["worker_time"] for n in rounds)
                 row["learner_comm_share"] = statistics.median(
-                    1 - by[(n, path)]["worker_time"] / by[(n, path)]["step_time"] for n in rounds)
+                    1 - by[(n, path)]["worker_time"] / by[(n, path)]["step_time"] for n in rounds
+                )
             rows.append(row)
     return rows
 
@@ -136,24 +143,47 @@ def main() -> None:
     print_machine(info)
     base = workload_config("sinusoid", META_BATCH, 10, 10**6, ["runtime.backend=ray"])
     ray.init(address="local", num_cpus=3, include_dashboard=False)  # logical CPUs for 3 one-thread workers
-    calls = {"plain": PlainPath(), "vec": VecPath(base),
-             "ray1-calls": RayPath(as_config(base, ["runtime.num_workers=1", "runtime.transport=calls"])),
-             "ray2-calls": RayPath(as_config(base, ["runtime.num_workers=2", "runtime.transport=calls"]))}
+    calls = {
+        "plain": PlainPath(),
+        "vec": VecPath(base),
+        "ray1-calls": RayPath(as_config(base, ["runtime.num_workers=1", "runtime.transport=calls"])),
+        "ray2-calls": RayPath(as_config(base, ["runtime.num_workers=2", "runtime.transport=calls"])),
+    }
     try:
         raw = interleave(calls, a.rounds, a.warmup, "calls")
     finally:
         for path in calls.values():
             if isinstance(path, RayPath):
                 path.executor.close()
-    graph = {"plain": PlainPath(), "vec": VecPath(base), "ray1-graph": RayPath(as_config(base, ["runtime.num_workers=1", "runtime.transport=compiled-graph"]))}
+    graph = {
+        "plain": PlainPath(),
+        "vec": VecPath(base),
+        "ray1-graph": RayPath(as_config(base, ["runtime.num_workers=1", "runtime.transport=compiled-graph"])),
+    }
     try:
         raw += interleave(graph, a.rounds, a.warmup, "graph")
     finally:
         graph["ray1-graph"].executor.close()
     rows = summarise(raw)
     print()
-    print(markdown_table(rows, ["phase", "path", "step_time_ms", "worker_time_ms", "learner_comm_share", "tasks_per_s",
-                                "vs_vec", "vs_vec_iqr", "vs_plain", "vs_plain_iqr", "rounds"]))
+    print(
+        markdown_table(
+            rows,
+            [
+                "phase",
+                "path",
+                "step_time_ms",
+                "worker_time_ms",
+                "learner_comm_share",
+                "tasks_per_s",
+                "vs_vec",
+                "vs_vec_iqr",
+                "vs_plain",
+                "vs_plain_iqr",
+                "rounds",
+            ],
+        )
+    )
     csv_path, json_path = save(a.tag, rows, info, {"raw": raw, "command": vars(a)})
     print(f"\nwrote {csv_path.relative_to(ROOT)} and {json_path.relative_to(ROOT)}")
 

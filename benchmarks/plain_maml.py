@@ -10,6 +10,7 @@ the comparison is about the adaptation and meta-gradient code only.
 
 Run alone:  .venv/bin/python -m benchmarks.plain_maml --task sinusoid --steps 50
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,6 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
 
 
 class PlainMLP(nn.Module):
@@ -59,8 +59,15 @@ class PlainConv4(nn.Module):
         return F.linear(x.flatten(1), weights[16], weights[17])
 
 
-def meta_step(model: nn.Module, opt: torch.optim.Optimizer, tasks, loss_fn, inner_lr: float, inner_steps: int,
-              first_order: bool = False) -> float:
+def meta_step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    tasks,
+    loss_fn,
+    inner_lr: float,
+    inner_steps: int,
+    first_order: bool = False,
+) -> float:
     """One outer step over `tasks`; returns the mean query loss. The textbook user loop."""
     opt.zero_grad()
     total = 0.0
@@ -88,8 +95,17 @@ def build(task: str, hidden: int | None = None):
     return PlainConv4(5, hidden or 64), F.cross_entropy, dist
 
 
-def time_plain(task: str, meta_batch: int, inner_steps: int, inner_lr: float, first_order: bool, steps: int, warmup: int,
-               hidden: int | None = None, seed: int = 0) -> dict:
+def time_plain(
+    task: str,
+    meta_batch: int,
+    inner_steps: int,
+    inner_lr: float,
+    first_order: bool,
+    steps: int,
+    warmup: int,
+    hidden: int | None = None,
+    seed: int = 0,
+) -> dict:
     """Seconds per meta-step of the plain loop (tasks regenerated per step, as every metaserve path does)."""
     torch.manual_seed(seed)
     model, loss_fn, dist = build(task, hidden)
@@ -115,8 +131,10 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     a = p.parse_args()
     r = time_plain(a.task, a.meta_batch, a.inner_steps, a.inner_lr, a.first_order, a.steps, a.warmup)
-    print(f"plain per-task loop, {a.task}: {r['step_time'] * 1e3:.1f} ms/meta-step, "
-          f"{1 / r['step_time']:.2f} meta-steps/s, {a.meta_batch / r['step_time']:.1f} tasks/s")
+    print(
+        f"plain per-task loop, {a.task}: {r['step_time'] * 1e3:.1f} ms/meta-step, "
+        f"{1 / r['step_time']:.2f} meta-steps/s, {a.meta_batch / r['step_time']:.1f} tasks/s"
+    )
 
 
 if __name__ == "__main__":

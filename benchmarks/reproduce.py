@@ -14,14 +14,16 @@ normalises with the statistics of the batch it is given).
 
 A cap (`--max-steps`, `--budget-s`) stops a run short of the paper's step count; the row says so.
 """
+
 from __future__ import annotations
 
 import argparse
 import csv
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -32,9 +34,33 @@ from metaserve.config import Config
 
 PAPER = ROOT / "configs" / "paper"
 RUNS = RESULTS / "runs" / "reproduce"
-COLUMNS = ["date", "entry", "method", "benchmark", "protocol", "steps", "paper_steps", "stopped_short", "wall_s",
-           "eval_s", "metric", "result", "ci95", "result_1_step", "ci95_1_step", "result_10_steps", "ci95_10_steps",
-           "episodes", "published", "source", "bn_mode", "status", "machine", "command", "run_dir"]
+COLUMNS = [
+    "date",
+    "entry",
+    "method",
+    "benchmark",
+    "protocol",
+    "steps",
+    "paper_steps",
+    "stopped_short",
+    "wall_s",
+    "eval_s",
+    "metric",
+    "result",
+    "ci95",
+    "result_1_step",
+    "ci95_1_step",
+    "result_10_steps",
+    "ci95_10_steps",
+    "episodes",
+    "published",
+    "source",
+    "bn_mode",
+    "status",
+    "machine",
+    "command",
+    "run_dir",
+]
 
 # Published figures: (value, what it measures, source). Sinusoid: MSE after 1 step; Omniglot: 1-shot accuracy %.
 _OMNIGLOT = {  # method: ((5-way, 20-way), source), full Omniglot, each paper's protocol
@@ -48,11 +74,20 @@ _OMNIGLOT = {  # method: ((5-way, 20-way), source), full Omniglot, each paper's 
 }
 _META_SGD = "Li et al. 2017 (Meta-SGD) Table 1, MAML row, MSE after 1 step"
 PUBLISHED: dict[str, tuple[float | None, str]] = {
-    "sinusoid-maml-k5": (1.13, _META_SGD), "sinusoid-maml-k10": (0.77, _META_SGD), "sinusoid-maml-k20": (0.48, _META_SGD),
-    **{f"sinusoid-{m}-k{k}": (None, "none published (qualitative figures only)") for m in ("fomaml", "reptile")
-       for k in (5, 10, 20)},
-    **{f"omniglot-{form}-{m}-{w}w1s": (acc[i], src) for m, (acc, src) in _OMNIGLOT.items()
-       for i, w in enumerate((5, 20)) for form in ("full", "minimal")},
+    "sinusoid-maml-k5": (1.13, _META_SGD),
+    "sinusoid-maml-k10": (0.77, _META_SGD),
+    "sinusoid-maml-k20": (0.48, _META_SGD),
+    **{
+        f"sinusoid-{m}-k{k}": (None, "none published (qualitative figures only)")
+        for m in ("fomaml", "reptile")
+        for k in (5, 10, 20)
+    },
+    **{
+        f"omniglot-{form}-{m}-{w}w1s": (acc[i], src)
+        for m, (acc, src) in _OMNIGLOT.items()
+        for i, w in enumerate((5, 20))
+        for form in ("full", "minimal")
+    },
 }
 
 
@@ -75,30 +110,61 @@ def check_names(names: Sequence[str]) -> None:
             raise ValueError(f"unknown configs/paper entry {name!r}; choose from: {', '.join(known)}")
 
 
-def paper_config(name: str, *, max_steps: int | None = None, log_every: int | None = None,
-                 output_dir: Path = RUNS, overrides: Sequence[str] = ()) -> Config:
-    """The entry's config, its steps capped at `max_steps`, checkpointed at every log row (so a budget stops cleanly)."""
+def paper_config(
+    name: str,
+    *,
+    max_steps: int | None = None,
+    log_every: int | None = None,
+    output_dir: Path = RUNS,
+    overrides: Sequence[str] = (),
+) -> Config:
+    """The entry's config, its steps capped at `max_steps`, checkpointed at every log row (so a budget stops
+    cleanly)."""
     base = as_config(str(PAPER / f"{name}.yaml"))
     steps = min(base.train.steps, max_steps) if max_steps else base.train.steps
     every = log_every or min(base.train.log_every, max(1, steps // 10))
-    return as_config(base, [f"train.steps={steps}", f"train.log_every={every}", f"train.checkpoint_every={every}",
-                            f"output_dir={output_dir}", *overrides])
+    return as_config(
+        base,
+        [
+            f"train.steps={steps}",
+            f"train.log_every={every}",
+            f"train.checkpoint_every={every}",
+            f"output_dir={output_dir}",
+            *overrides,
+        ],
+    )
 
 
 def describe(name: str, config: Config) -> dict[str, str]:
     """Method, benchmark and protocol of an entry, as the table prints them."""
     task = config.task
     if task.name == "sinusoid":
-        return {"method": config.algorithm.name, "benchmark": f"sinusoid K={task.shots}",
-                "protocol": "Finn et al. 2017 sec. 5.1 task distribution", "bn_mode": "no batch norm (mlp)"}
+        return {
+            "method": config.algorithm.name,
+            "benchmark": f"sinusoid K={task.shots}",
+            "protocol": "Finn et al. 2017 sec. 5.1 task distribution",
+            "bn_mode": "no batch norm (mlp)",
+        }
     form = "full-Omniglot (background/evaluation zips)" if "-full-" in name else "minimal-background (project split)"
-    return {"method": config.algorithm.name, "benchmark": f"omniglot {task.ways}-way {task.shots}-shot",
-            "protocol": form, "bn_mode": "transductive (batch statistics of each support/query set)"}
+    return {
+        "method": config.algorithm.name,
+        "benchmark": f"omniglot {task.ways}-way {task.shots}-shot",
+        "protocol": form,
+        "bn_mode": "transductive (batch statistics of each support/query set)",
+    }
 
 
-def run_entry(name: str, *, max_steps: int | None = None, budget_s: float | None = None, episodes: int = 600,
-              log_every: int | None = None, output_dir: Path = RUNS, overrides: Sequence[str] = (),
-              progress=None) -> dict[str, Any]:
+def run_entry(
+    name: str,
+    *,
+    max_steps: int | None = None,
+    budget_s: float | None = None,
+    episodes: int = 600,
+    log_every: int | None = None,
+    output_dir: Path = RUNS,
+    overrides: Sequence[str] = (),
+    progress=None,
+) -> dict[str, Any]:
     """Train entry `name` (capped), meta-test it, and return its table row (not yet written).
 
     The budget is checked at log rows, so `log_every` sets how far past `budget_s` a run may go.
@@ -106,13 +172,22 @@ def run_entry(name: str, *, max_steps: int | None = None, budget_s: float | None
     check_names([name])
     paper_steps = as_config(str(PAPER / f"{name}.yaml")).train.steps
     config = paper_config(name, max_steps=max_steps, log_every=log_every, output_dir=output_dir, overrides=overrides)
-    run_dir, _, steps, wall_s, metrics, status = train_for(config, budget_s or math.inf, progress=progress,
-                                                           with_status=True)
+    run_dir, _, steps, wall_s, metrics, status = train_for(
+        config, budget_s or math.inf, progress=progress, with_status=True
+    )
     model = metaserve.load(run_dir)  # the checkpoint the run ended on, through the public API
-    row: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "entry": name,
-                           **describe(name, config), "steps": steps, "paper_steps": paper_steps,
-                           "stopped_short": steps < paper_steps, "wall_s": round(wall_s, 1), "episodes": episodes,
-                           "status": status, "run_dir": relative(run_dir)}
+    row: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "entry": name,
+        **describe(name, config),
+        "steps": steps,
+        "paper_steps": paper_steps,
+        "stopped_short": steps < paper_steps,
+        "wall_s": round(wall_s, 1),
+        "episodes": episodes,
+        "status": status,
+        "run_dir": relative(run_dir),
+    }
     t0 = time.perf_counter()
     if config.task.name == "sinusoid":
         final_k = config.algorithm.eval_inner_steps or config.algorithm.inner_steps
@@ -144,8 +219,24 @@ def append_row(row: dict[str, Any], table: Path) -> None:
         writer.writerow({c: _cell(row.get(c)) for c in COLUMNS})
     with table.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    shown = ["entry", "method", "benchmark", "protocol", "steps", "paper_steps", "wall_s", "metric", "result", "ci95",
-             "result_1_step", "result_10_steps", "published", "source", "bn_mode", "status"]
+    shown = [
+        "entry",
+        "method",
+        "benchmark",
+        "protocol",
+        "steps",
+        "paper_steps",
+        "wall_s",
+        "metric",
+        "result",
+        "ci95",
+        "result_1_step",
+        "result_10_steps",
+        "published",
+        "source",
+        "bn_mode",
+        "status",
+    ]
     table.with_suffix(".md").write_text(markdown_table(rows, shown) + "\n")
 
 
@@ -160,8 +251,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="cap train.steps (default: the paper's count)")
     p.add_argument("--budget-s", type=float, default=None, help="training seconds per entry (stops at a log row)")
     p.add_argument("--episodes", type=int, default=600, help="meta-test episodes")
-    p.add_argument("--log-every", type=int, default=None,
-                   help="steps between log rows and checkpoints, where the budget is checked (default: the config's)")
+    p.add_argument(
+        "--log-every",
+        type=int,
+        default=None,
+        help="steps between log rows and checkpoints, where the budget is checked (default: the config's)",
+    )
     p.add_argument("--set", action="append", default=[], help="extra config override for every entry")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads of this process")
     p.add_argument("--table", type=Path, default=RESULTS / "reproduce.csv")
@@ -169,8 +264,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     names = [*a.names, *(cpu_set() if a.cpu_set else [])]
     if not names:
         p.error("name at least one configs/paper entry or pass --cpu-set")
-    for flag, value in (("--max-steps", a.max_steps), ("--budget-s", a.budget_s), ("--episodes", a.episodes),
-                        ("--log-every", a.log_every)):
+    for flag, value in (
+        ("--max-steps", a.max_steps),
+        ("--budget-s", a.budget_s),
+        ("--episodes", a.episodes),
+        ("--log-every", a.log_every),
+    ):
         if value is not None and value <= 0:
             p.error(f"{flag}={value} must be positive")
     try:
@@ -184,13 +283,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     where = f"{info['nproc']} CPU ({info['cpu']}), GPU {info['gpu']}"
     for name in names:
         print(f"{name}:", flush=True)
-        row = run_entry(name, max_steps=a.max_steps, budget_s=a.budget_s, episodes=a.episodes, log_every=a.log_every,
-                        overrides=a.set, progress=lambda m: print(f"    {m}", flush=True))
+        row = run_entry(
+            name,
+            max_steps=a.max_steps,
+            budget_s=a.budget_s,
+            episodes=a.episodes,
+            log_every=a.log_every,
+            overrides=a.set,
+            progress=lambda m: print(f"    {m}", flush=True),
+        )
         row |= {"machine": where, "command": command_line()}
         append_row(row, a.table)
-        print(f"  {row['metric']}: {row['result']:.4g} +- {row['ci95']:.2g} after {row['steps']} of "
-              f"{row['paper_steps']} steps ({row['wall_s']} s); published {row['published']} ({row['source']})",
-              flush=True)
+        print(
+            f"  {row['metric']}: {row['result']:.4g} +- {row['ci95']:.2g} after {row['steps']} of "
+            f"{row['paper_steps']} steps ({row['wall_s']} s); published {row['published']} ({row['source']})",
+            flush=True,
+        )
     print(f"\nwrote {relative(a.table)} and {relative(a.table.with_suffix('.md'))}")
 
 

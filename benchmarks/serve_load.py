@@ -8,6 +8,7 @@ Each level sends requests from C client threads (keep-alive HTTP/1.1 on 127.0.0.
 or `--requests`, whichever comes first. The models are trained for a few steps only: throughput does
 not depend on the weights. Every served answer is checked against the in-process API (rtol 1e-4).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,9 +32,11 @@ from metaserve.api import as_config
 from metaserve.runtime.loop import train_loop
 
 WORKLOADS = {
-    "sinusoid-mlp": {"task": {"name": "sinusoid", "shots": 10, "query": 10},
-                     "model": {"name": "mlp", "hidden": [40, 40]},
-                     "algorithm": {"name": "maml", "inner_lr": 0.01, "inner_steps": 1, "eval_inner_steps": 10}},
+    "sinusoid-mlp": {
+        "task": {"name": "sinusoid", "shots": 10, "query": 10},
+        "model": {"name": "mlp", "hidden": [40, 40]},
+        "algorithm": {"name": "maml", "inner_lr": 0.01, "inner_steps": 1, "eval_inner_steps": 10},
+    },
 }
 
 
@@ -47,16 +50,30 @@ def conv4_workload(root: Path) -> dict:
         for i in range(4):
             Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(root / "images" / f"c{c}" / f"{i}.png")
     split = {"sources": ["images"]}
-    return {"task": {"name": "image-folder", "root": str(root), "ways": 5, "shots": 1, "query": 2, "image_size": 28,
-                     "cache_dir": str(root / "cache"), "train": split, "test": split},
-            "model": {"name": "conv4", "hidden": 64},
-            "algorithm": {"name": "fomaml", "inner_lr": 0.4, "eval_inner_steps": 1}}
+    return {
+        "task": {
+            "name": "image-folder",
+            "root": str(root),
+            "ways": 5,
+            "shots": 1,
+            "query": 2,
+            "image_size": 28,
+            "cache_dir": str(root / "cache"),
+            "train": split,
+            "test": split,
+        },
+        "model": {"name": "conv4", "hidden": 64},
+        "algorithm": {"name": "fomaml", "inner_lr": 0.4, "eval_inner_steps": 1},
+    }
 
 
 def train_run(name: str, spec: dict, out: Path) -> Path:
     train = {"steps": 2, "meta_batch": 2, "log_every": 2, "checkpoint_every": 2, "val_tasks": 2, "device": "cpu"}
-    return Path(train_loop(as_config({"name": name, "output_dir": str(out), **spec, "train": train,
-                                      "eval": {"episodes": 2}})).run_dir)
+    return Path(
+        train_loop(
+            as_config({"name": name, "output_dir": str(out), **spec, "train": train, "eval": {"episodes": 2}})
+        ).run_dir
+    )
 
 
 def make_requests(kind: str, n: int, seed: int) -> list[dict]:
@@ -68,11 +85,21 @@ def make_requests(kind: str, n: int, seed: int) -> list[dict]:
         if kind == "sinusoid-mlp":
             amp, phase = rng.uniform(0.1, 5), rng.uniform(0, np.pi)
             x = rng.uniform(-5, 5, (20, 1)).round(4)
-            out.append({"support_x": x[:10].tolist(), "support_y": (amp * np.sin(x[:10] - phase)).round(4).tolist(),
-                        "query_x": x[10:].tolist()})
+            out.append(
+                {
+                    "support_x": x[:10].tolist(),
+                    "support_y": (amp * np.sin(x[:10] - phase)).round(4).tolist(),
+                    "query_x": x[10:].tolist(),
+                }
+            )
         else:
-            out.append({"support_x": rng.uniform(0, 1, (5, 1, 28, 28)).round(3).tolist(), "support_y": list(range(5)),
-                        "query_x": rng.uniform(0, 1, (10, 1, 28, 28)).round(3).tolist()})
+            out.append(
+                {
+                    "support_x": rng.uniform(0, 1, (5, 1, 28, 28)).round(3).tolist(),
+                    "support_y": list(range(5)),
+                    "query_x": rng.uniform(0, 1, (10, 1, 28, 28)).round(3).tolist(),
+                }
+            )
     return out
 
 
@@ -98,12 +125,18 @@ def naive(run: Path, requests: list[dict], seconds: float) -> dict:
 
 def summary(lat: list[float], wall: float, errors: int = 0) -> dict:
     ms = sorted(x * 1e3 for x in lat)
-    return {"requests": len(ms), "errors": errors, "req_per_s": round(len(ms) / wall, 1),
-            "p50_ms": round(statistics.median(ms), 2), "p99_ms": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 2)}
+    return {
+        "requests": len(ms),
+        "errors": errors,
+        "req_per_s": round(len(ms) / wall, 1),
+        "p50_ms": round(statistics.median(ms), 2),
+        "p99_ms": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 2),
+    }
 
 
-def load(port: int, requests: list[dict], clients: int, seconds: float, total: int,
-         retries: int = 0) -> tuple[dict, list]:
+def load(
+    port: int, requests: list[dict], clients: int, seconds: float, total: int, retries: int = 0
+) -> tuple[dict, list]:
     """C threads, each on its own keep-alive connection, until `total` requests or `seconds` pass;
     a 5xx or a dropped connection is retried up to `retries` times before it counts as an error."""
     bodies = [json.dumps(r).encode() for r in requests]
@@ -124,8 +157,9 @@ def load(port: int, requests: list[dict], clients: int, seconds: float, total: i
             s = time.perf_counter()
             for attempt in range(retries + 1):
                 try:
-                    conn.request("POST", "/predict", body=bodies[i % len(bodies)],
-                                 headers={"Content-Type": "application/json"})
+                    conn.request(
+                        "POST", "/predict", body=bodies[i % len(bodies)], headers={"Content-Type": "application/json"}
+                    )
                     resp = conn.getresponse()
                     status, data = resp.status, resp.read()
                 except (OSError, http.client.HTTPException):
@@ -239,8 +273,11 @@ def main() -> None:
     p.add_argument("--workloads", nargs="+", default=["sinusoid-mlp"], choices=["sinusoid-mlp", "conv4-5w1s"])
     p.add_argument("--replicas", type=int, nargs="+", default=[1])
     p.add_argument("--batch", type=int, nargs="+", default=[32, 1], help="max batch sizes to run (1: batching off)")
-    p.add_argument("--layouts", action="store_true",
-                   help="instead: two sinusoid runs served shared vs per-run, requests alternating between them")
+    p.add_argument(
+        "--layouts",
+        action="store_true",
+        help="instead: two sinusoid runs served shared vs per-run, requests alternating between them",
+    )
     p.add_argument("--fault", action="store_true", help="instead: kill one of two replicas under load")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
@@ -254,9 +291,12 @@ def main() -> None:
     from metaserve.serve.app import build
 
     tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
-    result = {"command": "python -m benchmarks.serve_load " + " ".join(__import__("sys").argv[1:]),
-              "machine": f"{platform.node()} ({torch.get_num_threads()} torch thread, {os.cpu_count()} cores)",
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "workloads": {}}
+    result = {
+        "command": "python -m benchmarks.serve_load " + " ".join(__import__("sys").argv[1:]),
+        "machine": f"{platform.node()} ({torch.get_num_threads()} torch thread, {os.cpu_count()} cores)",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "workloads": {},
+    }
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         port = free_port()
@@ -265,7 +305,7 @@ def main() -> None:
             result["layouts"] = compare_layouts(port, tmp, args)
         if args.fault:
             result["fault"] = fault_check(port, tmp, args)
-        for name in ([] if args.layouts or args.fault else args.workloads):
+        for name in [] if args.layouts or args.fault else args.workloads:
             spec = WORKLOADS[name] if name in WORKLOADS else conv4_workload(tmp / "images")
             run = train_run(name, spec, tmp / name)
             requests = make_requests(name, 256, seed=1)
@@ -273,8 +313,11 @@ def main() -> None:
             print(name, "naive", rows["naive in-process"], flush=True)
             for replicas in args.replicas:
                 for batch in args.batch:
-                    serve.run(build([str(run)], replicas=replicas, max_batch=batch, batch_wait_ms=2.0),
-                              name="bench", route_prefix="/")
+                    serve.run(
+                        build([str(run)], replicas=replicas, max_batch=batch, batch_wait_ms=2.0),
+                        name="bench",
+                        route_prefix="/",
+                    )
                     load(port, requests, 4, 2.0, 200)  # warm-up
                     worst = 0.0
                     for c in args.clients:

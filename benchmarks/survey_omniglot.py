@@ -8,16 +8,16 @@ episodes with 15 query images per class.
 
   nice -n 10 .venv/bin/python -m benchmarks.survey_omniglot --learners lstm-meta,mann --budget-s 200
 """
+
 from __future__ import annotations
 
 import argparse
 import time
 
-from benchmarks import common as _common
-from benchmarks.common import RESULTS, markdown_table, print_machine, save, train_for
-
 import torch
 
+from benchmarks import common as _common
+from benchmarks.common import RESULTS, markdown_table, print_machine, save, train_for
 from metaserve.api import as_config
 from metaserve.evaluation import evaluate
 from metaserve.experiment import build_distribution, build_learner
@@ -32,11 +32,24 @@ PUBLISHED = {"lstm-meta": "43.44 (mini-ImageNet)", "mann": "82.8 (2nd instance)"
 
 
 def config_for(learner: str, a):
-    return as_config(str(_common.ROOT / "configs" / f"omniglot-{learner}-5w1s.yaml"), [
-        "task.ways=5", "task.shots=1", f"task.query={a.train_query}", f"model.hidden={a.hidden}",
-        f"train.meta_batch={a.meta_batch}", f"train.steps={a.max_steps}", f"train.log_every={a.log_every}",
-        f"train.checkpoint_every={a.log_every}", "train.val_tasks=0", "train.device=cpu", "train.dtype=float32",
-        f"output_dir={RUNS}", f"name=survey-{learner}-5w1s"])
+    return as_config(
+        str(_common.ROOT / "configs" / f"omniglot-{learner}-5w1s.yaml"),
+        [
+            "task.ways=5",
+            "task.shots=1",
+            f"task.query={a.train_query}",
+            f"model.hidden={a.hidden}",
+            f"train.meta_batch={a.meta_batch}",
+            f"train.steps={a.max_steps}",
+            f"train.log_every={a.log_every}",
+            f"train.checkpoint_every={a.log_every}",
+            "train.val_tasks=0",
+            "train.device=cpu",
+            "train.dtype=float32",
+            f"output_dir={RUNS}",
+            f"name=survey-{learner}-5w1s",
+        ],
+    )
 
 
 def reuse(config) -> tuple:
@@ -53,6 +66,7 @@ def run(learner: str, a) -> dict:
     if a.reuse:
         run_dir, params, steps, train_s, _ = reuse(config)
     else:
+
         def progress(m: str) -> None:
             print(f"    {learner} {m}", flush=True)
 
@@ -61,16 +75,29 @@ def run(learner: str, a) -> dict:
     model = build_learner(test_config)
     t0 = time.perf_counter()
     r = evaluate(model, params, build_distribution(test_config), episodes=a.episodes, seed=config.seed)
-    untrained = evaluate(model, model.initial_params(), build_distribution(test_config), episodes=a.episodes,
-                         seed=config.seed)
-    row = {"learner": learner, "hidden": a.hidden, "meta_batch": a.meta_batch, "train_steps": steps,
-           "train_s": round(train_s, 1), "test_acc": 100 * r.mean, "ci95": 100 * r.ci95,
-           "untrained_acc": 100 * untrained.mean,
-           "episodes": r.episodes, "eval_s": round(time.perf_counter() - t0, 1), "published": PUBLISHED.get(learner),
-           "run_dir": str(run_dir.relative_to(_common.ROOT))}
-    print(f"  {learner} 5-way 1-shot: {row['test_acc']:.2f}% +- {row['ci95']:.2f}% after {steps} steps "
-          f"({train_s:.0f} s; "
-          f"untrained {row['untrained_acc']:.2f}%); published {row['published']}", flush=True)
+    untrained = evaluate(
+        model, model.initial_params(), build_distribution(test_config), episodes=a.episodes, seed=config.seed
+    )
+    row = {
+        "learner": learner,
+        "hidden": a.hidden,
+        "meta_batch": a.meta_batch,
+        "train_steps": steps,
+        "train_s": round(train_s, 1),
+        "test_acc": 100 * r.mean,
+        "ci95": 100 * r.ci95,
+        "untrained_acc": 100 * untrained.mean,
+        "episodes": r.episodes,
+        "eval_s": round(time.perf_counter() - t0, 1),
+        "published": PUBLISHED.get(learner),
+        "run_dir": str(run_dir.relative_to(_common.ROOT)),
+    }
+    print(
+        f"  {learner} 5-way 1-shot: {row['test_acc']:.2f}% +- {row['ci95']:.2f}% after {steps} steps "
+        f"({train_s:.0f} s; "
+        f"untrained {row['untrained_acc']:.2f}%); published {row['published']}",
+        flush=True,
+    )
     return row
 
 
@@ -93,8 +120,23 @@ def main() -> None:
     print_machine(info)
     rows = [run(name, a) for name in a.learners.split(",")]
     print()
-    print(markdown_table(rows, ["learner", "hidden", "meta_batch", "train_steps", "train_s", "test_acc", "ci95",
-                                "untrained_acc", "published"], ".4g"))
+    print(
+        markdown_table(
+            rows,
+            [
+                "learner",
+                "hidden",
+                "meta_batch",
+                "train_steps",
+                "train_s",
+                "test_acc",
+                "ci95",
+                "untrained_acc",
+                "published",
+            ],
+            ".4g",
+        )
+    )
     csv_path, json_path = save(a.tag, rows, info, {"args": vars(a)})
     print(f"\nwrote {csv_path.relative_to(_common.ROOT)} and {json_path.relative_to(_common.ROOT)}")
 

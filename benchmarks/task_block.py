@@ -3,6 +3,7 @@ one block holding the whole meta-batch (the order-free sum it replaced), paired 
 
     python -m benchmarks.task_block --rounds 200
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,11 +19,18 @@ from metaserve.experiment import build_distribution, build_learner
 from metaserve.runtime.local import LocalExecutor
 
 WORKLOADS = {
-    "sinusoid maml k=5 mb=32": {"task": {"name": "sinusoid"}, "model": {"name": "mlp"},
-                                "algorithm": {"name": "maml", "inner_steps": 5}, "train": {"meta_batch": 32}},
-    "omniglot fomaml 5w1s conv4-32 mb=8": {"task": {"name": "omniglot", "ways": 5, "shots": 1, "query": 15},
-                                           "model": {"name": "conv4", "hidden": 32},
-                                           "algorithm": {"name": "fomaml", "inner_steps": 1}, "train": {"meta_batch": 8}},
+    "sinusoid maml k=5 mb=32": {
+        "task": {"name": "sinusoid"},
+        "model": {"name": "mlp"},
+        "algorithm": {"name": "maml", "inner_steps": 5},
+        "train": {"meta_batch": 32},
+    },
+    "omniglot fomaml 5w1s conv4-32 mb=8": {
+        "task": {"name": "omniglot", "ways": 5, "shots": 1, "query": 15},
+        "model": {"name": "conv4", "hidden": 32},
+        "algorithm": {"name": "fomaml", "inner_steps": 1},
+        "train": {"meta_batch": 8},
+    },
 }
 
 
@@ -54,7 +62,10 @@ def main() -> None:
             ratios.append(times["blocked"] / times["whole"])
         q = statistics.quantiles(ratios, n=4)
         out[name] = {"median_ratio": statistics.median(ratios), "iqr": [q[0], q[2]], "rounds": rounds}
-        print(f"{name}: blocked/whole step time {out[name]['median_ratio']:.3f} (IQR {q[0]:.3f}-{q[2]:.3f}, {rounds} rounds)")
+        print(
+            f"{name}: blocked/whole step time {out[name]['median_ratio']:.3f} "
+            f"(IQR {q[0]:.3f}-{q[2]:.3f}, {rounds} rounds)"
+        )
     Path(a.out).write_text(json.dumps({"block": a.block, "date": time.strftime("%Y-%m-%d"), "results": out}, indent=2))
 
 

@@ -21,6 +21,7 @@ Ray transports step by step, which this machine's noise needs for differences of
 
   .venv/bin/python -m benchmarks.throughput --workload all
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,34 +29,53 @@ import shutil
 import statistics
 import time
 
-from benchmarks.common import RESULTS, ROOT, machine, markdown_table, print_machine, save
-
 import torch
 
+from benchmarks import plain_maml
+from benchmarks.common import RESULTS, ROOT, machine, markdown_table, print_machine, save
 from metaserve.api import as_config
 from metaserve.config import Config
 from metaserve.experiment import build_distribution, build_learner
 from metaserve.runtime.loop import train_loop
 from metaserve.store.metrics import read_metrics
 
-from benchmarks import plain_maml
-
 RUNS = RESULTS / "runs" / "throughput"
 
 
 def workload_config(name: str, meta_batch: int, log_every: int, total_steps: int, extra: list[str] = ()) -> Config:
-    common = [f"train.meta_batch={meta_batch}", f"train.steps={total_steps}", f"train.log_every={log_every}",
-              f"train.checkpoint_every={total_steps}", "train.val_tasks=0", "train.device=cpu", "train.dtype=float32",
-              f"output_dir={RUNS}", "runtime.cpus_per_worker=1"]
+    common = [
+        f"train.meta_batch={meta_batch}",
+        f"train.steps={total_steps}",
+        f"train.log_every={log_every}",
+        f"train.checkpoint_every={total_steps}",
+        "train.val_tasks=0",
+        "train.device=cpu",
+        "train.dtype=float32",
+        f"output_dir={RUNS}",
+        "runtime.cpus_per_worker=1",
+    ]
     if name == "sinusoid":
-        return as_config(str(ROOT / "configs/sinusoid-maml.yaml"),
-                         ["algorithm.inner_steps=5", "name=tp-sinusoid", *common, *extra])
-    return as_config(str(ROOT / "configs/omniglot-maml-5w1s.yaml"),
-                     ["algorithm.name=fomaml", "algorithm.inner_steps=5", "algorithm.inner_lr=0.4", "task.query=15",
-                      "model.hidden=64", f"name=tp-omniglot-mb{meta_batch}", *common, *extra])
+        return as_config(
+            str(ROOT / "configs/sinusoid-maml.yaml"), ["algorithm.inner_steps=5", "name=tp-sinusoid", *common, *extra]
+        )
+    return as_config(
+        str(ROOT / "configs/omniglot-maml-5w1s.yaml"),
+        [
+            "algorithm.name=fomaml",
+            "algorithm.inner_steps=5",
+            "algorithm.inner_lr=0.4",
+            "task.query=15",
+            "model.hidden=64",
+            f"name=tp-omniglot-mb{meta_batch}",
+            *common,
+            *extra,
+        ],
+    )
 
 
-def time_metaserve_batch_update(config: Config, vectorize: bool, steps: int, warmup: int, pre_metrics: bool = True) -> dict:
+def time_metaserve_batch_update(
+    config: Config, vectorize: bool, steps: int, warmup: int, pre_metrics: bool = True
+) -> dict:
     """Single process: sample tasks, `batch_update`, outer step (what LocalExecutor + the learner do).
 
     `pre_metrics=False` is an ablation: the extra query forward pass every contribution makes only to
@@ -73,7 +93,10 @@ def time_metaserve_batch_update(config: Config, vectorize: bool, steps: int, war
     times = []
     for step in range(warmup + steps):
         t0 = time.perf_counter()
-        tasks = [dist.sample(config.seed, step, i, None, "train").to(learner.device, learner.dtype) for i in range(config.train.meta_batch)]
+        tasks = [
+            dist.sample(config.seed, step, i, None, "train").to(learner.device, learner.dtype)
+            for i in range(config.train.meta_batch)
+        ]
         update = algo.batch_update(params, tasks)
         mean = update.mean_contribution()
         params, state = learner.outer_step(params, mean, state)
@@ -131,19 +154,29 @@ def measure(name: str, meta_batch: int, steps: int, warmup: int, path: str) -> d
             return plain_maml.time_plain("sinusoid", meta_batch, 5, 0.01, False, steps, warmup)
         return plain_maml.time_plain("omniglot", meta_batch, 5, 0.4, True, steps, warmup, hidden=64)
     if path in ("vec", "loop", "vec-nopre", "loop-nopre"):
-        return time_metaserve_batch_update(workload_config(name, meta_batch, warmup, total), path.startswith("vec"), steps, warmup,
-                                           pre_metrics=not path.endswith("nopre"))
+        return time_metaserve_batch_update(
+            workload_config(name, meta_batch, warmup, total),
+            path.startswith("vec"),
+            steps,
+            warmup,
+            pre_metrics=not path.endswith("nopre"),
+        )
     if path == "local":
         return time_train_loop(workload_config(name, meta_batch, warmup, total, ["runtime.backend=local"]), warmup)
     if path == "mp2":
         return time_two_processes(workload_config(name, meta_batch, warmup, total), steps, warmup)
     if path in ("ray1", "ray2"):
         n = int(path[-1])
-        return time_train_loop(workload_config(name, meta_batch, warmup, total, ["runtime.backend=ray", f"runtime.num_workers={n}"]), warmup)
+        return time_train_loop(
+            workload_config(name, meta_batch, warmup, total, ["runtime.backend=ray", f"runtime.num_workers={n}"]),
+            warmup,
+        )
     raise ValueError(f"unknown path {path!r}")
 
 
-def run_workload(name: str, meta_batch: int, steps: int, warmup: int, paths: list[str], repeats: int) -> tuple[list[dict], list[dict]]:
+def run_workload(
+    name: str, meta_batch: int, steps: int, warmup: int, paths: list[str], repeats: int
+) -> tuple[list[dict], list[dict]]:
     """Time every path `repeats` times, interleaved (path order is repeated), so slow phases of a shared
     machine hit every path alike; the summary row of a path holds the median over repeats."""
     raw = []
@@ -151,23 +184,45 @@ def run_workload(name: str, meta_batch: int, steps: int, warmup: int, paths: lis
         for path in paths:
             t0 = time.perf_counter()
             r = measure(name, meta_batch, steps, warmup, path)
-            raw.append({"workload": name, "meta_batch": meta_batch, "path": path, "repeat": rep, **r, "steps": steps,
-                        "warmup": warmup, "wall_s": time.perf_counter() - t0})
-            print(f"  {name} mb{meta_batch} {path} (repeat {rep}): {1e3 * r['step_time']:.1f} ms/step, "
-                  f"{meta_batch / r['step_time']:.1f} tasks/s", flush=True)
+            raw.append(
+                {
+                    "workload": name,
+                    "meta_batch": meta_batch,
+                    "path": path,
+                    "repeat": rep,
+                    **r,
+                    "steps": steps,
+                    "warmup": warmup,
+                    "wall_s": time.perf_counter() - t0,
+                }
+            )
+            print(
+                f"  {name} mb{meta_batch} {path} (repeat {rep}): {1e3 * r['step_time']:.1f} ms/step, "
+                f"{meta_batch / r['step_time']:.1f} tasks/s",
+                flush=True,
+            )
     rows = []
     for path in paths:
         mine = [r for r in raw if r["path"] == path]
         times = [r["step_time"] for r in mine]
-        row = {"workload": name, "meta_batch": meta_batch, "path": path, "step_time": statistics.median(times),
-               "step_time_min": min(times), "step_time_max": max(times), "repeats": len(times)}
+        row = {
+            "workload": name,
+            "meta_batch": meta_batch,
+            "path": path,
+            "step_time": statistics.median(times),
+            "step_time_min": min(times),
+            "step_time_max": max(times),
+            "repeats": len(times),
+        }
         for col in ("worker_time", "comm_time", "learner_time"):
             if col in mine[0]:
                 row[col] = statistics.median(r[col] for r in mine)
         row["meta_steps_per_s"] = 1.0 / row["step_time"]
         row["tasks_per_s"] = meta_batch / row["step_time"]
         if "comm_time" in row:
-            row["learner_comm_share"] = statistics.median((r["learner_time"] + r["comm_time"]) / r["step_time"] for r in mine)
+            row["learner_comm_share"] = statistics.median(
+                (r["learner_time"] + r["comm_time"]) / r["step_time"] for r in mine
+            )
         rows.append(row)
     base = {r["path"]: r["step_time"] for r in rows}
     for r in rows:
@@ -191,9 +246,13 @@ def check_plain_matches_metaserve() -> float:
     task = Sinusoid().sample(0, 0, 0).to("cpu", torch.float64)
     fast = list(plain.parameters())
     for _ in range(5):
-        g = torch.autograd.grad(torch.nn.functional.mse_loss(plain(task.support_x, fast), task.support_y), fast, create_graph=True)
+        g = torch.autograd.grad(
+            torch.nn.functional.mse_loss(plain(task.support_x, fast), task.support_y), fast, create_graph=True
+        )
         fast = [w - 0.01 * gi for w, gi in zip(fast, g)]
-    ref = torch.autograd.grad(torch.nn.functional.mse_loss(plain(task.query_x, fast), task.query_y), list(plain.parameters()))
+    ref = torch.autograd.grad(
+        torch.nn.functional.mse_loss(plain(task.query_x, fast), task.query_y), list(plain.parameters())
+    )
     got = MAML(model.double(), "regression", inner_lr=0.01, inner_steps=5, vectorize=False).task_update(theta, task)
     return max(float((got.contribution[n] - r).abs().max()) for n, r in zip(names, ref))
 
@@ -208,7 +267,9 @@ def main() -> None:
     p.add_argument("--omniglot-warmup", type=int, default=2)
     p.add_argument("--omniglot-meta-batch", default="8", help="comma-separated, e.g. 8,16")
     p.add_argument("--repeats", type=int, default=1, help="interleaved repetitions of the path list (median reported)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads of this process (Ray workers use cpus_per_worker=1)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads of this process (Ray workers use cpus_per_worker=1)"
+    )
     p.add_argument("--tag", default="throughput", help="results/<tag>.csv/.json")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -230,10 +291,26 @@ def main() -> None:
         import ray
 
         ray.shutdown()
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
-    cols = ["workload", "meta_batch", "path", "step_time", "step_time_min", "step_time_max", "meta_steps_per_s", "tasks_per_s", "speed_vs_plain", "speed_vs_vec",
-            "speed_vs_loop", "speed_vs_ray1", "worker_time", "comm_time", "learner_time", "learner_comm_share"]
+    cols = [
+        "workload",
+        "meta_batch",
+        "path",
+        "step_time",
+        "step_time_min",
+        "step_time_max",
+        "meta_steps_per_s",
+        "tasks_per_s",
+        "speed_vs_plain",
+        "speed_vs_vec",
+        "speed_vs_loop",
+        "speed_vs_ray1",
+        "worker_time",
+        "comm_time",
+        "learner_time",
+        "learner_comm_share",
+    ]
     print()
     print(markdown_table(rows, cols))
     csv_path, json_path = save(a.tag, rows, info, extra)

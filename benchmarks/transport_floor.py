@@ -11,18 +11,19 @@ back to back (0 ms of compute), which shows the part that is wake-up latency rat
 
   .venv/bin/python -m benchmarks.transport_floor --steps 200 --tag transport-floor
 """
+
 from __future__ import annotations
 
 import argparse
 import statistics
 import time
 
-from benchmarks.common import ROOT, machine, markdown_table, print_machine, save
-
 import numpy as np
 import ray
 import torch
 from ray.dag import InputNode, MultiOutputNode
+
+from benchmarks.common import ROOT, machine, markdown_table, print_machine, save
 
 PARAMS = 1761  # the sinusoid MLP 1-40-40-1
 
@@ -60,7 +61,9 @@ def time_transport(worker, graph, transport: str, seconds: float, steps: int) ->
         if transport == "graph":
             result = ray.get(graph.execute((flat, step, [list(range(32))], seconds)))[0]
         elif transport == "calls-streaming":
-            result = ray.get(next(worker.stream.options(num_returns="streaming").remote(flat, step, list(range(32)), seconds)))
+            result = ray.get(
+                next(worker.stream.options(num_returns="streaming").remote(flat, step, list(range(32)), seconds))
+            )
         else:
             result = ray.get(worker.call.remote(flat, step, list(range(32)), seconds))
         total = time.perf_counter() - t0
@@ -71,9 +74,15 @@ def time_transport(worker, graph, transport: str, seconds: float, steps: int) ->
 
 def summarise(transport: str, seconds: float, rows: list[dict]) -> dict:
     step = statistics.median(r["step_time"] for r in rows)
-    return {"transport": transport, "compute_ms": 1e3 * seconds, "step_time_ms": 1e3 * step,
-            "round_trip_ms": 1e3 * statistics.median(r["step_time"] - r["worker_time"] for r in rows),
-            "learner_comm_share": statistics.median(1 - r["worker_time"] / r["step_time"] for r in rows) if seconds else 1.0}
+    return {
+        "transport": transport,
+        "compute_ms": 1e3 * seconds,
+        "step_time_ms": 1e3 * step,
+        "round_trip_ms": 1e3 * statistics.median(r["step_time"] - r["worker_time"] for r in rows),
+        "learner_comm_share": statistics.median(1 - r["worker_time"] / r["step_time"] for r in rows)
+        if seconds
+        else 1.0,
+    }
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ first use). Ray replaces a loopback `--node-ip-address` with the machine's addre
 gRPC ports listen on all interfaces, protected by that token; only the dashboard/Jobs API is bound to
 127.0.0.1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,14 +56,21 @@ def check_port_free(port: int, what: str) -> None:
         try:
             s.bind(("", port))
         except OSError as err:
-            raise SystemExit(f"local_cluster: {what} port {port} is in use ({err.strerror}); pick another with --{what}-port") from None
+            raise SystemExit(
+                f"local_cluster: {what} port {port} is in use ({err.strerror}); pick another with --{what}-port"
+            ) from None
 
 
 def node_ports() -> list[str]:
     """Fresh ports for one node's services, so several nodes (and other Rays) share the machine."""
-    ports = {"--node-manager-port": free_port(), "--object-manager-port": free_port(), "--metrics-export-port": free_port(),
-             "--dashboard-agent-grpc-port": free_port(), "--dashboard-agent-listen-port": free_port(),
-             "--runtime-env-agent-port": free_port()}
+    ports = {
+        "--node-manager-port": free_port(),
+        "--object-manager-port": free_port(),
+        "--metrics-export-port": free_port(),
+        "--dashboard-agent-grpc-port": free_port(),
+        "--dashboard-agent-listen-port": free_port(),
+        "--runtime-env-agent-port": free_port(),
+    }
     # 0/0: workers bind random free ports instead of sharing the default 10002-19999 range.
     return [a for k, v in ports.items() for a in (k, str(v))] + ["--min-worker-port", "0", "--max-worker-port", "0"]
 
@@ -81,8 +89,9 @@ def launch(name: str, args: list[str], state_dir: Path) -> dict:
     log = state_dir / f"{name}.log"
     cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats", *args]
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=node_env(), start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=node_env(), start_new_session=True
+        )
     return {"name": name, "pid": proc.pid, "log": str(log)}
 
 
@@ -186,8 +195,10 @@ def start(args: argparse.Namespace) -> dict:
     if state_file.exists():
         old = json.loads(state_file.read_text())
         if any(alive(n["pid"]) for n in old["nodes"]):
-            raise SystemExit(f"local_cluster: a cluster from {state_dir} is running (dashboard {old['dashboard']}); "
-                             f"stop it first: python cluster/local_cluster.py stop --dir {state_dir}")
+            raise SystemExit(
+                f"local_cluster: a cluster from {state_dir} is running (dashboard {old['dashboard']}); "
+                f"stop it first: python cluster/local_cluster.py stop --dir {state_dir}"
+            )
     if args.workers < 0 or args.cpus < 1:
         raise SystemExit(f"local_cluster: need --workers >= 0 and --cpus >= 1, got {args.workers} and {args.cpus}")
     port = args.port or free_port()
@@ -198,10 +209,29 @@ def start(args: argparse.Namespace) -> dict:
     temp_dir = state_dir / "ray"  # Ray's session files; keep the path short (unix socket names)
     dashboard = f"http://{LOOPBACK}:{dashboard_port}"
     store = ["--object-store-memory", str(args.object_store_mb * 1024 * 1024)]
-    head = launch("head", ["--head", "--node-ip-address", LOOPBACK, "--port", str(port),
-                           "--dashboard-host", LOOPBACK, "--dashboard-port", str(dashboard_port),
-                           "--ray-client-server-port", str(free_port()), "--num-cpus", str(args.cpus),
-                           "--temp-dir", str(temp_dir), *store, *node_ports()], state_dir)
+    head = launch(
+        "head",
+        [
+            "--head",
+            "--node-ip-address",
+            LOOPBACK,
+            "--port",
+            str(port),
+            "--dashboard-host",
+            LOOPBACK,
+            "--dashboard-port",
+            str(dashboard_port),
+            "--ray-client-server-port",
+            str(free_port()),
+            "--num-cpus",
+            str(args.cpus),
+            "--temp-dir",
+            str(temp_dir),
+            *store,
+            *node_ports(),
+        ],
+        state_dir,
+    )
     nodes = [head]
     state = {"address": f"{LOOPBACK}:{port}", "dashboard": dashboard, "dir": str(state_dir), "nodes": nodes}
     try:
@@ -211,9 +241,24 @@ def start(args: argparse.Namespace) -> dict:
         for i in range(1, args.workers + 1):
             # Its own temp dir: nodes sharing one session dir would share one runtime_resources/ and
             # re-unpack a job's working_dir under the feet of the driver running in it.
-            nodes.append(launch(f"worker{i}", ["--address", f"{LOOPBACK}:{port}", "--node-ip-address", LOOPBACK,
-                                               "--num-cpus", str(args.cpus), "--temp-dir", str(state_dir / f"ray-w{i}"),
-                                               *store, *node_ports()], state_dir))
+            nodes.append(
+                launch(
+                    f"worker{i}",
+                    [
+                        "--address",
+                        f"{LOOPBACK}:{port}",
+                        "--node-ip-address",
+                        LOOPBACK,
+                        "--num-cpus",
+                        str(args.cpus),
+                        "--temp-dir",
+                        str(state_dir / f"ray-w{i}"),
+                        *store,
+                        *node_ports(),
+                    ],
+                    state_dir,
+                )
+            )
         for node in nodes[1:]:
             wait_ready(node, deadline)
     except BaseException:
@@ -235,8 +280,10 @@ def stop(args: argparse.Namespace) -> None:
     state = json.loads(state_file.read_text())
     killed = stop_nodes(state["nodes"], state_dir, args.grace)
     state_file.unlink()
-    print(f"stopped the cluster of {state_dir} ({len(state['nodes'])} node(s)"
-          + (f"; {len(killed)} process(es) needed SIGKILL)" if killed else ")"))
+    print(
+        f"stopped the cluster of {state_dir} ({len(state['nodes'])} node(s)"
+        + (f"; {len(killed)} process(es) needed SIGKILL)" if killed else ")")
+    )
 
 
 def status(args: argparse.Namespace) -> None:
@@ -246,7 +293,9 @@ def status(args: argparse.Namespace) -> None:
     state = json.loads(state_file.read_text())
     print(f"dashboard {state['dashboard']}  GCS {state['address']}")
     for node in state["nodes"]:
-        print(f"  {node['name']:<8} pid {node['pid']:<7} {'running' if alive(node['pid']) else 'gone'}  log {node['log']}")
+        print(
+            f"  {node['name']:<8} pid {node['pid']:<7} {'running' if alive(node['pid']) else 'gone'}  log {node['log']}"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -257,10 +306,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=2, help="worker nodes besides the head (default 2)")
     p.add_argument("--cpus", type=int, default=1, help="logical CPUs per node (default 1)")
     p.add_argument("--port", type=int, default=6379, help="GCS port (0: any free one; default 6379)")
-    p.add_argument("--dashboard-port", type=int, default=8265, help="dashboard/Jobs API port (0: any free; default 8265)")
+    p.add_argument(
+        "--dashboard-port", type=int, default=8265, help="dashboard/Jobs API port (0: any free; default 8265)"
+    )
     p.add_argument("--object-store-mb", type=int, default=256, help="object store per node in MiB (default 256)")
     p.add_argument("--timeout", type=float, default=120, help="seconds to wait for the nodes to come up")
-    for q in (p, sub.add_parser("stop", help="stop the nodes this script started"), sub.add_parser("status", help="list the nodes")):
+    for q in (
+        p,
+        sub.add_parser("stop", help="stop the nodes this script started"),
+        sub.add_parser("status", help="list the nodes"),
+    ):
         q.add_argument("--dir", default=default_dir, help=f"state and log directory (default {default_dir})")
     sub.choices["stop"].add_argument("--grace", type=float, default=30, help="seconds before SIGKILL (default 30)")
     args = parser.parse_args(argv)

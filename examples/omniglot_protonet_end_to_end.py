@@ -7,6 +7,7 @@
 Snell et al. (2017): a class is the mean embedding (prototype) of its support images; a query goes to
 the nearest prototype. The script prints the meta-test accuracy and one held-out episode's accuracy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,13 @@ def main() -> None:
     parser.add_argument("--output-dir", default="runs", help="where the run directory goes")
     args = parser.parse_args()
 
-    overrides = [f"train.steps={args.steps}", f"train.log_every={max(1, min(5, args.steps))}",
-                 f"train.checkpoint_every={args.steps}", f"eval.episodes={args.episodes}",
-                 f"output_dir={args.output_dir}"]
+    overrides = [
+        f"train.steps={args.steps}",
+        f"train.log_every={max(1, min(5, args.steps))}",
+        f"train.checkpoint_every={args.steps}",
+        f"eval.episodes={args.episodes}",
+        f"output_dir={args.output_dir}",
+    ]
     overrides += [f"task.root={args.root}"] if args.root else []
     result = metaserve.train(CONFIG, overrides, progress=True)
     test = result.test

@@ -6,6 +6,7 @@
 Finn et al. (2017), section 5.1: after meta-training, a few gradient steps on K=10 points of an unseen
 sine A sin(x - phi) fit the whole curve. The script prints the query MSE after 0 and 10 steps.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,17 @@ def main() -> None:
     args = parser.parse_args()
 
     steps = args.steps
-    result = metaserve.train(CONFIG, [f"train.steps={steps}", f"train.log_every={max(1, min(50, steps // 4))}",
-                                      f"train.checkpoint_every={steps}", f"eval.episodes={args.episodes}",
-                                      f"output_dir={args.output_dir}"], progress=True)
+    result = metaserve.train(
+        CONFIG,
+        [
+            f"train.steps={steps}",
+            f"train.log_every={max(1, min(50, steps // 4))}",
+            f"train.checkpoint_every={steps}",
+            f"eval.episodes={args.episodes}",
+            f"output_dir={args.output_dir}",
+        ],
+        progress=True,
+    )
     model = metaserve.load(result.run_dir)
 
     amplitude, phase = 3.0, 1.0  # a sine the model has not seen, with 10 support points

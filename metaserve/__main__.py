@@ -1,4 +1,5 @@
 """`python -m metaserve ...`: the same command line as `metaserve ...`."""
+
 import sys
 
 from metaserve.cli import main

@@ -1,9 +1,11 @@
 """The Python API: `train`, `load` (a MetaModel for few-shot use) and `evaluate_checkpoint`."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -36,8 +38,13 @@ def as_config(config: Config | dict[str, Any] | str | Path, overrides: list[str]
     raise ConfigError(f"config must be a Config, a dict or a YAML path, got {type(config).__name__}")
 
 
-def train(config: Config | dict[str, Any] | str | Path | None = None, overrides: list[str] | None = None, *,
-          resume: str | Path | None = None, progress: Callable[[str], None] | bool | None = None) -> TrainResult:
+def train(
+    config: Config | dict[str, Any] | str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    resume: str | Path | None = None,
+    progress: Callable[[str], None] | bool | None = None,
+) -> TrainResult:
     """Meta-train and evaluate; returns the run directory, final parameters and final metrics.
 
     `overrides` are `section.key=value` strings, as `metaserve train --set`. `progress`: None (default)
@@ -74,8 +81,10 @@ def resume_plan(run_dir: Path, overrides: list[str]) -> tuple[Config, int, dict[
     config, changes = resume_config(run_dir, base, overrides)
     step = int(require_state(run_dir)["step"])
     if config.train.steps < step:
-        raise ConfigError(f"train.steps={config.train.steps} is below step {step}, where run {str(run_dir)!r} "
-                          "resumes: give train.steps >= that step to continue it")
+        raise ConfigError(
+            f"train.steps={config.train.steps} is below step {step}, where run {str(run_dir)!r} "
+            "resumes: give train.steps >= that step to continue it"
+        )
     return config, step, changes
 
 
@@ -107,7 +116,9 @@ class AdaptedModel:
         x = examples(x, self.example, "query_x", families=_families(self.learner))
         x = x.to(self.learner.device, self.learner.dtype)
         out = self.learner.algorithm.predict(self.params, x, self.stats if self.norm == "support" else None)
-        return out[..., :self.ways] if self.ways is not None and self.learner.algorithm.head_classes is not None else out
+        return (
+            out[..., : self.ways] if self.ways is not None and self.learner.algorithm.head_classes is not None else out
+        )
 
 
 @dataclass
@@ -137,8 +148,10 @@ class MetaModel:
 
     def _transform(self) -> ImageTransform:
         if not isinstance(self.config.task, ImageTaskConfig):
-            raise ValueError(f"preprocess is for image models; this run's task is {self.config.task.name!r}, "
-                             "whose inputs go to adapt/predict as numbers")
+            raise ValueError(
+                f"preprocess is for image models; this run's task is {self.config.task.name!r}, "
+                "whose inputs go to adapt/predict as numbers"
+            )
         return image_transform(self.config.task)
 
     def preprocess(self, images: Any) -> Tensor:
@@ -146,8 +159,15 @@ class MetaModel:
         training images (PIL mode, Lanczos resize, Omniglot's inversion, v / 255); see `transform`."""
         return self._transform()(images).to(self.learner.device, self.learner.dtype)
 
-    def adapt(self, support_x: Any, support_y: Any, steps: int | None = None, *,
-              classes: Sequence[Hashable] | None = None, norm: str | None = None) -> AdaptedModel:
+    def adapt(
+        self,
+        support_x: Any,
+        support_y: Any,
+        steps: int | None = None,
+        *,
+        classes: Sequence[Hashable] | None = None,
+        norm: str | None = None,
+    ) -> AdaptedModel:
         """Adapt to a support set (`steps` inner steps; default: the algorithm's eval_inner_steps).
 
         support_x: [n, *example_shape] (tensor, array or list). Classification: support_y holds n
@@ -172,8 +192,9 @@ class MetaModel:
         x = x.to(dev, dt)
         adapted = adapt_to(algorithm, self.params, x, y, steps, ways)
         stats = algorithm.norm_stats(adapted, x) if norm == "support" else None
-        return AdaptedModel(self.learner, adapted, ways, list(classes) if classes is not None else None, norm, stats,
-                            self.example_shape)
+        return AdaptedModel(
+            self.learner, adapted, ways, list(classes) if classes is not None else None, norm, stats, self.example_shape
+        )
 
 
 def _families(learner: Learner) -> bool:
@@ -190,8 +211,14 @@ def load(checkpoint: str | Path, device: str | None = None) -> MetaModel:
     return MetaModel(learner, params, int(state["step"]))
 
 
-def evaluate_checkpoint(checkpoint: str | Path, episodes: int | None = None, steps: int | None = None, *,
-                        overrides: list[str] | None = None, norm: str | None = None) -> EvalResult:
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    episodes: int | None = None,
+    steps: int | None = None,
+    *,
+    overrides: list[str] | None = None,
+    norm: str | None = None,
+) -> EvalResult:
     """Meta-test a checkpoint on its config's held-out split.
 
     `overrides` (e.g. ["task.ways=20", "task.test.alphabets=[Tagalog]"]) change the test tasks only:
@@ -208,8 +235,13 @@ def evaluate_checkpoint(checkpoint: str | Path, episodes: int | None = None, ste
     if isinstance(test_cfg.task, ImageTaskConfig):  # before any data is read
         check_head(test_cfg.task.ways, model.learner.algorithm.head_classes, cfg.algorithm.name)
     distribution = build_distribution(test_cfg)
-    result = evaluate(model.learner, model.params, distribution,
-                      episodes=episodes if episodes is not None else test_cfg.eval.episodes,
-                      steps=steps if steps is not None else test_cfg.eval.inner_steps, norm=norm)
+    result = evaluate(
+        model.learner,
+        model.params,
+        distribution,
+        episodes=episodes if episodes is not None else test_cfg.eval.episodes,
+        steps=steps if steps is not None else test_cfg.eval.inner_steps,
+        norm=norm,
+    )
     result.record = {**meta_test_record(test_cfg, distribution), "batch_norm": norm}
     return result

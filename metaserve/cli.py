@@ -3,6 +3,7 @@
 Every user mistake ends here as one sentence on stderr and exit code 2, without a traceback
 (`--debug` or METASERVE_DEBUG=1 re-raises it); see `metaserve/errors.py` for what counts as one.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -3,6 +3,7 @@
 Every key is checked here, before any data is read or any worker starts; a bad key or value raises
 `ConfigError` with a sentence naming the key, the value and what is allowed.
 """
+
 from __future__ import annotations
 
 import copy
@@ -10,16 +11,23 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from metaserve import registry
 from metaserve.registry import AlgorithmEntry
-
 
 
 def _no_bool_or_text(value: Any) -> Any:
@@ -49,6 +57,7 @@ SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$")
 _NEAR_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/?([^/].*)$")  # s3:/bucket, s3:bucket (not C:/dir)
 
+
 def is_uri(path: str | os.PathLike) -> bool:
     """True for `scheme://...` (a filesystem URI), False for a local path."""
     return bool(_URI.match(str(path)))
@@ -64,15 +73,19 @@ def check_output_dir(value: str) -> str:
     if match is None:
         near = _NEAR_URI.match(value)
         if near is not None and near.group(1).lower() in SCHEMES:
-            raise ValueError(f"output_dir={value!r} looks like a {near.group(1)}:// URI with a slash missing; write "
-                             f"{near.group(1)}://{near.group(2).lstrip('/')} (or a local directory without ':')")
+            raise ValueError(
+                f"output_dir={value!r} looks like a {near.group(1)}:// URI with a slash missing; write "
+                f"{near.group(1)}://{near.group(2).lstrip('/')} (or a local directory without ':')"
+            )
         if Path(value).expanduser().exists() and not Path(value).expanduser().is_dir():
             raise ValueError(f"output_dir={value!r} is a file, not a directory: give a directory for the run folders")
         return value
     scheme, rest = match.group(1).lower(), match.group(2)
     if scheme not in SCHEMES:
-        raise ValueError(f"output_dir={value!r}: {scheme}:// is not a pyarrow filesystem; use a local directory or one of "
-                         + ", ".join(f"{s}://" for s in SCHEMES))
+        raise ValueError(
+            f"output_dir={value!r}: {scheme}:// is not a pyarrow filesystem; use a local directory or one of "
+            + ", ".join(f"{s}://" for s in SCHEMES)
+        )
     if not rest.strip("/"):
         raise ValueError(f"output_dir={value!r} names no bucket or directory")
     return value
@@ -102,11 +115,13 @@ class SinusoidTaskConfig(_Section):
     x_range: Range = (-5.0, 5.0)
     tasks_per_family: PositiveInt = 5  # families: L tasks to meta-finetune on per family draw
     goal_tasks: PositiveInt = 1  # families: goal tasks per family draw
-    unit: Literal["family", "task"] = "family"  # families: a sample is a whole family, or one task of a family (baselines)
+    unit: Literal["family", "task"] = (
+        "family"  # families: a sample is a whole family, or one task of a family (baselines)
+    )
     oracle: bool = False  # inputs (x, amplitude, phase): the oracle baseline of MALTML's sinusoid experiment
 
     @model_validator(mode="after")
-    def _ranges(self) -> "SinusoidTaskConfig":
+    def _ranges(self) -> SinusoidTaskConfig:
         for key in ("amplitude", "phase", "x_range"):
             lo, hi = getattr(self, key)
             if not lo <= hi:
@@ -123,7 +138,8 @@ class SplitConfig(_Section):
 
 
 class ImageTaskConfig(_Section):
-    """N-way K-shot classification over Omniglot or any `root/<class>/<image>` tree; omniglot-families: families = alphabets."""
+    """N-way K-shot classification over Omniglot or any `root/<class>/<image>` tree; omniglot-families: families
+    = alphabets."""
 
     name: Literal["omniglot", "image-folder", "omniglot-families"] = "omniglot"
     root: str = "../shared/data/omniglot"
@@ -155,21 +171,27 @@ class MnistTaskConfig(ImageTaskConfig):
     root: str = "../shared/data/mnist"
 
     @model_validator(mode="after")
-    def _mnist(self) -> "MnistTaskConfig":
-        fixed = sorted(self.model_fields_set & {"rotations", "train", "val", "test", "tasks_per_family", "goal_tasks",
-                                                "unit", "cache_dir"})
+    def _mnist(self) -> MnistTaskConfig:
+        fixed = sorted(
+            self.model_fields_set
+            & {"rotations", "train", "val", "test", "tasks_per_family", "goal_tasks", "unit", "cache_dir"}
+        )
         if fixed:
-            raise ValueError(f"task.{fixed[0]} does not apply to task.name='mnist': its train and test splits are "
-                             "the official train-* and t10k-* IDX files under task.root")
+            raise ValueError(
+                f"task.{fixed[0]} does not apply to task.name='mnist': its train and test splits are "
+                "the official train-* and t10k-* IDX files under task.root"
+            )
         if self.image_size != 28 or self.channels != 1:
-            raise ValueError(f"task.image_size={self.image_size}, task.channels={self.channels}: MNIST images are "
-                             "28x28 grayscale, use image_size 28 and channels 1")
+            raise ValueError(
+                f"task.image_size={self.image_size}, task.channels={self.channels}: MNIST images are "
+                "28x28 grayscale, use image_size 28 and channels 1"
+            )
         if self.ways > 10:
             raise ValueError(f"task.ways={self.ways} is not allowed for MNIST, which has 10 classes: use 1..10")
         return self
 
 
-TaskConfig = Annotated[Union[SinusoidTaskConfig, ImageTaskConfig, MnistTaskConfig], Field(discriminator="name")]
+TaskConfig = Annotated[SinusoidTaskConfig | ImageTaskConfig | MnistTaskConfig, Field(discriminator="name")]
 
 
 class ModelConfig(_Section):
@@ -229,10 +251,12 @@ class TrainConfig(_Section):
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @model_validator(mode="after")
-    def _aligned(self) -> "TrainConfig":
+    def _aligned(self) -> TrainConfig:
         # Checkpoints are taken at log rows, so a resumed run's metrics line up with its parameters.
         if self.checkpoint_every % self.log_every:
-            raise ValueError(f"train.checkpoint_every={self.checkpoint_every} must be a multiple of train.log_every={self.log_every}")
+            raise ValueError(
+                f"train.checkpoint_every={self.checkpoint_every} must be a multiple of train.log_every={self.log_every}"
+            )
         return self
 
 
@@ -278,7 +302,7 @@ class OmegaParam(_Section):
     noise: PositiveFloat | None = None  # half-width of the uniform perturbation (default: step / 2)
 
     @model_validator(mode="after")
-    def _bounds(self) -> "OmegaParam":
+    def _bounds(self) -> OmegaParam:
         if not self.low <= self.high:
             raise ValueError(f"low={self.low} > high={self.high}: need low <= high")
         if self.start is not None and not self.low <= self.start <= self.high:
@@ -299,7 +323,9 @@ class CurriculumConfig(_Section):
     step: PositiveFloat = 2.0  # adaptive: teacher gradient step (Table I), the fixed move per update
     window: PositiveInt = 3  # adaptive: teacher steps the finite-difference gradient spans
     grad_threshold: Annotated[float, Field(ge=0)] = 0.0  # adaptive: move only where |gradient estimate| exceeds it
-    target_loss: PositiveFloat | None = None  # adaptive: val loss below it = over-performing (harder tasks), above = easier
+    target_loss: PositiveFloat | None = (
+        None  # adaptive: val loss below it = over-performing (harder tasks), above = easier
+    )
 
 
 def _check_curriculum(c: CurriculumConfig, task: Any, spec: AlgorithmEntry) -> None:
@@ -310,48 +336,73 @@ def _check_curriculum(c: CurriculumConfig, task: Any, spec: AlgorithmEntry) -> N
     allowed = IMAGE_OMEGA if image else SINUSOID_OMEGA
     if c.teacher == "static":
         if not c.stages:
-            raise ValueError("curriculum.teacher='static' needs curriculum.stages: a list of task-space settings, easy to hard")
+            raise ValueError(
+                "curriculum.teacher='static' needs curriculum.stages: a list of task-space settings, easy to hard"
+            )
         if c.threshold is None:
-            raise ValueError("curriculum.teacher='static' needs curriculum.threshold: the meta-validation loss to stay below")
+            raise ValueError(
+                "curriculum.teacher='static' needs curriculum.threshold: the meta-validation loss to stay below"
+            )
         if isinstance(c.threshold, list) and len(c.threshold) != len(c.stages) - 1:
-            raise ValueError(f"curriculum.threshold has {len(c.threshold)} values for {len(c.stages)} stages: "
-                             f"give one number, or one per stage transition ({len(c.stages) - 1})")
+            raise ValueError(
+                f"curriculum.threshold has {len(c.threshold)} values for {len(c.stages)} stages: "
+                f"give one number, or one per stage transition ({len(c.stages) - 1})"
+            )
         corners = [(f"curriculum.stages[{i}]", dict(s)) for i, s in enumerate(c.stages)]
     else:
         if not c.params:
-            raise ValueError("curriculum.teacher='adaptive' needs curriculum.params: the task-space parameters to move, with bounds")
+            raise ValueError(
+                "curriculum.teacher='adaptive' needs curriculum.params: the task-space parameters to move, with bounds"
+            )
         if c.target_loss is None:
-            raise ValueError("curriculum.teacher='adaptive' needs curriculum.target_loss: the meta-validation loss that "
-                             "separates over-performing (harder tasks) from under-performing (easier tasks)")
+            raise ValueError(
+                "curriculum.teacher='adaptive' needs curriculum.target_loss: the meta-validation loss that "
+                "separates over-performing (harder tasks) from under-performing (easier tasks)"
+            )
         for name, p in c.params.items():
             noise = p.noise if p.noise is not None else (p.step if p.step is not None else c.step) / 2
             if image and name in allowed and (any(v != int(v) for v in (p.low, p.high, p.start or p.low)) or noise < 1):
-                raise ValueError(f"curriculum.params.{name}={p.model_dump()} moves an integer: low, high and start must be "
-                                 f"integers and the noise (here {noise}) at least 1, or rounding removes the perturbation")
+                raise ValueError(
+                    f"curriculum.params.{name}={p.model_dump()} moves an integer: low, high and start must be "
+                    f"integers and the noise (here {noise}) at least 1, or rounding removes the perturbation"
+                )
         # the smallest highs against the largest lows: every omega in the bounds must be a valid space
-        corners = [("curriculum.params (lows)", {n: p.low for n, p in c.params.items()}),
-                   ("curriculum.params (highs)", {n: p.high for n, p in c.params.items()}),
-                   ("curriculum.params (narrowest)", {n: (p.high if n.endswith("_low") else p.low) for n, p in c.params.items()})]
+        corners = [
+            ("curriculum.params (lows)", {n: p.low for n, p in c.params.items()}),
+            ("curriculum.params (highs)", {n: p.high for n, p in c.params.items()}),
+            (
+                "curriculum.params (narrowest)",
+                {n: (p.high if n.endswith("_low") else p.low) for n, p in c.params.items()},
+            ),
+        ]
     for where, omega in corners:
         unknown = sorted(set(omega) - set(allowed))
         if unknown:
-            raise ValueError(f"{where.split(' ')[0]} names {unknown}, which task.name={task.name!r} does not have; "
-                             f"allowed: {', '.join(allowed)}")
+            raise ValueError(
+                f"{where.split(' ')[0]} names {unknown}, which task.name={task.name!r} does not have; "
+                f"allowed: {', '.join(allowed)}"
+            )
         if image:
             if "ways" in omega and spec.fixed_ways:
-                raise ValueError(f"{where} moves 'ways' but algorithm.name={spec.name!r} is built for task.ways classes: "
-                                 "keep ways fixed (move shots or query), or use a gradient-based algorithm")
+                raise ValueError(
+                    f"{where} moves 'ways' but algorithm.name={spec.name!r} is built for task.ways classes: "
+                    "keep ways fixed (move shots or query), or use a gradient-based algorithm"
+                )
             for name, v in omega.items():
                 if v != int(v) or v < 1:
                     raise ValueError(f"{where}.{name}={v} is not allowed: need an integer >= 1")
             if omega.get("ways", 1) > task.ways:
-                raise ValueError(f"{where}.ways={omega['ways']} exceeds task.ways={task.ways}, the size of the classifier "
-                                 "head: a curriculum may lower the ways (labels stay < task.ways) but not raise them")
+                raise ValueError(
+                    f"{where}.ways={omega['ways']} exceeds task.ways={task.ways}, the size of the classifier "
+                    "head: a curriculum may lower the ways (labels stay < task.ways) but not raise them"
+                )
         else:
             for key in ("amplitude", "phase"):
                 lo, hi = omega.get(f"{key}_low", getattr(task, key)[0]), omega.get(f"{key}_high", getattr(task, key)[1])
                 if not lo <= hi:
-                    raise ValueError(f"{where} gives {key} range [{lo}, {hi}], which is empty: need {key}_low <= {key}_high")
+                    raise ValueError(
+                        f"{where} gives {key} range [{lo}, {hi}], which is empty: need {key}_low <= {key}_high"
+                    )
 
 
 def task_kind(task: Any) -> str:
@@ -417,15 +468,18 @@ class Config(_Section):
         return check_output_dir(value)  # a path, or s3://, gs://, ... (form only, no network)
 
     @model_validator(mode="after")
-    def _compatible(self) -> "Config":
+    def _compatible(self) -> Config:
         image = isinstance(self.task, ImageTaskConfig)
         wanted = "conv4" if image else "mlp"
         if self.model.name != wanted:
-            raise ValueError(f"model.name={self.model.name!r} does not fit task.name={self.task.name!r}: use {wanted!r}")
+            raise ValueError(
+                f"model.name={self.model.name!r} does not fit task.name={self.task.name!r}: use {wanted!r}"
+            )
         spec, kind = self.entry, task_kind(self.task)
         if kind not in spec.tasks:
-            raise ValueError(f"algorithm.name={spec.name!r} needs a {' or '.join(spec.tasks)} task, "
-                             f"not task.name={self.task.name!r}")
+            raise ValueError(
+                f"algorithm.name={spec.name!r} needs a {' or '.join(spec.tasks)} task, not task.name={self.task.name!r}"
+            )
         _check_families(self.task, spec)
         _check_curriculum(self.curriculum, self.task, spec)
         return self
@@ -436,14 +490,19 @@ def _check_families(task: Any, spec: AlgorithmEntry) -> None:
     families = task.name in ("sinusoid-families", "omniglot-families")
     if spec.learns_from == "families":
         if not families:
-            raise ValueError(f"algorithm.name={spec.name!r} learns from task families: use task.name='sinusoid-families' "
-                             f"or 'omniglot-families', not {task.name!r}")
+            raise ValueError(
+                f"algorithm.name={spec.name!r} learns from task families: use task.name='sinusoid-families' "
+                f"or 'omniglot-families', not {task.name!r}"
+            )
         if task.unit != "family":
-            raise ValueError(f"algorithm.name={spec.name!r} learns from whole families: set task.unit='family', "
-                             f"not {task.unit!r}")
+            raise ValueError(
+                f"algorithm.name={spec.name!r} learns from whole families: set task.unit='family', not {task.unit!r}"
+            )
     elif families and task.unit == "family":
-        raise ValueError(f"algorithm.name={spec.name!r} learns from single tasks: with task.name={task.name!r} set "
-                         "task.unit='task' (one task per family draw, the baseline that ignores families)")
+        raise ValueError(
+            f"algorithm.name={spec.name!r} learns from single tasks: with task.name={task.name!r} set "
+            "task.unit='task' (one task per family draw, the baseline that ignores families)"
+        )
 
 
 def _lines(err: ValidationError, model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -478,8 +537,10 @@ def _tags(union: Any) -> dict[str, type[BaseModel]]:
 
 
 _TASK_TAGS = _tags(TaskConfig)
-_PATTERNS = {"device": "use auto, cpu, cuda, cuda:N or mps",
-             "name": "use letters, digits, '.', '_', '+' and '-' (one folder name, not a path)"}
+_PATTERNS = {
+    "device": "use auto, cpu, cuda, cuda:N or mps",
+    "name": "use letters, digits, '.', '_', '+' and '-' (one folder name, not a path)",
+}
 
 
 def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -569,8 +630,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise ConfigError(f"config file {str(path)!r} does not exist")
     data = read_yaml(path)
     if data is None:
-        raise ConfigError(f"config file {str(path)!r} is empty: give at least the task, model and algorithm sections "
-                          "(see configs/)")
+        raise ConfigError(
+            f"config file {str(path)!r} is empty: give at least the task, model and algorithm sections (see configs/)"
+        )
     return parse_config(apply_overrides(data, overrides or []))
 
 

@@ -2,6 +2,7 @@
 
 Introspected rather than written out, so a key added to config.py shows up here without an edit.
 """
+
 from __future__ import annotations
 
 import textwrap
@@ -37,6 +38,9 @@ def sections_help(width: int = 100) -> str:
         names = list(dict.fromkeys(n for m in models for n in _literal_names(m)))
         keys = list(dict.fromkeys(k for m in models for k in m.model_fields if k != "name"))
         text = (f"name: {' | '.join(names)}; " if names else "") + ", ".join(keys)
-        out.append(textwrap.fill(text, width=width, initial_indent=f"  {section}: ", subsequent_indent=" " * 6,
-                                 break_on_hyphens=False))
+        out.append(
+            textwrap.fill(
+                text, width=width, initial_indent=f"  {section}: ", subsequent_indent=" " * 6, break_on_hyphens=False
+            )
+        )
     return "\n".join(out)

@@ -3,6 +3,7 @@
 The CLI (`metaserve.cli.main`) prints these as one sentence with exit code 2 and no traceback;
 anything else is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 import yaml

@@ -3,6 +3,7 @@
 The learner and every Ray worker call `build` on the same config, so they hold identical pieces and
 regenerate identical tasks from (seed, step, index).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -7,9 +7,11 @@ takes one input). Class labels are integers 0..N-1 with every class present, or 
 in `classes` (label i of the model is classes[i]); a gap or an unknown label is an error, never a
 silent drop. Every error is one sentence naming the bad value and what is allowed.
 """
+
 from __future__ import annotations
 
-from typing import Any, Hashable, Sequence
+from collections.abc import Hashable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,10 +44,11 @@ def examples(value: Any, example: tuple[int, ...], what: str, families: bool = F
     elif len(example) == 3 and example[0] == 1 and x.dim() == 3 and tuple(x.shape[1:]) == example[1:]:
         x = x.unsqueeze(1)  # grayscale [n, H, W] -> [n, 1, H, W]
     ok = x.dim() == len(example) + 1 or (families and x.dim() == len(example) + 2)
-    if not ok or tuple(x.shape[-len(example):]) != example or x.shape[0] == 0:
+    if not ok or tuple(x.shape[-len(example) :]) != example or x.shape[0] == 0:
         also = f" (or {shape_text(example, 'tasks, n')} for a family)" if families else ""
-        raise ValueError(f"{what} has shape {list(x.shape)}, but this model takes {shape_text(example)}{also} "
-                         "with n >= 1")
+        raise ValueError(
+            f"{what} has shape {list(x.shape)}, but this model takes {shape_text(example)}{also} with n >= 1"
+        )
     return x
 
 
@@ -60,22 +63,27 @@ def targets(value: Any, n: int, what: str = "support_y") -> Tensor:
     return y.to(torch.get_default_dtype()) if not y.is_floating_point() else y
 
 
-def class_labels(value: Any, n: int, classes: Sequence[Hashable] | None = None,
-                 what: str = "support_y") -> tuple[Tensor, int]:
+def class_labels(
+    value: Any, n: int, classes: Sequence[Hashable] | None = None, what: str = "support_y"
+) -> tuple[Tensor, int]:
     """Integer labels 0..N-1 for n support examples and N: labels must cover 0..N-1, or be mapped by `classes`."""
     if classes is not None:
         return _mapped(value, n, list(classes), what)
     y = as_tensor(value, what)
     if y.is_floating_point() or y.dtype == torch.bool or y.dim() != 1 or y.numel() != n:
-        raise ValueError(f"{what} must be {n} integer class labels (shape [{n}]), got {y.dtype} of shape "
-                         f"{list(y.shape)}; to use other labels (e.g. names) pass classes=[...]")
+        raise ValueError(
+            f"{what} must be {n} integer class labels (shape [{n}]), got {y.dtype} of shape "
+            f"{list(y.shape)}; to use other labels (e.g. names) pass classes=[...]"
+        )
     present = sorted(set(y.tolist()))
     ways = present[-1] + 1
     if present[0] < 0 or len(present) != ways:
         missing = sorted(set(range(max(ways, 0))) - set(present))[:5]
         why = "negative labels" if present[0] < 0 else f"missing {missing}"
-        raise ValueError(f"{what} has labels {present[:10]}{'...' if len(present) > 10 else ''}, but labels must be "
-                         f"0..N-1 with every class present ({why}); pass classes=[...] to map other labels")
+        raise ValueError(
+            f"{what} has labels {present[:10]}{'...' if len(present) > 10 else ''}, but labels must be "
+            f"0..N-1 with every class present ({why}); pass classes=[...] to map other labels"
+        )
     return y.to(torch.int64), ways
 
 
@@ -99,6 +107,8 @@ def _mapped(value: Any, n: int, classes: list[Hashable], what: str) -> tuple[Ten
 def check_head(ways: int, head: int | None, name: str) -> None:
     """A fixed classifier head takes at most its number of outputs: ValueError naming both numbers."""
     if head is not None and ways > head:
-        raise ValueError(f"the support set has {ways} classes but this {name} model's classifier head has {head} "
-                         f"outputs, so it can classify at most {head} classes (metric learners such as protonet take "
-                         "any number)")
+        raise ValueError(
+            f"the support set has {ways} classes but this {name} model's classifier head has {head} "
+            f"outputs, so it can classify at most {head} classes (metric learners such as protonet take "
+            "any number)"
+        )

@@ -7,6 +7,7 @@ request header, instead of setting RAY_AUTH_MODE in this process, so using these
 nothing in the caller's environment. Every failure to reach or use the cluster is a `JobsError`
 whose message names the address and says what to do.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -16,9 +17,9 @@ import os
 import re
 import socket
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -27,8 +28,25 @@ CONNECT_TIMEOUT_S = 5.0
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # Left out of the shipped working directory: results, environments, caches, VCS data.
 # Ray also applies the folder's .gitignore files (and .rayignore) on top of these.
-EXCLUDES = ["runs/", ".venv/", "venv/", ".git/", "**/__pycache__/", "*.pyc", ".pytest_cache/", ".cache/",
-            "*.egg-info/", "build/", "dist/", "benchmarks/results/", ".env", ".env.*", "*.pt", "*.pem", "*.key"]
+EXCLUDES = [
+    "runs/",
+    ".venv/",
+    "venv/",
+    ".git/",
+    "**/__pycache__/",
+    "*.pyc",
+    ".pytest_cache/",
+    ".cache/",
+    "*.egg-info/",
+    "build/",
+    "dist/",
+    "benchmarks/results/",
+    ".env",
+    ".env.*",
+    "*.pt",
+    "*.pem",
+    "*.key",
+]
 # Names whose values are never printed (the job still gets them when named with --env).
 SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL|AUTH|PRIVATE|SESSION)", re.IGNORECASE)
 # Sent to every job: progress lines stream to `metaserve jobs logs --follow` as they are printed.
@@ -48,10 +66,14 @@ def resolve_address(address: str | None) -> str:
     """
     if not address:
         env = os.environ.get("RAY_ADDRESS", "")
-        address = os.environ.get("RAY_API_SERVER_ADDRESS") or (env if env.startswith(("http://", "https://")) else DEFAULT_ADDRESS)
+        address = os.environ.get("RAY_API_SERVER_ADDRESS") or (
+            env if env.startswith(("http://", "https://")) else DEFAULT_ADDRESS
+        )
     raw = address.strip().rstrip("/")
     if raw == "auto" or raw.startswith("ray://"):
-        raise JobsError(f"address {address!r} is not a Jobs API address: give the dashboard's URL, e.g. {DEFAULT_ADDRESS}")
+        raise JobsError(
+            f"address {address!r} is not a Jobs API address: give the dashboard's URL, e.g. {DEFAULT_ADDRESS}"
+        )
     if "://" not in raw:
         raw = f"http://{raw}" if re.search(r":\d+$", raw) else f"http://{raw}:{DASHBOARD_PORT}"
     parts = urlsplit(raw)
@@ -75,9 +97,11 @@ def check_listening(url: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         reason = f"no answer within {timeout:g} s"
     except OSError as err:
         reason = err.strerror or type(err).__name__
-    raise JobsError(f"no Ray Jobs API at {url}: nothing is listening there ({reason}). Start a cluster "
-                    "(python cluster/local_cluster.py start, or `ray up ray_cluster.yaml` plus `ray dashboard "
-                    "ray_cluster.yaml` for the SSH tunnel) or pass --address with the dashboard's URL")
+    raise JobsError(
+        f"no Ray Jobs API at {url}: nothing is listening there ({reason}). Start a cluster "
+        "(python cluster/local_cluster.py start, or `ray up ray_cluster.yaml` plus `ray dashboard "
+        "ray_cluster.yaml` for the SSH tunnel) or pass --address with the dashboard's URL"
+    )
 
 
 def find_token() -> tuple[str | None, str]:
@@ -94,9 +118,13 @@ def find_token() -> tuple[str | None, str]:
 
 def token_help(url: str, found: bool, source: str) -> str:
     """What to do when the cluster at `url` refuses us."""
-    what = (f"refused the token from {source}" if found else f"needs its authentication token and none was found ({source})")
-    return (f"the Ray cluster at {url} {what}. On the head node, `ray get-auth-token` prints the cluster's token: "
-            "save it here as ~/.ray/auth_token (chmod 600) or export RAY_AUTH_TOKEN=<token>")
+    what = (
+        f"refused the token from {source}" if found else f"needs its authentication token and none was found ({source})"
+    )
+    return (
+        f"the Ray cluster at {url} {what}. On the head node, `ray get-auth-token` prints the cluster's token: "
+        "save it here as ~/.ray/auth_token (chmod 600) or export RAY_AUTH_TOKEN=<token>"
+    )
 
 
 @contextlib.contextmanager
@@ -118,8 +146,12 @@ class Cluster:
     client: object
 
     def submit(self, entrypoint: str, runtime_env: dict, metadata: dict[str, str], job_id: str | None) -> str:
-        return self._call(lambda: self.client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
-                                                         metadata=metadata, submission_id=job_id), job_id)
+        return self._call(
+            lambda: self.client.submit_job(
+                entrypoint=entrypoint, runtime_env=runtime_env, metadata=metadata, submission_id=job_id
+            ),
+            job_id,
+        )
 
     def info(self, job_id: str):
         return self._call(lambda: self.client.get_job_info(job_id), job_id)
@@ -171,8 +203,10 @@ class Cluster:
             raise JobsError(token_help(self.url, token is not None, source)) from None
         except RuntimeError as err:
             if job_id and "404" in str(err):
-                raise JobsError(f"there is no job {job_id!r} on {self.url}; `metaserve jobs list --address {self.url}` "
-                                "shows the jobs there") from None
+                raise JobsError(
+                    f"there is no job {job_id!r} on {self.url}; `metaserve jobs list --address {self.url}` "
+                    "shows the jobs there"
+                ) from None
             raise JobsError(f"the Jobs API at {self.url} failed: {err}") from None
         except OSError as err:  # requests' ConnectionError is an OSError
             raise JobsError(f"lost the connection to the Jobs API at {self.url}: {err}") from None
@@ -196,16 +230,22 @@ def connect(address: str | None) -> Cluster:
     except AuthenticationError:
         raise JobsError(token_help(url, token is not None, source)) from None
     except (ConnectionError, RuntimeError, OSError) as err:
-        raise JobsError(f"{url} did not answer as a Ray dashboard ({err}); the Jobs API is on the dashboard port "
-                        f"({DASHBOARD_PORT} by default), not the GCS port (6379)") from None
+        raise JobsError(
+            f"{url} did not answer as a Ray dashboard ({err}); the Jobs API is on the dashboard port "
+            f"({DASHBOARD_PORT} by default), not the GCS port (6379)"
+        ) from None
     return Cluster(url, client)
 
 
 def _quiet_sdk_logs() -> None:
     # The SDK logs every packaging step at INFO (and warns that .git/.venv are skipped, which our
     # excludes do anyway); metaserve prints its own summary instead.
-    for name in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk",
-                 "ray._private.runtime_env.packaging", "ray._private.runtime_env.working_dir"):
+    for name in (
+        "ray.dashboard.modules.dashboard_sdk",
+        "ray.dashboard.modules.job.sdk",
+        "ray._private.runtime_env.packaging",
+        "ray._private.runtime_env.working_dir",
+    ):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
@@ -222,7 +262,9 @@ def forwarded_env(extra: list[str]) -> dict[str, str]:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
             raise JobsError(f"--env {item.partition('=')[0]!r} is not a variable name: give NAME or NAME=VALUE")
         if key.startswith("RAY_AUTH"):
-            raise JobsError(f"--env {key}: the token is never shipped in a job's environment; the cluster passes its own")
+            raise JobsError(
+                f"--env {key}: the token is never shipped in a job's environment; the cluster passes its own"
+            )
         if not sep:
             if key not in os.environ:
                 raise JobsError(f"--env {key}: no variable {key} is set here; give --env {key}=VALUE or export it")
@@ -244,8 +286,12 @@ def shipped_files(working_dir: Path) -> list[str]:
     from ray._private.runtime_env.packaging import _dir_travel, _get_excludes
 
     root, found = Path(working_dir).absolute(), []
-    _dir_travel(root, [_get_excludes(root, list(EXCLUDES))],
-                lambda p: found.append(p.relative_to(root).as_posix()) if p.is_file() else None, include_gitignore=True)
+    _dir_travel(
+        root,
+        [_get_excludes(root, list(EXCLUDES))],
+        lambda p: found.append(p.relative_to(root).as_posix()) if p.is_file() else None,
+        include_gitignore=True,
+    )
     return sorted(found)
 
 

@@ -6,6 +6,7 @@ for the local backend and an embedded local Ray, before Ray starts (this machine
 for a Ray cluster, right after connecting (its `ray.cluster_resources()`), before any worker or run
 folder exists.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,13 +41,17 @@ def check_resources(config: Config) -> None:
         have_cpus, have_gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
         where = f"the Ray cluster ({have_cpus:g} CPUs, {have_gpus:g} GPUs)"
     if gpus > have_gpus:
-        raise ConfigError(f"runtime.gpus_per_worker={rc.gpus_per_worker:g} x runtime.num_workers={rc.num_workers} "
-                          f"asks for {gpus:g} GPUs but {where} has {have_gpus:g}: "
-                          "set runtime.gpus_per_worker=0 or add GPU nodes")
+        raise ConfigError(
+            f"runtime.gpus_per_worker={rc.gpus_per_worker:g} x runtime.num_workers={rc.num_workers} "
+            f"asks for {gpus:g} GPUs but {where} has {have_gpus:g}: "
+            "set runtime.gpus_per_worker=0 or add GPU nodes"
+        )
     if cpus > have_cpus + 1e-9:
         most = math.floor(have_cpus / rc.cpus_per_worker)
-        raise ConfigError(f"runtime.num_workers={rc.num_workers} x runtime.cpus_per_worker={rc.cpus_per_worker:g} "
-                          f"asks for {cpus:g} CPUs but {where} has {have_cpus:g}: use at most {most} workers")
+        raise ConfigError(
+            f"runtime.num_workers={rc.num_workers} x runtime.cpus_per_worker={rc.cpus_per_worker:g} "
+            f"asks for {cpus:g} CPUs but {where} has {have_cpus:g}: use at most {most} workers"
+        )
 
 
 def _uses_cluster(config: Config) -> bool:

@@ -12,12 +12,14 @@ Own code rather than tqdm or rich: neither is a dependency today (tqdm is not in
 the plain-line fallback under Ray Jobs and Tune must print complete lines with rate and ETA rather
 than carriage-return frames, and the whole feature is ~100 lines.
 """
+
 from __future__ import annotations
 
 import os
 import sys
 import time
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 MODES = ("live", "plain", "off")
 
@@ -42,8 +44,13 @@ def choose_mode(stream: TextIO) -> str:
 class Progress:
     """Messages and counted phases on one stream (default stdout), live or as plain lines."""
 
-    def __init__(self, stream: TextIO | None = None, mode: str | None = None, plain_every: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        mode: str | None = None,
+        plain_every: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.stream = stream if stream is not None else sys.stdout
         self.mode = mode or choose_mode(self.stream)
         if self.mode not in MODES:
@@ -100,8 +107,10 @@ class Progress:
             filled = int(20 * self._done / total)
             bar = " [" + "#" * filled + "." * (20 - filled) + "]"
         speed = f"{rate:.2f} {unit}/s" if rate >= 1 or rate == 0 else f"{1 / rate:.1f} s/{unit}"  # slow: seconds each
-        text = (f"{name}{bar} {self._done}/{total} {unit}s | {speed} | elapsed {_clock(elapsed)} | "
-                f"ETA {_clock(eta) if eta is not None else '?'}")
+        text = (
+            f"{name}{bar} {self._done}/{total} {unit}s | {speed} | elapsed {_clock(elapsed)} | "
+            f"ETA {_clock(eta) if eta is not None else '?'}"
+        )
         return f"{text} | {note}" if note else text
 
     def _draw(self, note: str = "") -> None:
@@ -127,8 +136,9 @@ def as_progress(progress: Callable[[str], None] | bool | None) -> Callable[[str]
     return progress or None
 
 
-def phase(progress: Callable[[str], None] | None, name: str, total: int, unit: str = "step",
-          done: int = 0) -> Callable[[int], None]:
+def phase(
+    progress: Callable[[str], None] | None, name: str, total: int, unit: str = "step", done: int = 0
+) -> Callable[[int], None]:
     """Start a counted phase on `progress` and return its `advance`; a no-op for plain callbacks."""
     if isinstance(progress, Progress):
         progress.start(name, total, unit, done)

@@ -6,10 +6,12 @@ evaluation protocol. Config validation, model building, the learner loop, evalua
 evaluation and sweep validation all read it; nothing else lists algorithms. Each algorithm module
 registers its own entries at import (`metaserve.algorithms` imports them all).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from torch import nn
@@ -24,7 +26,7 @@ class AlgorithmEntry:
 
     name: str
     config: type  # its config section: a `metaserve.config.AlgorithmSection` whose `name` admits `name`
-    build: Callable[[Any, "nn.Module", Any, bool], Any]  # (section, model, task section, vectorize) -> Algorithm
+    build: Callable[[Any, nn.Module, Any, bool], Any]  # (section, model, task section, vectorize) -> Algorithm
     head: Head = "classifier"  # what the model carries: a classifier head, the embedding only, or a metric head
     contribution: Literal["gradient", "delta"] = "gradient"  # descend on it, or move along it (Reptile-style)
     evaluation: Literal["inner-loop", "closed-form", "family"] = "inner-loop"  # how a meta-test adapts
@@ -53,7 +55,6 @@ def register(entry: AlgorithmEntry) -> AlgorithmEntry:
         raise ValueError(f"algorithm {entry.name!r} is already registered")
     _ENTRIES[entry.name] = entry
     return entry
-
 
 
 def names() -> list[str]:

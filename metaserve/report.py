@@ -14,6 +14,7 @@ diverged trial no longer flattens the others); step axes have integer ticks; swe
 hyperparameters; the summary's meta-test figure is the run's own test.json (re-evaluated only when
 asked: `metaserve report --evaluate`).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,13 +28,13 @@ from matplotlib.ticker import MaxNLocator
 from metaserve.progress import end_phase, phase
 
 matplotlib.use("Agg")  # files only: no display on servers and Ray nodes
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
 
-from metaserve.evaluation import EvalResult, evaluate  # noqa: E402
-from metaserve.store.checkpoint import latest_good_state  # noqa: E402
-from metaserve.store.metrics import METRICS_FILE, read_metrics  # noqa: E402
+from metaserve.evaluation import EvalResult, evaluate
+from metaserve.store.checkpoint import latest_good_state
+from metaserve.store.metrics import METRICS_FILE, read_metrics
 
 REPORT_DIR = "report"
 LOG_SPAN = 1e3  # max/min of a panel's positive values above which its y axis is logarithmic
@@ -41,14 +42,18 @@ NAMES = {"loss": "loss", "acc": "accuracy", "mse": "MSE"}  # one name per metric
 FIT_STEPS = (0, 1, 10)  # Finn et al. 2017, Fig. 2: pre-update, one and ten gradient steps
 CSV_COLUMNS = ["panel", "line", "x", "y", "low", "high", "xlabel", "ylabel", "xscale", "yscale"]
 CURVES = {  # column -> legend label
-    "loss": "meta-train, after adaptation", "loss_pre": "meta-train, before adaptation",
-    "val_loss": "meta-val, after adaptation", "val_loss_pre": "meta-val, before adaptation",
+    "loss": "meta-train, after adaptation",
+    "loss_pre": "meta-train, before adaptation",
+    "val_loss": "meta-val, after adaptation",
+    "val_loss_pre": "meta-val, before adaptation",
 }
 
 
 def learning_curves(df: pd.DataFrame) -> Figure:
     """Query loss (and accuracy, for classification) vs meta-step, one line per logged column."""
-    panels = [("query loss", list(CURVES))] + ([("query accuracy", [c.replace("loss", "acc") for c in CURVES])] if "acc" in df else [])
+    panels = [("query loss", list(CURVES))] + (
+        [("query accuracy", [c.replace("loss", "acc") for c in CURVES])] if "acc" in df else []
+    )
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
     for ax, (title, columns) in zip(axes[0], panels):
         for col in (c for c in columns if c in df):
@@ -166,14 +171,30 @@ def figure_data(fig: Figure) -> pd.DataFrame:
     """Every plotted line of a figure as rows (panel, line, x, y), read back from the artists."""
     rows = []
     for ax in fig.axes:
-        axis = {"xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(),
-                "xscale": ax.get_xscale(), "yscale": ax.get_yscale()}
+        axis = {
+            "xlabel": ax.get_xlabel(),
+            "ylabel": ax.get_ylabel(),
+            "xscale": ax.get_xscale(),
+            "yscale": ax.get_yscale(),
+        }
         for line in ax.get_lines():
-            rows += [{"panel": ax.get_title(), "line": line.get_label(), "x": float(x), "y": float(y), **axis}
-                     for x, y in zip(line.get_xdata(), line.get_ydata())]
+            rows += [
+                {"panel": ax.get_title(), "line": line.get_label(), "x": float(x), "y": float(y), **axis}
+                for x, y in zip(line.get_xdata(), line.get_ydata())
+            ]
         for band in (c for c in ax.collections if hasattr(c, "metaserve_band")):
-            rows += [{"panel": ax.get_title(), "line": band.get_label(), "x": float(x), "y": float("nan"),
-                      "low": float(lo), "high": float(hi), **axis} for x, lo, hi in zip(*band.metaserve_band)]
+            rows += [
+                {
+                    "panel": ax.get_title(),
+                    "line": band.get_label(),
+                    "x": float(x),
+                    "y": float("nan"),
+                    "low": float(lo),
+                    "high": float(hi),
+                    **axis,
+                }
+                for x, lo, hi in zip(*band.metaserve_band)
+            ]
     return pd.DataFrame(rows, columns=CSV_COLUMNS)
 
 
@@ -185,23 +206,33 @@ def save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def sinusoid_fit(algorithm, params, task, amplitude: float, phase_: float, x_range: tuple[float, float],
-                 inner_lr: float) -> Figure:
+def sinusoid_fit(
+    algorithm, params, task, amplitude: float, phase_: float, x_range: tuple[float, float], inner_lr: float
+) -> Figure:
     """Finn et al. (2017), Fig. 2: the true curve, the K support points, and the prediction on a grid after
     0, 1 and 10 inner SGD steps (step size `inner_lr`) from the meta-learned parameters."""
     sx = task.support_x
     grid = torch.linspace(x_range[0], x_range[1], 200, dtype=sx.dtype, device=sx.device)[:, None]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(grid[:, 0].cpu(), (amplitude * torch.sin(grid[:, 0] - phase_)).cpu(), color="black", label="true curve")
-    ax.plot(task.support_x[:, 0].cpu(), task.support_y[:, 0].cpu(), "^", color="purple",
-            label=f"{len(task.support_x)} support points")
+    ax.plot(
+        task.support_x[:, 0].cpu(),
+        task.support_y[:, 0].cpu(),
+        "^",
+        color="purple",
+        label=f"{len(task.support_x)} support points",
+    )
     adapted, done = params, 0
     for k in FIT_STEPS:
         if k > done:
             adapted, done = algorithm.adapt(adapted, task.support_x, task.support_y, steps=k - done), k
         with torch.no_grad():
-            ax.plot(grid[:, 0].cpu(), algorithm.predict(adapted, grid)[:, 0].cpu(), linestyle="--",
-                    label=f"after {k} step{'s' if k != 1 else ''}")
+            ax.plot(
+                grid[:, 0].cpu(),
+                algorithm.predict(adapted, grid)[:, 0].cpu(),
+                linestyle="--",
+                label=f"after {k} step{'s' if k != 1 else ''}",
+            )
     ax.set(title=f"sinusoid fit: A={amplitude:.2f}, phase={phase_:.2f} (inner lr {inner_lr:g})", xlabel="x", ylabel="y")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -220,7 +251,9 @@ def report(path: str | Path, *, episodes: int = 100, evaluate_test: bool = False
         return _sweep_report(path)
     if (path / METRICS_FILE).is_file():
         return _run_report(path, episodes, evaluate_test, progress or (lambda _msg: None))
-    raise FileNotFoundError(f"{str(path)!r} is neither a run directory (no {METRICS_FILE}) nor a sweep directory (no results.parquet)")
+    raise FileNotFoundError(
+        f"{str(path)!r} is neither a run directory (no {METRICS_FILE}) nor a sweep directory (no results.parquet)"
+    )
 
 
 def meta_test_line(result: EvalResult, source: str) -> str:
@@ -259,10 +292,19 @@ def _run_report(run_dir: Path, episodes: int, evaluate_test: bool, say) -> list[
     say(f"report of {run_dir}: learning curves from {METRICS_FILE}")
     files = [save(learning_curves(df), out / "learning_curves.png")]
     state = latest_good_state(run_dir)
-    lines = [f"# Report: run `{config.name}`", "", f"`{run_dir}`: {config.algorithm.name} on {config.task.name}, "
-             f"{int(df['step'].iloc[-1])} of {config.train.steps} meta-steps, teacher `{config.curriculum.teacher}`.", ""]
+    lines = [
+        f"# Report: run `{config.name}`",
+        "",
+        f"`{run_dir}`: {config.algorithm.name} on {config.task.name}, "
+        f"{int(df['step'].iloc[-1])} of {config.train.steps} meta-steps, teacher `{config.curriculum.teacher}`.",
+        "",
+    ]
     last = df.iloc[-1]
-    shown = [c for c in ("loss", "loss_pre", "acc", "val_loss", "val_loss_pre", "val_acc", "val_acc_pre", "teacher_loss") if c in df]
+    shown = [
+        c
+        for c in ("loss", "loss_pre", "acc", "val_loss", "val_loss_pre", "val_acc", "val_acc_pre", "teacher_loss")
+        if c in df
+    ]
     lines += [f"## Last logged step ({int(last['step'])})", "", "| metric | value |", "| --- | --- |"]
     lines += [f"| {c.replace('acc', 'accuracy')} | {last[c]:.4f} |" for c in shown] + [""]
     test = read_test(run_dir)
@@ -271,15 +313,22 @@ def _run_report(run_dir: Path, episodes: int, evaluate_test: bool, say) -> list[
         model = load(run_dir, "cpu")
         learner, params, distribution = model.learner, model.params, build_distribution(config)
         kw = dict(episodes=episodes, steps=config.eval.inner_steps)
-        before = _evaluate(say, "adaptation before meta-training", learner, learner.initial_params(), distribution, **kw)
+        before = _evaluate(
+            say, "adaptation before meta-training", learner, learner.initial_params(), distribution, **kw
+        )
         after = _evaluate(say, "adaptation after meta-training", learner, params, distribution, **kw)
         files.append(save(adaptation_curves(before, after, int(state["step"])), out / "adaptation.png"))
         keys = ["loss"] + (["acc"] if "acc" in after.curve[0] else [])
-        lines += [f"## Adaptation on {episodes} test tasks (full task space)", "",
-                  "| inner step | " + " | ".join(f"{NAMES[k]} before | {NAMES[k]} after" for k in keys) + " |",
-                  "| --- |" + " --- | --- |" * len(keys)]
-        lines += [f"| {b['inner_step']} | " + " | ".join(f"{b[k]:.4f} | {a[k]:.4f}" for k in keys) + " |"
-                  for b, a in zip(before.curve, after.curve)]
+        lines += [
+            f"## Adaptation on {episodes} test tasks (full task space)",
+            "",
+            "| inner step | " + " | ".join(f"{NAMES[k]} before | {NAMES[k]} after" for k in keys) + " |",
+            "| --- |" + " --- | --- |" * len(keys),
+        ]
+        lines += [
+            f"| {b['inner_step']} | " + " | ".join(f"{b[k]:.4f} | {a[k]:.4f}" for k in keys) + " |"
+            for b, a in zip(before.curve, after.curve)
+        ]
         lines.append("")
         if evaluate_test:
             kw["episodes"] = config.eval.episodes
@@ -288,14 +337,22 @@ def _run_report(run_dir: Path, episodes: int, evaluate_test: bool, say) -> list[
         fit = _sinusoid_fit(config, learner, distribution, params)
         if fit is not None:
             files.append(save(fit, out / "sinusoid_fit.png"))
-    lines.append(meta_test_line(test, "the run's test.json") if test is not None else
-                 "No test.json: the run has not finished its meta-test (`metaserve report --evaluate` re-evaluates).")
+    lines.append(
+        meta_test_line(test, "the run's test.json")
+        if test is not None
+        else "No test.json: the run has not finished its meta-test (`metaserve report --evaluate` re-evaluates)."
+    )
     lines.append("")
     omega = omega_trajectory(df)
     if omega is not None:
         files.append(save(omega, out / "omega.png"))
         cols = [c for c in df if c.startswith("omega_")]
-        lines += ["## Curriculum", "", "Final omega: " + ", ".join(f"{c.removeprefix('omega_')}={last[c]:g}" for c in cols), ""]
+        lines += [
+            "## Curriculum",
+            "",
+            "Final omega: " + ", ".join(f"{c.removeprefix('omega_')}={last[c]:g}" for c in cols),
+            "",
+        ]
     lines += ["## Plots", ""] + [f"![{f.stem}]({f.name})" for f in files]
     files.append(_write(out / "summary.md", lines))
     return files
@@ -305,7 +362,11 @@ def _sinusoid_fit(config, learner, distribution, params) -> Figure | None:
     """The fit plot for a plain sinusoid run of a gradient-based learner; the task's A and phase are drawn
     from the test task space with a generator seeded by the run's seed (reproducible, independent of training)."""
     algo = learner.algorithm
-    if config.task.name != "sinusoid" or getattr(distribution, "oracle", False) or config.entry.evaluation != "inner-loop":
+    if (
+        config.task.name != "sinusoid"
+        or getattr(distribution, "oracle", False)
+        or config.entry.evaluation != "inner-loop"
+    ):
         return None
     rng = np.random.default_rng(config.seed)
     amplitude, phase_ = rng.uniform(*distribution.space.amplitude), rng.uniform(*distribution.space.phase)
@@ -321,13 +382,27 @@ def _sweep_report(sweep_dir: Path) -> list[Path]:
     results = pd.read_parquet(sweep_dir / "results.parquet")
     out = sweep_dir / REPORT_DIR
     out.mkdir(exist_ok=True)
-    keys = [k for k in ("base", *sweep.space, *sweep.mutations) if k in results and (k != "base" or len(sweep.bases) > 1)]
-    files = [save(sweep_comparison(results, sweep.metric, keys), out / "sweep.png"),
-             save(sweep_curves(results, sweep.metric, keys), out / "sweep_curves.png")]
+    keys = [
+        k for k in ("base", *sweep.space, *sweep.mutations) if k in results and (k != "base" or len(sweep.bases) > 1)
+    ]
+    files = [
+        save(sweep_comparison(results, sweep.metric, keys), out / "sweep.png"),
+        save(sweep_curves(results, sweep.metric, keys), out / "sweep_curves.png"),
+    ]
     best = sorted(p.name for p in sweep_dir.glob("best_config*.yaml"))
-    lines = [f"# Report: sweep `{sweep.name}`", "", f"`{sweep_dir}`: {len(results)} trials, metric `{sweep.metric}` ({sweep.mode}), "
-             f"scheduler `{sweep.scheduler.name}`; best config: {', '.join(best) or 'none'}.", "", "```", format_table(results, sweep), "```", "",
-             "## Plots", ""] + [f"![{f.stem}]({f.name})" for f in files]
+    lines = [
+        f"# Report: sweep `{sweep.name}`",
+        "",
+        f"`{sweep_dir}`: {len(results)} trials, metric `{sweep.metric}` ({sweep.mode}), "
+        f"scheduler `{sweep.scheduler.name}`; best config: {', '.join(best) or 'none'}.",
+        "",
+        "```",
+        format_table(results, sweep),
+        "```",
+        "",
+        "## Plots",
+        "",
+    ] + [f"![{f.stem}]({f.name})" for f in files]
     files.append(_write(out / "summary.md", lines))
     return files
 

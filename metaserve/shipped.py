@@ -5,6 +5,7 @@ copies under `metaserve/_shipped/` (setup.py's build_py copies them at build tim
 install or a checkout reads the repository folders themselves. Sweep specs name their bases as
 `../configs/<name>.yaml`, so the two folders keep working side by side wherever they are copied.
 """
+
 from __future__ import annotations
 
 import shutil

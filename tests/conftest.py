@@ -1,4 +1,5 @@
 """Shared fixtures: one embedded Ray instance for the whole test session."""
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@
 another config (so one worker group serves several configs and actor start-up is paid once).
 Run executors with `RayExecutor(config, worker_class=TestWorker)`.
 """
+
 from __future__ import annotations
 
 import os

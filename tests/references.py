@@ -1,9 +1,10 @@
 """Independent numerical references shared by the maths tests (no metaserve code inside)."""
+
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tensorboardX.proto import event_pb2
@@ -39,13 +40,12 @@ def relative_gap(a: Params, b: Params) -> float:
     return num / den
 
 
-
 def tensorboard_events(path) -> list:
     """The Event records of one TensorBoard event file (TFRecord framing: length, crc, record, crc)."""
     data, pos, events = Path(path).read_bytes(), 0, []
     while pos < len(data):
-        (length,) = struct.unpack("<Q", data[pos:pos + 8])
-        events.append(event_pb2.Event.FromString(data[pos + 12:pos + 12 + length]))
+        (length,) = struct.unpack("<Q", data[pos : pos + 8])
+        events.append(event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length]))
         pos += 12 + length + 4
     return events
 
@@ -63,4 +63,3 @@ def tensorboard_scalars(logdir) -> dict[str, dict[int, float]]:
             for value in event.summary.value:
                 scalars.setdefault(value.tag, {})[event.step] = value.simple_value
     return scalars
-

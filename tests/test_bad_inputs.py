@@ -7,6 +7,7 @@ folder with planted pickles whose payload would create a file, and configs. Ever
 whole world before and after, so a case that writes a run folder, a resume log or a partial report
 fails, and asserts the payload marker does not exist.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,10 +26,14 @@ from metaserve.runtime.loop import train_loop
 from metaserve.tuning import manifest
 from metaserve.tuning.spec import load_sweep
 
-TINY = {"name": "tiny", "task": {"name": "sinusoid", "shots": 5, "query": 5}, "model": {"name": "mlp", "hidden": [8]},
-        "algorithm": {"name": "maml", "inner_lr": 0.01, "inner_steps": 1},
-        "train": {"steps": 2, "meta_batch": 2, "log_every": 1, "checkpoint_every": 2, "val_tasks": 0},
-        "eval": {"episodes": 2}}
+TINY = {
+    "name": "tiny",
+    "task": {"name": "sinusoid", "shots": 5, "query": 5},
+    "model": {"name": "mlp", "hidden": [8]},
+    "algorithm": {"name": "maml", "inner_lr": 0.01, "inner_steps": 1},
+    "train": {"steps": 2, "meta_batch": 2, "log_every": 1, "checkpoint_every": 2, "val_tasks": 0},
+    "eval": {"episodes": 2},
+}
 
 
 class Payload:
@@ -67,21 +72,56 @@ def _world(root: Path) -> dict[str, str]:
     (root / "emptydir").mkdir()
     (root / "afile").write_text("not a directory\n")
     spec = root / "spec.yaml"
-    spec.write_text(yaml.safe_dump({"name": "s", "base": "tiny.yaml", "metric": "loss", "storage": str(root / "sweeps"),
-                                    "space": {"algorithm.inner_lr": {"choice": [0.01, 0.02]}}}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "s",
+                "base": "tiny.yaml",
+                "metric": "loss",
+                "storage": str(root / "sweeps"),
+                "space": {"algorithm.inner_lr": {"choice": [0.01, 0.02]}},
+            }
+        )
+    )
     (root / "emptyspec.yaml").write_text("")
     (root / "syntaxspec.yaml").write_text("name: [s\n")
     for cls in ("c1", "c2"):  # an image folder whose images are not images
         (root / "imgs" / "src" / cls).mkdir(parents=True)
         (root / "imgs" / "src" / cls / f"{cls}.png").write_bytes(b"not a png")
-    (root / "imgs.yaml").write_text(yaml.safe_dump({
-        "task": {"name": "image-folder", "root": str(root / "imgs"), "ways": 2, "shots": 1, "query": 1, "image_size": 8,
-                 "rotations": False, "cache_dir": str(root / "cache"), "train": {"sources": ["src"]},
-                 "test": {"sources": ["src"]}},
-        "model": {"name": "conv4"}, "algorithm": {"name": "protonet"}, "output_dir": str(out)}))
+    (root / "imgs.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "task": {
+                    "name": "image-folder",
+                    "root": str(root / "imgs"),
+                    "ways": 2,
+                    "shots": 1,
+                    "query": 1,
+                    "image_size": 8,
+                    "rotations": False,
+                    "cache_dir": str(root / "cache"),
+                    "train": {"sources": ["src"]},
+                    "test": {"sources": ["src"]},
+                },
+                "model": {"name": "conv4"},
+                "algorithm": {"name": "protonet"},
+                "output_dir": str(out),
+            }
+        )
+    )
     sweeps = _sweeps(root, load_sweep(spec), marker)
-    return {"root": str(root), "cfg": str(cfg), "run": str(run), "nockpt": str(nockpt), "damaged": str(damaged),
-            "planted": str(planted), "badcfg": str(badcfg), "spec": str(spec), "marker": marker, **sweeps}
+    return {
+        "root": str(root),
+        "cfg": str(cfg),
+        "run": str(run),
+        "nockpt": str(nockpt),
+        "damaged": str(damaged),
+        "planted": str(planted),
+        "badcfg": str(badcfg),
+        "spec": str(spec),
+        "marker": marker,
+        **sweeps,
+    }
 
 
 def _sweep_dir(root: Path, name: str, sweep) -> Path:
@@ -118,8 +158,16 @@ def _sweeps(root: Path, sweep, marker: str) -> dict[str, str]:
     finally:
         os.environ["METASERVE_KEY_FILE"] = mine
     os.remove(root / "colleague.key")
-    return {n: str(p) for n, p in [("unsigned", unsigned), ("swapped", swapped), ("extra", extra), ("errorpkl", error),
-                                   ("foreign", foreign)]}
+    return {
+        n: str(p)
+        for n, p in [
+            ("unsigned", unsigned),
+            ("swapped", swapped),
+            ("extra", extra),
+            ("errorpkl", error),
+            ("foreign", foreign),
+        ]
+    }
 
 
 @pytest.fixture(scope="module")
@@ -128,82 +176,151 @@ def world(tmp_path_factory) -> dict[str, str]:
 
 
 def _checksums(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(root.rglob("*"))}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(root.rglob("*"))
+    }
 
 
 S = "train {cfg} --set "  # a train command with one override
 R = "train --resume {run} --set "  # a resume with one override
 CASES = [
     # config values (YAML from --set), each naming the value
-    (S + "train.device=banana", "banana"), (S + "train.device=gpu0", "gpu0"), (S + "train.device=cuda:x", "cuda:x"),
-    (S + "train.steps=true", "True"), (S + "train.steps=0", "train.steps=0"), (S + "train.steps=-1", "-1"),
-    (S + "train.steps=1.5", "1.5"), (S + "train.steps=ten", "'ten'"), (S + "train.meta_batch=1e9", "1e9"),
-    (S + "train.meta_batch=1000000000", "1000000000"), (S + "train.meta_batch=0", "train.meta_batch=0"),
-    (S + "algorithm.inner_lr=.inf", "inf"), (S + "algorithm.inner_lr=.nan", "nan"),
+    (S + "train.device=banana", "banana"),
+    (S + "train.device=gpu0", "gpu0"),
+    (S + "train.device=cuda:x", "cuda:x"),
+    (S + "train.steps=true", "True"),
+    (S + "train.steps=0", "train.steps=0"),
+    (S + "train.steps=-1", "-1"),
+    (S + "train.steps=1.5", "1.5"),
+    (S + "train.steps=ten", "'ten'"),
+    (S + "train.meta_batch=1e9", "1e9"),
+    (S + "train.meta_batch=1000000000", "1000000000"),
+    (S + "train.meta_batch=0", "train.meta_batch=0"),
+    (S + "algorithm.inner_lr=.inf", "inf"),
+    (S + "algorithm.inner_lr=.nan", "nan"),
     (S + "algorithm.inner_lr=-0.1", "-0.1"),
-    (S + "algorithm.inner_lr=true", "True"), (S + "algorithm.inner_steps=0", "inner_steps=0"),
-    (S + "algorithm.outer.lr=0", "outer.lr=0"), (S + "algorithm.outer.optimizer=rmsprop", "rmsprop"),
-    (S + "algorithm.name=foo", "foo"), (S + "algorithm.leap=0.5", "leap"), (S + "algorithm.eval_inner_steps=-2", "-2"),
-    (S + "output_dir=s3:/bucket", "s3:/bucket"), (S + "output_dir=s3:bucket", "s3:bucket"),
-    (S + "output_dir=ftp://host/x", "ftp://host/x"), (S + "output_dir=s3://", "s3://"),
-    (S + "output_dir={root}/afile", "afile"), (S + "name=../../escaped", "../../escaped"),
-    (S + "name=/abs/name", "/abs/name"), (S + "name=a/b", "a/b"), (S + "name=..", "'..'"), (S + "name=''", "''"),
-    (S + "task.name=mnist", "mnist"), (S + "task.shots=0", "task.shots=0"), (S + "task.amplitude=[5,1]", "amplitude"),
-    (S + "task.query=-3", "-3"), (S + "task.x_range=[1]", "x_range"), (S + "model.name=conv4", "conv4"),
-    (S + "model.hidden=[0]", "hidden"), (S + "train.log_every=0", "log_every=0"),
-    (S + "train.log_every=4", "log_every=4"), (S + "train.dtype=float16", "float16"),
-    (S + "train.vectorize=maybe", "maybe"), (S + "train.val_tasks=-1", "-1"),
+    (S + "algorithm.inner_lr=true", "True"),
+    (S + "algorithm.inner_steps=0", "inner_steps=0"),
+    (S + "algorithm.outer.lr=0", "outer.lr=0"),
+    (S + "algorithm.outer.optimizer=rmsprop", "rmsprop"),
+    (S + "algorithm.name=foo", "foo"),
+    (S + "algorithm.leap=0.5", "leap"),
+    (S + "algorithm.eval_inner_steps=-2", "-2"),
+    (S + "output_dir=s3:/bucket", "s3:/bucket"),
+    (S + "output_dir=s3:bucket", "s3:bucket"),
+    (S + "output_dir=ftp://host/x", "ftp://host/x"),
+    (S + "output_dir=s3://", "s3://"),
+    (S + "output_dir={root}/afile", "afile"),
+    (S + "name=../../escaped", "../../escaped"),
+    (S + "name=/abs/name", "/abs/name"),
+    (S + "name=a/b", "a/b"),
+    (S + "name=..", "'..'"),
+    (S + "name=''", "''"),
+    (S + "task.name=mnist", "mnist"),
+    (S + "task.shots=0", "task.shots=0"),
+    (S + "task.amplitude=[5,1]", "amplitude"),
+    (S + "task.query=-3", "-3"),
+    (S + "task.x_range=[1]", "x_range"),
+    (S + "model.name=conv4", "conv4"),
+    (S + "model.hidden=[0]", "hidden"),
+    (S + "train.log_every=0", "log_every=0"),
+    (S + "train.log_every=4", "log_every=4"),
+    (S + "train.dtype=float16", "float16"),
+    (S + "train.vectorize=maybe", "maybe"),
+    (S + "train.val_tasks=-1", "-1"),
     (S + "eval.episodes=0", "eval.episodes=0"),
-    (S + "eval.episodes=-5", "-5"), (S + "eval.inner_steps=0", "inner_steps=0"), (S + "runtime.backend=spark", "spark"),
-    (S + "runtime.num_workers=0", "num_workers=0"), (S + "runtime.cpus_per_worker=0", "cpus_per_worker=0"),
-    (S + "runtime.gpus_per_worker=-1", "-1"), (S + "runtime.placement_strategy=RANDOM", "RANDOM"),
-    (S + "runtime.on_nonfinite=ignore", "ignore"), (S + "runtime.transport=grpc", "grpc"),
-    (S + "runtime.worker_wait_s=0", "worker_wait_s=0"), (S + "curriculum.teacher=smart", "smart"),
-    (S + "curriculum.teacher=static", "static"), (S + "seed=abc", "abc"), (S + "seed=true", "True"),
-    (S + "unknown.key=1", "unknown"), (S + "train.stepz=5", "stepz"), (S + "train.steps=[1", "train.steps=[1"),
-    (S + "train.steps={{a:", "train.steps={{a:"), (S + "train", "'train'"), (S + "=5", "'=5'"),
-    (S + "task.shots.x=1", "shots"), (S + "train.steps.deep=1", "train.steps"),
+    (S + "eval.episodes=-5", "-5"),
+    (S + "eval.inner_steps=0", "inner_steps=0"),
+    (S + "runtime.backend=spark", "spark"),
+    (S + "runtime.num_workers=0", "num_workers=0"),
+    (S + "runtime.cpus_per_worker=0", "cpus_per_worker=0"),
+    (S + "runtime.gpus_per_worker=-1", "-1"),
+    (S + "runtime.placement_strategy=RANDOM", "RANDOM"),
+    (S + "runtime.on_nonfinite=ignore", "ignore"),
+    (S + "runtime.transport=grpc", "grpc"),
+    (S + "runtime.worker_wait_s=0", "worker_wait_s=0"),
+    (S + "curriculum.teacher=smart", "smart"),
+    (S + "curriculum.teacher=static", "static"),
+    (S + "seed=abc", "abc"),
+    (S + "seed=true", "True"),
+    (S + "unknown.key=1", "unknown"),
+    (S + "train.stepz=5", "stepz"),
+    (S + "train.steps=[1", "train.steps=[1"),
+    (S + "train.steps={{a:", "train.steps={{a:"),
+    (S + "train", "'train'"),
+    (S + "=5", "'=5'"),
+    (S + "task.shots.x=1", "shots"),
+    (S + "train.steps.deep=1", "train.steps"),
     (S + "runtime.backend=ray --set runtime.num_workers=100000", "100000"),
     (S + "runtime.backend=ray --set runtime.cpus_per_worker=1000", "1000"),
     # config files and command shapes
-    ("train {root}/missing.yaml", "missing.yaml"), ("train {root}/syntax.yaml", "syntax.yaml"),
-    ("train {root}/empty.yaml", "empty.yaml"), ("train {root}/list.yaml", "list"),
+    ("train {root}/missing.yaml", "missing.yaml"),
+    ("train {root}/syntax.yaml", "syntax.yaml"),
+    ("train {root}/empty.yaml", "empty.yaml"),
+    ("train {root}/list.yaml", "list"),
     ("train {root}/binary.yaml", "binary.yaml"),
-    ("train {root}/emptydir", "emptydir"), ("train", "CONFIG"), ("train {cfg} --resume {run}", "not both"),
-    ("train {cfg} --restart", "--restart"), ("train {root}/imgs.yaml", "imgs/src/c1/c1.png"),
+    ("train {root}/emptydir", "emptydir"),
+    ("train", "CONFIG"),
+    ("train {cfg} --resume {run}", "not both"),
+    ("train {cfg} --restart", "--restart"),
+    ("train {root}/imgs.yaml", "imgs/src/c1/c1.png"),
     # resume: the run keeps its config; no loadable checkpoint is an error listing what was found
-    (R + "model.hidden=[20]", "model.hidden"), (R + "algorithm.inner_lr=0.5", "algorithm.inner_lr"),
+    (R + "model.hidden=[20]", "model.hidden"),
+    (R + "algorithm.inner_lr=0.5", "algorithm.inner_lr"),
     (R + "seed=3", "seed"),
-    (R + "train.meta_batch=4", "train.meta_batch"), (R + "train.steps=1", "train.steps=1"),
+    (R + "train.meta_batch=4", "train.meta_batch"),
+    (R + "train.steps=1", "train.steps=1"),
     (R + "train.steps=abc", "abc"),
-    (R + "name=other", "name"), (R + "output_dir=/tmp/elsewhere", "output_dir"),
+    (R + "name=other", "name"),
+    (R + "output_dir=/tmp/elsewhere", "output_dir"),
     (R + "runtime.on_nonfinite=skip", "on_nonfinite"),
-    ("train --resume {nockpt}", "no checkpoints/<step>/state.pt"), ("train --resume {damaged}", "00000002"),
-    ("train --resume {planted}", "00000002"), ("train --resume {root}/missing", "missing"),
-    ("train --resume {root}/emptydir", "emptydir"), ("train --resume {run}/checkpoints", "checkpoints"),
-    ("train --resume {badcfg}", "badcfg"), ("train --resume {root}/afile", "afile"),
+    ("train --resume {nockpt}", "no checkpoints/<step>/state.pt"),
+    ("train --resume {damaged}", "00000002"),
+    ("train --resume {planted}", "00000002"),
+    ("train --resume {root}/missing", "missing"),
+    ("train --resume {root}/emptydir", "emptydir"),
+    ("train --resume {run}/checkpoints", "checkpoints"),
+    ("train --resume {badcfg}", "badcfg"),
+    ("train --resume {root}/afile", "afile"),
     # eval and report
-    ("eval {run} --episodes 0", "--episodes 0"), ("eval {run} --episodes -5", "--episodes -5"),
-    ("eval {run} --steps -3", "--steps -3"), ("eval {root}/missing", "missing"), ("eval {root}/emptydir", "emptydir"),
-    ("eval {damaged}", "state.pt"), ("eval {planted}", "state.pt"), ("eval {root}/afile", "afile"),
-    ("report {run} --episodes -1", "--episodes -1"), ("report {run} --episodes 0", "--episodes 0"),
-    ("report {root}/missing", "missing"), ("report {root}/emptydir", "emptydir"),
+    ("eval {run} --episodes 0", "--episodes 0"),
+    ("eval {run} --episodes -5", "--episodes -5"),
+    ("eval {run} --steps -3", "--steps -3"),
+    ("eval {root}/missing", "missing"),
+    ("eval {root}/emptydir", "emptydir"),
+    ("eval {damaged}", "state.pt"),
+    ("eval {planted}", "state.pt"),
+    ("eval {root}/afile", "afile"),
+    ("report {run} --episodes -1", "--episodes -1"),
+    ("report {run} --episodes 0", "--episodes 0"),
+    ("report {root}/missing", "missing"),
+    ("report {root}/emptydir", "emptydir"),
     # sweeps
-    ("tune {root}/missing.yaml", "missing.yaml"), ("tune {root}/syntaxspec.yaml", "syntaxspec.yaml"),
+    ("tune {root}/missing.yaml", "missing.yaml"),
+    ("tune {root}/syntaxspec.yaml", "syntaxspec.yaml"),
     ("tune {root}/emptyspec.yaml", "emptyspec.yaml"),
     ("tune {spec} --set space.algorithm.inner_lr=5", "algorithm.inner_lr"),
     ('tune {spec} --set space.algorithm.inner_lr={{"grid":[]}}', "algorithm.inner_lr"),
-    ('tune {spec} --set space.algorithm.nope={{"grid":[1]}}', "nope"), ("tune {spec} --set name=../x", "../x"),
-    ("tune {spec} --set num_samples=0", "num_samples"), ("tune {spec} --set metric=nope", "nope"),
-    ("tune {spec} --set scheduler.name=hyperband", "hyperband"), ("tune {spec} --set space.x", "space.x"),
-    ("tune --resume {run}", "sweep.yaml"), ("tune --resume {root}/missing", "missing"), ("tune", "SPEC"),
-    ("tune {spec} --resume {run}", "exactly one"), ("tune --resume {unsigned}", "manifest.json"),
-    ("tune --resume {swapped}", "tuner.pkl"), ("tune --resume {extra}", "experiment_state-2026-12-02_15-00-00.json"),
-    ("tune --resume {errorpkl}", "error.pkl"), ("tune --resume {foreign}", "manifest.json"),
+    ('tune {spec} --set space.algorithm.nope={{"grid":[1]}}', "nope"),
+    ("tune {spec} --set name=../x", "../x"),
+    ("tune {spec} --set num_samples=0", "num_samples"),
+    ("tune {spec} --set metric=nope", "nope"),
+    ("tune {spec} --set scheduler.name=hyperband", "hyperband"),
+    ("tune {spec} --set space.x", "space.x"),
+    ("tune --resume {run}", "sweep.yaml"),
+    ("tune --resume {root}/missing", "missing"),
+    ("tune", "SPEC"),
+    ("tune {spec} --resume {run}", "exactly one"),
+    ("tune --resume {unsigned}", "manifest.json"),
+    ("tune --resume {swapped}", "tuner.pkl"),
+    ("tune --resume {extra}", "experiment_state-2026-12-02_15-00-00.json"),
+    ("tune --resume {errorpkl}", "error.pkl"),
+    ("tune --resume {foreign}", "manifest.json"),
     ("tune --resume {swapped} --set num_samples=2", "--set"),
     # submit (validated here, before any cluster is contacted)
-    ("submit", "needs the command"), ("submit -- metaserve jobs list", "metaserve jobs"),
+    ("submit", "needs the command"),
+    ("submit -- metaserve jobs list", "metaserve jobs"),
     ("submit --dry-run --env 1BAD -- metaserve train {cfg}", "1BAD"),
     ("submit --dry-run --env RAY_AUTH_TOKEN=x -- metaserve train {cfg}", "RAY_AUTH_TOKEN"),
     ("submit --dry-run --env METASERVE_UNSET_XYZ -- metaserve train {cfg}", "METASERVE_UNSET_XYZ"),
@@ -216,7 +333,9 @@ CASES = [
     ("submit --dry-run -- metaserve train {cfg} --bogus", "--bogus"),
     ("jobs status x --address ray://head:10001", "ray://head:10001"),
     # argparse's own errors, also exit 2 naming the value
-    ("train {cfg} --bogus", "--bogus"), ("eval {run} --episodes abc", "abc"), ("report {run} --episodes 1.5", "1.5"),
+    ("train {cfg} --bogus", "--bogus"),
+    ("eval {run} --episodes abc", "abc"),
+    ("report {run} --episodes 1.5", "1.5"),
     ("frobnicate", "frobnicate"),
 ]
 
@@ -269,8 +388,10 @@ def test_a_signed_sweep_folder_verifies_and_a_flipped_byte_does_not(tmp_path):
 RAY_CASES = [  # checked right after connecting (ray_session: 4 CPUs, no GPU), before any worker or run folder
     ("train {cfg} --set runtime.backend=ray --set runtime.gpus_per_worker=1", "gpus_per_worker=1"),
     ("train {cfg} --set runtime.backend=ray --set runtime.num_workers=5", "num_workers=5"),
-    ("train {cfg} --set runtime.backend=ray --set runtime.cpus_per_worker=2.5 --set runtime.num_workers=2",
-     "cpus_per_worker=2.5"),
+    (
+        "train {cfg} --set runtime.backend=ray --set runtime.cpus_per_worker=2.5 --set runtime.num_workers=2",
+        "cpus_per_worker=2.5",
+    ),
 ]
 
 

@@ -8,6 +8,7 @@ over N classes; relation's MSE and siamese's BCE on scores in [0, 1] stay below 
 50 (the targets' mean square is E[A^2]/2 <= 12.5 for A <= 5). A diverging setting (inner_lr 3 on
 sinusoid-maml) logs losses of 1e4-1e7 and a non-finite update stops the run, so both fail here.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,15 +16,24 @@ from pathlib import Path
 
 import pytest
 
-from conftest import OMNIGLOT, ROOT
 from metaserve.api import as_config
 from metaserve.runtime.loop import train_loop
 from metaserve.store.metrics import read_metrics
 
+from conftest import OMNIGLOT, ROOT
+
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 PAPER = sorted(p for p in (ROOT / "configs" / "paper").glob("*.yaml") if not p.name.startswith("omniglot-full"))
-TINY = ["train.steps=4", "train.meta_batch=2", "train.log_every=2", "train.checkpoint_every=4", "train.val_tasks=0",
-        "train.device=cpu", "runtime.backend=local", "eval.episodes=2"]
+TINY = [
+    "train.steps=4",
+    "train.meta_batch=2",
+    "train.log_every=2",
+    "train.checkpoint_every=4",
+    "train.val_tasks=0",
+    "train.device=cpu",
+    "runtime.backend=local",
+    "eval.episodes=2",
+]
 
 
 def _overrides(path: Path, tmp: Path) -> list[str]:

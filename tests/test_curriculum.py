@@ -1,5 +1,6 @@
 """Curriculum teachers (Shevchuk, "Teaching Your MAML"): hand-computed updates, simulated students,
 config validation, and the learner integration (omega reaches every executor, resumes exactly)."""
+
 from __future__ import annotations
 
 import math
@@ -10,8 +11,17 @@ import torch
 
 from metaserve.api import as_config
 from metaserve.config import ConfigError, parse_config
-from metaserve.curriculum import (AdaptiveHyper, StaticState, Teacher, adaptive_init, adaptive_update, apply_omega,
-                                  difficulty_gradient, make_teacher, static_update)
+from metaserve.curriculum import (
+    AdaptiveHyper,
+    StaticState,
+    Teacher,
+    adaptive_init,
+    adaptive_update,
+    apply_omega,
+    difficulty_gradient,
+    make_teacher,
+    static_update,
+)
 from metaserve.experiment import build_distribution, build_learner
 from metaserve.runtime.loop import train_loop
 from metaserve.store.checkpoint import latest_good_state
@@ -20,11 +30,18 @@ from metaserve.tasks.images import ImageSpace
 from metaserve.tasks.sinusoid import SinusoidSpace
 
 
-
-
 def one_param(**kw) -> AdaptiveHyper:
-    base = dict(names=("x",), low=(0.0,), high=(10.0,), step=(2.0,), noise=(1.0,), integer=(False,), window=2,
-                grad_threshold=0.0, target_loss=1.0)
+    base = dict(
+        names=("x",),
+        low=(0.0,),
+        high=(10.0,),
+        step=(2.0,),
+        noise=(1.0,),
+        integer=(False,),
+        window=2,
+        grad_threshold=0.0,
+        target_loss=1.0,
+    )
     return AdaptiveHyper(**{**base, **kw})
 
 
@@ -75,8 +92,13 @@ def test_difficulty_gradient_is_least_squares_finite_difference():
 
 
 def sinusoid_teacher(seed: int = 0, **curriculum) -> Teacher:
-    cur = {"teacher": "adaptive", "target_loss": 1.0, "window": 3,
-           "params": {"amplitude_high": {"low": 1.0, "high": 5.0, "step": 0.5}}, **curriculum}
+    cur = {
+        "teacher": "adaptive",
+        "target_loss": 1.0,
+        "window": 3,
+        "params": {"amplitude_high": {"low": 1.0, "high": 5.0, "step": 0.5}},
+        **curriculum,
+    }
     config = as_config({"seed": seed, "curriculum": cur})
     return make_teacher(config.curriculum, SinusoidSpace(), seed)
 
@@ -122,8 +144,13 @@ def test_adaptive_teacher_is_deterministic_given_seed():
 
 
 def test_adaptive_integer_parameters_stay_integers_in_bounds():
-    config = as_config({"task": {"name": "omniglot", "ways": 5}, "model": {"name": "conv4"},
-                        "curriculum": {"teacher": "adaptive", "target_loss": 0.5, "params": {"ways": {"low": 2, "high": 5}}}})
+    config = as_config(
+        {
+            "task": {"name": "omniglot", "ways": 5},
+            "model": {"name": "conv4"},
+            "curriculum": {"teacher": "adaptive", "target_loss": 0.5, "params": {"ways": {"low": 2, "high": 5}}},
+        }
+    )
     teacher = make_teacher(config.curriculum, ImageSpace(5, 1, 15), 0)
     assert teacher.hp.step == (2.0,) and teacher.hp.noise == (1.0,)  # Table I's teacher gradient step 2
     states = simulate(teacher, lambda om: 0.05 * om["ways"])
@@ -145,8 +172,16 @@ def test_static_advances_only_past_the_threshold():
 
 
 def test_static_teacher_uses_a_threshold_per_transition():
-    config = as_config({"curriculum": {"teacher": "static", "threshold": [0.2, 1.0], "patience": 1,
-                                       "stages": [{"amplitude_high": 1.0}, {"amplitude_high": 3.0}, {"amplitude_high": 5.0}]}})
+    config = as_config(
+        {
+            "curriculum": {
+                "teacher": "static",
+                "threshold": [0.2, 1.0],
+                "patience": 1,
+                "stages": [{"amplitude_high": 1.0}, {"amplitude_high": 3.0}, {"amplitude_high": 5.0}],
+            }
+        }
+    )
     teacher = make_teacher(config.curriculum, SinusoidSpace(), 0)
     s = teacher.init()
     seen = []
@@ -167,27 +202,85 @@ def test_apply_omega_sets_only_the_named_parameters():
 OMNI = {"task": {"name": "omniglot", "ways": 5}, "model": {"name": "conv4"}}
 
 
-@pytest.mark.parametrize("data, words", [
-    ({"curriculum": {"teacher": "adaptive", "params": {"amplitude_high": {"low": 1, "high": 5}}}}, ["target_loss"]),
-    ({"curriculum": {"teacher": "adaptive", "target_loss": 1}}, ["curriculum.params"]),
-    ({"curriculum": {"teacher": "static", "stages": [{"amplitude_high": 1}]}}, ["curriculum.threshold"]),
-    ({"curriculum": {"teacher": "static", "threshold": [1, 2], "stages": [{"amplitude_high": 1}, {"amplitude_high": 2}]}},
-     ["2 values for 2 stages"]),
-    ({"curriculum": {"teacher": "static", "threshold": 1, "stages": [{"ways": 2}]}}, ["['ways']", "amplitude_high"]),
-    ({"curriculum": {"teacher": "adaptive", "target_loss": 1, "params": {"amplitude_high": {"low": 0.01, "high": 5}}}},
-     ["amplitude range [0.1, 0.01]"]),
-    ({"curriculum": {"teacher": "adaptive", "target_loss": 1, "params": {"amplitude_high": {"low": 3, "high": 1}}}},
-     ["low=3.0 > high=1.0"]),
-    ({"curriculum": {"teacher": "adaptive", "target_loss": 1, "params": {"amplitude_high": {"low": 1, "high": 5, "stride": 1}}}},
-     ["unknown config key 'curriculum.params.amplitude_high.stride'", "noise, start, step"]),
-    ({**OMNI, "curriculum": {"teacher": "adaptive", "target_loss": 1, "params": {"ways": {"low": 2, "high": 8}}}},
-     ["ways=8.0 exceeds task.ways=5", "head"]),
-    ({**OMNI, "algorithm": {"name": "protonet"}, "curriculum": {"teacher": "static", "threshold": 1, "stages": [{"ways": 2}, {"ways": 5}]}},
-     ["protonet", "ways"]),
-    ({**OMNI, "curriculum": {"teacher": "adaptive", "target_loss": 1, "params": {"ways": {"low": 2, "high": 5, "noise": 0.4}}}},
-     ["integer", "noise"]),
-    ({"curriculum": {"teacher": "greedy"}}, ["curriculum.teacher='greedy'", "'none', 'static' or 'adaptive'"]),
-])
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        ({"curriculum": {"teacher": "adaptive", "params": {"amplitude_high": {"low": 1, "high": 5}}}}, ["target_loss"]),
+        ({"curriculum": {"teacher": "adaptive", "target_loss": 1}}, ["curriculum.params"]),
+        ({"curriculum": {"teacher": "static", "stages": [{"amplitude_high": 1}]}}, ["curriculum.threshold"]),
+        (
+            {
+                "curriculum": {
+                    "teacher": "static",
+                    "threshold": [1, 2],
+                    "stages": [{"amplitude_high": 1}, {"amplitude_high": 2}],
+                }
+            },
+            ["2 values for 2 stages"],
+        ),
+        (
+            {"curriculum": {"teacher": "static", "threshold": 1, "stages": [{"ways": 2}]}},
+            ["['ways']", "amplitude_high"],
+        ),
+        (
+            {
+                "curriculum": {
+                    "teacher": "adaptive",
+                    "target_loss": 1,
+                    "params": {"amplitude_high": {"low": 0.01, "high": 5}},
+                }
+            },
+            ["amplitude range [0.1, 0.01]"],
+        ),
+        (
+            {
+                "curriculum": {
+                    "teacher": "adaptive",
+                    "target_loss": 1,
+                    "params": {"amplitude_high": {"low": 3, "high": 1}},
+                }
+            },
+            ["low=3.0 > high=1.0"],
+        ),
+        (
+            {
+                "curriculum": {
+                    "teacher": "adaptive",
+                    "target_loss": 1,
+                    "params": {"amplitude_high": {"low": 1, "high": 5, "stride": 1}},
+                }
+            },
+            ["unknown config key 'curriculum.params.amplitude_high.stride'", "noise, start, step"],
+        ),
+        (
+            {
+                **OMNI,
+                "curriculum": {"teacher": "adaptive", "target_loss": 1, "params": {"ways": {"low": 2, "high": 8}}},
+            },
+            ["ways=8.0 exceeds task.ways=5", "head"],
+        ),
+        (
+            {
+                **OMNI,
+                "algorithm": {"name": "protonet"},
+                "curriculum": {"teacher": "static", "threshold": 1, "stages": [{"ways": 2}, {"ways": 5}]},
+            },
+            ["protonet", "ways"],
+        ),
+        (
+            {
+                **OMNI,
+                "curriculum": {
+                    "teacher": "adaptive",
+                    "target_loss": 1,
+                    "params": {"ways": {"low": 2, "high": 5, "noise": 0.4}},
+                },
+            },
+            ["integer", "noise"],
+        ),
+        ({"curriculum": {"teacher": "greedy"}}, ["curriculum.teacher='greedy'", "'none', 'static' or 'adaptive'"]),
+    ],
+)
 def test_bad_curriculum_is_rejected_naming_key_and_allowed(data, words):
     with pytest.raises(ConfigError) as err:
         parse_config(data)
@@ -201,27 +294,61 @@ def test_teacher_checks_its_spaces_against_the_data():
 
     pool = ClassPool(np.zeros((6, 4, 4, 1), np.uint8), [0, 2, 4, 6], ["a", "b", "c"])  # 3 classes of 2 images
     data = FewShotImages({"train": pool}, ImageSpace(2, 1, 1), rotations=False)
-    config = as_config({**OMNI, "task": {"name": "omniglot", "ways": 3, "shots": 1, "query": 1},
-                        "curriculum": {"teacher": "static", "threshold": 1, "stages": [{"shots": 1}, {"shots": 4}]}})
+    config = as_config(
+        {
+            **OMNI,
+            "task": {"name": "omniglot", "ways": 3, "shots": 1, "query": 1},
+            "curriculum": {"teacher": "static", "threshold": 1, "stages": [{"shots": 1}, {"shots": 4}]},
+        }
+    )
     with pytest.raises(ValueError, match="shots\\+query=5"):
         build_teacher(config, data)
 
 
 # --- in the learner -------------------------------------------------------------------------------
 def tiny(tmp_path, steps=12, **curriculum) -> dict:
-    return {"name": "cur", "seed": 1, "output_dir": str(tmp_path), "task": {"name": "sinusoid", "shots": 5, "query": 5},
-            "model": {"name": "mlp", "hidden": [8, 8]}, "algorithm": {"name": "maml", "inner_lr": 0.02, "inner_steps": 1},
-            "train": {"steps": steps, "meta_batch": 4, "log_every": 2, "checkpoint_every": 4, "val_tasks": 3, "dtype": "float64", "device": "cpu"},
-            "eval": {"episodes": 4}, "curriculum": curriculum}
+    return {
+        "name": "cur",
+        "seed": 1,
+        "output_dir": str(tmp_path),
+        "task": {"name": "sinusoid", "shots": 5, "query": 5},
+        "model": {"name": "mlp", "hidden": [8, 8]},
+        "algorithm": {"name": "maml", "inner_lr": 0.02, "inner_steps": 1},
+        "train": {
+            "steps": steps,
+            "meta_batch": 4,
+            "log_every": 2,
+            "checkpoint_every": 4,
+            "val_tasks": 3,
+            "dtype": "float64",
+            "device": "cpu",
+        },
+        "eval": {"episodes": 4},
+        "curriculum": curriculum,
+    }
 
 
-ADAPTIVE = {"teacher": "adaptive", "every": 2, "val_tasks": 4, "target_loss": 3.0, "window": 2,
-            "params": {"amplitude_high": {"low": 0.5, "high": 5.0, "step": 1.0}}}
+ADAPTIVE = {
+    "teacher": "adaptive",
+    "every": 2,
+    "val_tasks": 4,
+    "target_loss": 3.0,
+    "window": 2,
+    "params": {"amplitude_high": {"low": 0.5, "high": 5.0, "step": 1.0}},
+}
 
 
 def test_learner_trains_on_the_teachers_omega(tmp_path):
-    cfg = as_config(tiny(tmp_path, steps=1, teacher="static", threshold=0.1, every=1,
-                         stages=[{"amplitude_high": 0.3, "phase_high": 0.5}, {"amplitude_high": 5.0}]))
+    cfg = as_config(
+        tiny(
+            tmp_path,
+            steps=1,
+            teacher="static",
+            threshold=0.1,
+            every=1,
+            stages=[{"amplitude_high": 0.3, "phase_high": 0.5}, {"amplitude_high": 5.0}],
+        )
+    )
     cfg = as_config(cfg, ["train.log_every=1", "train.checkpoint_every=1"])
     row = read_metrics(train_loop(cfg, final_eval=False).run_dir).iloc[0]
     # independent: the pre-adaptation query MSE of the initial parameters on tasks of the stage-0 space
@@ -247,7 +374,9 @@ def test_omega_columns_follow_the_teacher_and_resume_exactly(tmp_path):
     assert len(set(df["omega_amplitude_high"])) > 2  # the teacher did move omega
     # interrupted at step 8 (a checkpoint) and resumed: same parameters, teacher state and omega rows
     half = train_loop(as_config(tiny(tmp_path / "half", steps=8, **ADAPTIVE)), final_eval=False)
-    resumed = train_loop(as_config(tiny(tmp_path / "half", **ADAPTIVE)), run_dir=half.run_dir, resume=True, final_eval=False)
+    resumed = train_loop(
+        as_config(tiny(tmp_path / "half", **ADAPTIVE)), run_dir=half.run_dir, resume=True, final_eval=False
+    )
     for k in full.params:
         assert torch.equal(resumed.params[k], full.params[k]), k
     a, b = latest_good_state(full.run_dir), latest_good_state(resumed.run_dir)  # loads with weights_only=True
@@ -258,11 +387,17 @@ def test_omega_columns_follow_the_teacher_and_resume_exactly(tmp_path):
 
 def test_ray_workers_receive_omega(ray_session, tmp_path):
     local = train_loop(as_config(tiny(tmp_path, steps=6, **ADAPTIVE)), final_eval=False)
-    remote_cfg = as_config(tiny(tmp_path, steps=6, **ADAPTIVE), ["runtime.backend=ray", "runtime.num_workers=2", "runtime.cpus_per_worker=0.5"])
+    remote_cfg = as_config(
+        tiny(tmp_path, steps=6, **ADAPTIVE),
+        ["runtime.backend=ray", "runtime.num_workers=2", "runtime.cpus_per_worker=0.5"],
+    )
     remote = train_loop(remote_cfg, final_eval=False)
     for k in local.params:
         torch.testing.assert_close(remote.params[k], local.params[k], rtol=1e-10, atol=1e-12)
-    assert read_metrics(remote.run_dir)["omega_amplitude_high"].tolist() == read_metrics(local.run_dir)["omega_amplitude_high"].tolist()
+    assert (
+        read_metrics(remote.run_dir)["omega_amplitude_high"].tolist()
+        == read_metrics(local.run_dir)["omega_amplitude_high"].tolist()
+    )
 
 
 def test_no_teacher_leaves_runs_unchanged(tmp_path):

@@ -1,4 +1,5 @@
 """`metaserve data omniglot` against a loopback HTTP server serving small fixture zips (no internet)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -66,8 +67,11 @@ def test_a_bad_digest_keeps_nothing_and_loses_nothing(server, tmp_path):
     dest.mkdir()
     (dest / "notes.txt").write_text("mine")
     wrong = {"images_background.zip": "0" * 32}
-    with pytest.raises(DownloadError, match=r"images_background.zip from http://127.0.0.1:\d+/images_background.zip has MD5 "
-                                            r"[0-9a-f]{32}, expected 0{32}.*nothing was kept"):
+    with pytest.raises(
+        DownloadError,
+        match=r"images_background.zip from http://127.0.0.1:\d+/images_background.zip has MD5 "
+        r"[0-9a-f]{32}, expected 0{32}.*nothing was kept",
+    ):
         fetch_omniglot(dest, base_url=base, files=NAMES[:1], md5=wrong, say=lambda _m: None)
     assert sorted(p.name for p in dest.iterdir()) == ["notes.txt"]  # no zip, no .part, the user's file intact
     # a recorded SHA-256 that a present file no longer matches: named, and the file is left alone

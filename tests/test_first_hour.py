@@ -7,6 +7,7 @@ command) plus that same startup again for reading a config: a command that compu
 speaks (a step, an evaluation) misses it on any machine. Not covered: `--address auto` (needs a
 running cluster) and `metaserve tune` (sweep validation is tested in test_sweep_schedules.py).
 """
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,18 @@ from conftest import OMNIGLOT
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "METASERVE_PROGRESS": "plain"}
 ENV.pop("PYTHONUNBUFFERED", None)  # a pipe is block-buffered: the first line must be flushed by the command itself
-SMALL = ["--set", "train.steps=3", "--set", "train.log_every=2", "--set", "train.val_tasks=2", "--set", "eval.episodes=4",
-         "--set", "train.meta_batch=2"]
+SMALL = [
+    "--set",
+    "train.steps=3",
+    "--set",
+    "train.log_every=2",
+    "--set",
+    "train.val_tasks=2",
+    "--set",
+    "eval.episodes=4",
+    "--set",
+    "train.meta_batch=2",
+]
 
 
 def timed(argv: list[str], cwd: Path, timeout: float = 240) -> tuple[int, float, str]:
@@ -63,7 +74,9 @@ def check(argv: list[str], startup: float, cwd: Path = ROOT, bound: float | None
 
 
 def run_dir_of(out: str) -> Path:
-    return Path([ln for ln in out.splitlines() if ln.startswith("run directory:")][-1].split(":", 1)[1].strip().split(" (")[0])
+    return Path(
+        [ln for ln in out.splitlines() if ln.startswith("run directory:")][-1].split(":", 1)[1].strip().split(" (")[0]
+    )
 
 
 def test_readme_sinusoid_commands(tmp_path, startup):
@@ -83,28 +96,66 @@ def test_readme_sinusoid_commands(tmp_path, startup):
 
 
 def test_readme_python_api_snippet(tmp_path, startup):
-    code = ("import torch, metaserve\n"
-            f"result = metaserve.train('configs/sinusoid-maml.yaml', ['train.steps=3', 'train.log_every=2', 'eval.episodes=4', "
-            f"'train.val_tasks=2', 'output_dir={tmp_path}'], progress=True)\n"
-            "model = metaserve.load(result.run_dir)\n"
-            "support_x = torch.rand(10, 1) * 10 - 5\n"
-            "adapted = model.adapt(support_x, torch.sin(support_x), steps=10)\n"
-            "print('prediction', tuple(adapted.predict(torch.zeros(3, 1)).shape))\n")
+    code = (
+        "import torch, metaserve\n"
+        "result = metaserve.train('configs/sinusoid-maml.yaml', "
+        "['train.steps=3', 'train.log_every=2', 'eval.episodes=4', "
+        f"'train.val_tasks=2', 'output_dir={tmp_path}'], progress=True)\n"
+        "model = metaserve.load(result.run_dir)\n"
+        "support_x = torch.rand(10, 1) * 10 - 5\n"
+        "adapted = model.adapt(support_x, torch.sin(support_x), steps=10)\n"
+        "print('prediction', tuple(adapted.predict(torch.zeros(3, 1)).shape))\n"
+    )
     out = check([sys.executable, "-c", code], startup)
     assert "prediction (3, 1)" in out
 
 
 def test_examples_sinusoid(tmp_path, startup):
-    out = check([sys.executable, "examples/sinusoid_end_to_end.py", "--steps", "3", "--episodes", "4",
-                 "--output-dir", str(tmp_path)], startup)
+    out = check(
+        [
+            sys.executable,
+            "examples/sinusoid_end_to_end.py",
+            "--steps",
+            "3",
+            "--episodes",
+            "4",
+            "--output-dir",
+            str(tmp_path),
+        ],
+        startup,
+    )
     assert "query MSE after 10 inner steps" in out
 
 
 @pytest.mark.skipif(not OMNIGLOT.is_dir(), reason=f"Omniglot data not found at {OMNIGLOT}")
 def test_readme_omniglot_on_ray(tmp_path, startup):
     """The README's Omniglot command (on the Ray backend) with one worker and tiny steps."""
-    out = check([sys.executable, "-m", "metaserve", "train", "configs/omniglot-maml-5w1s.yaml", "--set", "train.steps=1",
-                 "--set", "runtime.backend=ray", "--set", "runtime.num_workers=1", "--set", "train.meta_batch=1",
-                 "--set", "train.val_tasks=1", "--set", "eval.episodes=1", "--set", "model.hidden=8",
-                 "--set", f"task.root={OMNIGLOT}", "--set", f"output_dir={tmp_path}"], startup)
+    out = check(
+        [
+            sys.executable,
+            "-m",
+            "metaserve",
+            "train",
+            "configs/omniglot-maml-5w1s.yaml",
+            "--set",
+            "train.steps=1",
+            "--set",
+            "runtime.backend=ray",
+            "--set",
+            "runtime.num_workers=1",
+            "--set",
+            "train.meta_batch=1",
+            "--set",
+            "train.val_tasks=1",
+            "--set",
+            "eval.episodes=1",
+            "--set",
+            "model.hidden=8",
+            "--set",
+            f"task.root={OMNIGLOT}",
+            "--set",
+            f"output_dir={tmp_path}",
+        ],
+        startup,
+    )
     assert out.splitlines()[0].startswith("loading data: omniglot")

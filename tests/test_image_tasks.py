@@ -1,4 +1,5 @@
 """Few-shot image tasks: the Omniglot loader on the shared zips, its cache, the sampler, image folders."""
+
 from __future__ import annotations
 
 import shutil
@@ -90,7 +91,9 @@ def test_extracted_folder_with_a_top_level(tmp_path: Path) -> None:
         folder.mkdir(parents=True)
         for i in range(3):
             Image.new("1", (105, 105), 1).save(folder / f"0001_{i:02d}.png")
-    pool = load_omniglot(tmp_path, SplitConfig(sources=["images_background"], alphabets=["Greek"]), cache_dir=tmp_path / "c")
+    pool = load_omniglot(
+        tmp_path, SplitConfig(sources=["images_background"], alphabets=["Greek"]), cache_dir=tmp_path / "c"
+    )
     assert pool.class_names == ["Greek/character01", "Greek/character02"] and pool.images.max() == 0
 
 
@@ -143,7 +146,7 @@ def test_task_shapes_and_labels(omniglot: FewShotImages) -> None:
         task = omniglot.sample(seed=1, step=3, index=0, stream=stream)
         assert task.support_x.shape == (10, 1, 28, 28) and task.query_x.shape == (15, 1, 28, 28)
         assert task.support_x.dtype == torch.float32 and task.support_y.dtype == torch.int64
-        assert 0.0 <= task.support_x.min() and task.support_x.max() <= 1.0
+        assert task.support_x.min() >= 0.0 and task.support_x.max() <= 1.0
         assert torch.bincount(task.support_y).tolist() == [2] * 5
         assert torch.bincount(task.query_y).tolist() == [3] * 5
         assert not _image_keys(task.support_x) & _image_keys(task.query_x)  # disjoint drawings
@@ -184,7 +187,9 @@ def test_rotation_is_a_new_class() -> None:
     for label in range(12):
         got = torch.cat([task.support_x[task.support_y == label], task.query_x[task.query_y == label]])
         got = (got.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()  # back to [n, H, W, C]
-        matches = [k for k in range(12) if all(any(np.array_equal(g, np.rot90(o, k % 4)) for o in originals[k]) for g in got)]
+        matches = [
+            k for k in range(12) if all(any(np.array_equal(g, np.rot90(o, k % 4)) for o in originals[k]) for g in got)
+        ]
         assert len(matches) == 1  # each label is exactly one (class, rotation)
 
 
@@ -240,7 +245,9 @@ def test_image_folder_csv_and_shapes(tmp_path: Path) -> None:
     split = SplitConfig(sources=["images"], csv="train.csv")
     pool = load_image_folder(tmp_path, split, image_size=8, channels=3, cache_dir=tmp_path / "c")
     assert pool.class_names == ["n01", "n03", "n04"] and pool.images.shape == (12, 8, 8, 3)
-    gray = load_image_folder(tmp_path, SplitConfig(sources=["images"]), image_size=8, channels=1, cache_dir=tmp_path / "c")
+    gray = load_image_folder(
+        tmp_path, SplitConfig(sources=["images"]), image_size=8, channels=1, cache_dir=tmp_path / "c"
+    )
     assert gray.num_classes == 6 and gray.image_shape == (1, 8, 8)
     dist = FewShotImages({"train": pool, "test": gray}, ImageSpace(ways=3, shots=1, query=2), rotations=False)
     task = dist.sample(0, 0, 0)

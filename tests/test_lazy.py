@@ -5,6 +5,7 @@ constant Hessian H_S = 2 Xs^T Xs / n and gradient H_S w - b_S with b_S = 2 Xs^T 
 student's iterates are phi_j = w* + (I - alpha H_S)^j (theta - w*), w* = H_S^{-1} b_S, and
 sum_{j<k} H_S(phi_j) v = k H_S v.
 """
+
 from __future__ import annotations
 
 import re
@@ -21,17 +22,15 @@ from torch.profiler import ProfilerActivity, profile
 from metaserve.algorithms import MAML, LazyMAML, LazyReptile
 from metaserve.api import as_config
 from metaserve.config import ConfigError
+from metaserve.models.mlp import MLP
 from metaserve.runtime.loop import train_loop
 from metaserve.store.metrics import read_metrics
-from metaserve.models.mlp import MLP
 from metaserve.tasks.base import Task
 from metaserve.tasks.sinusoid import Sinusoid
 
 DT = torch.float64
 D, N = 4, 12  # input dimension, points per set
 ROOT = Path(__file__).resolve().parents[1]
-
-
 
 
 # --- the quadratic problem -----------------------------------------------------------------------
@@ -77,8 +76,9 @@ def test_teacher_leap_matches_closed_form_iterates(k, gamma, target):
 def test_linearised_meta_gradient_matches_closed_form(k, gamma, target):
     model, theta, task = linear_problem(seed=1)
     alpha = 0.1
-    lazy = LazyMAML(model, "regression", inner_lr=alpha, inner_steps=k, leap=gamma, leap_target=target,
-                    meta_gradient="linearised")
+    lazy = LazyMAML(
+        model, "regression", inner_lr=alpha, inner_steps=k, leap=gamma, leap_target=target, meta_gradient="linearised"
+    )
     theta_t = closed_form_teacher(theta["weight"].T, task, alpha, k, gamma, target)
     h_s, _ = quadratic(task.support_x, task.support_y)
     h_q, b_q = quadratic(task.query_x, task.query_y)
@@ -101,9 +101,15 @@ def test_lazy_reptile_contribution_is_the_leap(k, gamma, target):
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("bad,match", [(dict(leap_target="first"), "leap_target='first'"),
-                                       (dict(meta_gradient="second"), "meta_gradient='second'"),
-                                       (dict(inner_steps=0), "inner_steps=0"), (dict(leap=1.5), "leap=1.5")])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (dict(leap_target="first"), "leap_target='first'"),
+        (dict(meta_gradient="second"), "meta_gradient='second'"),
+        (dict(inner_steps=0), "inner_steps=0"),
+        (dict(leap=1.5), "leap=1.5"),
+    ],
+)
 def test_bad_constructor_values_are_rejected(bad, match):
     kwargs = dict(inner_lr=0.1, inner_steps=1) | bad
     with pytest.raises(ValueError, match=match):
@@ -129,8 +135,9 @@ def test_one_step_full_leap_equals_maml_and_finite_differences():
     theta = {k: v.detach().clone() for k, v in model.named_parameters()}
     task = Sinusoid().sample(0, 0, 4).to("cpu", DT)
     alpha = 0.1
-    lazy = LazyMAML(model, "regression", inner_lr=alpha, inner_steps=1, leap=1.0, vectorize=False,
-                    meta_gradient="linearised")
+    lazy = LazyMAML(
+        model, "regression", inner_lr=alpha, inner_steps=1, leap=1.0, vectorize=False, meta_gradient="linearised"
+    )
     maml = MAML(model, "regression", inner_lr=alpha, inner_steps=1, vectorize=False)
     got = lazy.task_update(theta, task).contribution
     ref = maml.task_update(theta, task).contribution
@@ -146,7 +153,9 @@ def test_one_step_full_leap_equals_maml_and_finite_differences():
         u = {n: x / norm for n, x in u.items()}
         plus = {n: theta[n] + eps * u[n] for n in theta}
         minus = {n: theta[n] - eps * u[n] for n in theta}
-        fd = (one_step_query_loss(model, plus, task, alpha) - one_step_query_loss(model, minus, task, alpha)) / (2 * eps)
+        fd = (one_step_query_loss(model, plus, task, alpha) - one_step_query_loss(model, minus, task, alpha)) / (
+            2 * eps
+        )
         analytic = sum(float((got[n] * u[n]).sum()) for n in theta)
         assert analytic == pytest.approx(fd, rel=1e-5, abs=1e-8)
 
@@ -252,14 +261,15 @@ def teacher_query_loss(model, theta, task, alpha, k, gamma, target):
 def test_exact_meta_gradient_matches_central_differences_at_k10(target):
     model, theta, tasks = sinusoid_problem(1)
     alpha, k, gamma = 0.05, 10, 0.5
-    lazy = LazyMAML(model, "regression", inner_lr=alpha, inner_steps=k, leap=gamma, leap_target=target,
-                    vectorize=False)
+    lazy = LazyMAML(model, "regression", inner_lr=alpha, inner_steps=k, leap=gamma, leap_target=target, vectorize=False)
     got = lazy.task_update(theta, tasks[0]).contribution
     gen, eps = torch.Generator().manual_seed(1), 1e-6
     for _ in range(4):
         u = {n: torch.randn(t.shape, generator=gen, dtype=DT) for n, t in theta.items()}
+
         def f(s):
             return teacher_query_loss(model, {n: theta[n] + s * u[n] for n in theta}, tasks[0], alpha, k, gamma, target)
+
         fd = (f(eps) - f(-eps)) / (2 * eps)
         assert sum(float((got[n] * u[n]).sum()) for n in theta) == pytest.approx(fd, rel=1e-5, abs=1e-8)
 
@@ -282,8 +292,7 @@ def test_linearised_and_exact_differ_beyond_one_step():
     grads = {}
     for k in (1, 5):
         for mode in ("exact", "linearised"):
-            algo = LazyMAML(model, "regression", inner_lr=0.05, inner_steps=k, leap=0.5,
-                            meta_gradient=mode)
+            algo = LazyMAML(model, "regression", inner_lr=0.05, inner_steps=k, leap=0.5, meta_gradient=mode)
             grads[k, mode] = algo.task_update(theta, tasks[0]).contribution
     for name in theta:
         torch.testing.assert_close(grads[1, "exact"][name], grads[1, "linearised"][name], rtol=1e-10, atol=1e-12)
@@ -292,18 +301,32 @@ def test_linearised_and_exact_differ_beyond_one_step():
 
 
 # --- config validation and the shipped long-horizon config ------------------------------------------
-@pytest.mark.parametrize("override,named", [("algorithm.inner_steps=0", "inner_steps=0"),
-                                            ("algorithm.leap=1.5", "leap=1.5"), ("algorithm.leap=0", "leap=0"),
-                                            ("algorithm.meta_gradient=second", "meta_gradient='second'")])
+@pytest.mark.parametrize(
+    "override,named",
+    [
+        ("algorithm.inner_steps=0", "inner_steps=0"),
+        ("algorithm.leap=1.5", "leap=1.5"),
+        ("algorithm.leap=0", "leap=0"),
+        ("algorithm.meta_gradient=second", "meta_gradient='second'"),
+    ],
+)
 def test_bad_lazy_config_values_are_named(override, named):
     with pytest.raises(ConfigError, match=re.escape(named)):
         as_config(str(ROOT / "configs/sinusoid-lazy-maml.yaml"), [override])
 
 
 def test_shipped_long_horizon_sinusoid_config_trains(tmp_path):
-    config = as_config(str(ROOT / "configs/sinusoid-lazy-maml.yaml"),
-                       ["train.steps=60", "train.log_every=20", "train.checkpoint_every=60", "train.val_tasks=20",
-                        "train.meta_batch=5", f"output_dir={tmp_path}"])
+    config = as_config(
+        str(ROOT / "configs/sinusoid-lazy-maml.yaml"),
+        [
+            "train.steps=60",
+            "train.log_every=20",
+            "train.checkpoint_every=60",
+            "train.val_tasks=20",
+            "train.meta_batch=5",
+            f"output_dir={tmp_path}",
+        ],
+    )
     assert config.algorithm.inner_steps >= 20 and config.algorithm.meta_gradient == "exact"
     result = train_loop(config, final_eval=False, tensorboard=False)
     rows = read_metrics(result.run_dir)
@@ -333,11 +356,13 @@ def test_support_curvature_is_the_hessians_largest_eigenvalue():
 
 def test_linearised_mode_warns_once_when_alpha_k_curvature_is_unsafe():
     model, theta, tasks = sinusoid_problem(1)
-    lam = abs(LazyMAML(model, "regression", inner_lr=0.05, inner_steps=1).support_curvature(
-        theta, tasks[0].support_x, tasks[0].support_y))
+    lam = abs(
+        LazyMAML(model, "regression", inner_lr=0.05, inner_steps=1).support_curvature(
+            theta, tasks[0].support_x, tasks[0].support_y
+        )
+    )
     unsafe_k = int(3.0 / (0.05 * lam)) + 1  # alpha * k * lambda ~ 3 > 2
-    risky = LazyMAML(model, "regression", inner_lr=0.05, inner_steps=unsafe_k,
-                     meta_gradient="linearised")
+    risky = LazyMAML(model, "regression", inner_lr=0.05, inner_steps=unsafe_k, meta_gradient="linearised")
     with pytest.warns(UserWarning, match="alpha \\* k \\* lambda_max"):
         risky.task_update(theta, tasks[0])
     with warnings.catch_warnings():
@@ -345,5 +370,6 @@ def test_linearised_mode_warns_once_when_alpha_k_curvature_is_unsafe():
         risky.task_update(theta, tasks[0])  # once per algorithm, not per step
         LazyMAML(model, "regression", inner_lr=0.05, inner_steps=unsafe_k).task_update(theta, tasks[0])
         safe_k = max(1, int(1.0 / (0.05 * lam)))  # alpha * k * lambda <= 1
-        LazyMAML(model, "regression", inner_lr=0.05, inner_steps=safe_k,
-                 meta_gradient="linearised").task_update(theta, tasks[0])
+        LazyMAML(model, "regression", inner_lr=0.05, inner_steps=safe_k, meta_gradient="linearised").task_update(
+            theta, tasks[0]
+        )

@@ -1,4 +1,5 @@
 """The LSTM meta-learner (Ravi & Larochelle 2017) against a hand-written unroll of eq. 2-4 and finite differences."""
+
 from __future__ import annotations
 
 import math
@@ -16,16 +17,23 @@ H = 3
 
 
 def setup(steps: int = 2):
-    config = as_config({"seed": 3, "task": {"name": "sinusoid", "shots": 4, "query": 4},
-                        "model": {"name": "mlp", "hidden": [4]},
-                        "algorithm": {"name": "lstm-meta", "inner_steps": steps, "lstm_hidden": H, "init_lr": 0.1},
-                        "train": {"dtype": "float64", "device": "cpu", "vectorize": "off"}})
+    config = as_config(
+        {
+            "seed": 3,
+            "task": {"name": "sinusoid", "shots": 4, "query": 4},
+            "model": {"name": "mlp", "hidden": [4]},
+            "algorithm": {"name": "lstm-meta", "inner_steps": steps, "lstm_hidden": H, "init_lr": 0.1},
+            "train": {"dtype": "float64", "device": "cpu", "vectorize": "off"},
+        }
+    )
     learner = build_learner(config)
     params = learner.initial_params()
     # move the weights off their near-zero initialisation so every term of the gates matters
     gen = torch.Generator().manual_seed(0)
-    params = {k: v + 0.3 * torch.randn(v.shape, generator=gen, dtype=v.dtype) if k.startswith("meta.") else v
-              for k, v in params.items()}
+    params = {
+        k: v + 0.3 * torch.randn(v.shape, generator=gen, dtype=v.dtype) if k.startswith("meta.") else v
+        for k, v in params.items()
+    }
     task = Sinusoid(shots=4, query=4).sample(3, 0, 0, None, "train").to("cpu", torch.float64)
     return learner, params, task
 
@@ -37,8 +45,10 @@ def mlp(theta: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
 
 def prep(v: torch.Tensor, p: float = 10.0) -> torch.Tensor:
     """Andrychowicz et al.'s preprocessing written elementwise in Python."""
-    rows = [[math.log(abs(e)) / p, math.copysign(1.0, e)] if abs(e) >= math.exp(-p) else [-1.0, math.exp(p) * e]
-            for e in v.tolist()]
+    rows = [
+        [math.log(abs(e)) / p, math.copysign(1.0, e)] if abs(e) >= math.exp(-p) else [-1.0, math.exp(p) * e]
+        for e in v.tolist()
+    ]
     return torch.tensor(rows, dtype=torch.float64)
 
 
@@ -63,7 +73,7 @@ def reference_unroll(params, x, y, steps, frozen=None):
             g, loss = frozen[t]
         inp = torch.cat([prep(g), prep(loss.reshape(1)).expand(n, 2)], 1)
         gates = inp @ m["layer1.x2g.weight"].T + m["layer1.x2g.bias"] + h @ m["layer1.s2g.weight"].T
-        gi, gf, gg, go = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
+        gi, gf, gg, go = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
         c = torch.sigmoid(gf) * c + torch.sigmoid(gi) * torch.tanh(gg)
         h = torch.sigmoid(go) * torch.tanh(c)
         w_i, b_i = m["input_gate.weight"][0], m["input_gate.bias"]
@@ -108,9 +118,14 @@ def test_meta_gradient_matches_finite_differences_with_the_learner_gradients_hel
 
     assert metrics["loss"].item() == pytest.approx(query_loss(params), rel=1e-10)
     eps = 1e-6
-    for key, idx in [("learner.0.weight", (1, 0)), ("learner.2.bias", (0,)), ("meta.input_gate.weight", (0, H)),
-                     ("meta.forget_gate.bias", (0,)), ("meta.layer1.x2g.weight", (2, 0)),
-                     ("meta.layer1.s2g.weight", (7, 1))]:
+    for key, idx in [
+        ("learner.0.weight", (1, 0)),
+        ("learner.2.bias", (0,)),
+        ("meta.input_gate.weight", (0, H)),
+        ("meta.forget_gate.bias", (0,)),
+        ("meta.layer1.x2g.weight", (2, 0)),
+        ("meta.layer1.s2g.weight", (7, 1)),
+    ]:
         up, down = dict(params), dict(params)
         up[key], down[key] = params[key].clone(), params[key].clone()
         up[key][idx] += eps
@@ -119,10 +134,15 @@ def test_meta_gradient_matches_finite_differences_with_the_learner_gradients_hel
         assert contribution[key][idx].item() == pytest.approx(fd, rel=1e-5, abs=1e-9), key
 
 
-@pytest.mark.parametrize("key, value, allowed", [("lstm_hidden", 0, "greater than or equal to 1"),
-                                                  ("lstm_hidden", 1000, "less than or equal to 256"),
-                                                  ("init_lr", 1.0, "less than 1"),
-                                                  ("inner_steps", 0, "greater than or equal to 1")])
+@pytest.mark.parametrize(
+    "key, value, allowed",
+    [
+        ("lstm_hidden", 0, "greater than or equal to 1"),
+        ("lstm_hidden", 1000, "less than or equal to 256"),
+        ("init_lr", 1.0, "less than 1"),
+        ("inner_steps", 0, "greater than or equal to 1"),
+    ],
+)
 def test_lstm_sizes_and_rates_are_validated_with_one_sentence(key, value, allowed):
     with pytest.raises(ConfigError, match=rf"algorithm\.{key}={value!r}: Input should be {allowed}"):
         as_config({"algorithm": {"name": "lstm-meta", key: value}})

@@ -4,6 +4,7 @@ References are written from the equations with plain torch ops (`functional_call
 explicit loops over tasks), never with metaserve's helpers, in float64 so central finite differences
 are accurate to ~1e-9.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,15 +17,11 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from conftest import OMNIGLOT, ROOT, bare_learner
-from references import assert_params_close, finite_differences, relative_gap
-from faults import reconfigure, faulty_executor
 from metaserve import registry
+from metaserve.algorithms import MALTML, MAML, MALTML2nd
 from metaserve.algorithms.outer import build_outer, descent_direction
-from metaserve.config import OuterSection
-from metaserve.algorithms import MAML, MALTML, MALTML2nd
 from metaserve.api import as_config, load
-from metaserve.config import ConfigError, SinusoidTaskConfig, parse_config
+from metaserve.config import ConfigError, OuterSection, SinusoidTaskConfig, parse_config
 from metaserve.experiment import build_distribution
 from metaserve.family_eval import evaluate_families
 from metaserve.models.mlp import MLP
@@ -33,11 +30,13 @@ from metaserve.tasks import make_distribution
 from metaserve.tasks.families import AlphabetFamilies
 from metaserve.tasks.images import ClassPool, FewShotImages, ImageSpace
 
+from conftest import OMNIGLOT, ROOT, bare_learner
+from faults import faulty_executor, reconfigure
+from references import assert_params_close, finite_differences, relative_gap
+
 DT = torch.float64
 K, Q, L = 4, 3, 3  # shots, query points, tasks per family
 ALPHA, BETA, GAMMA = 0.1, 0.2, 0.15  # large enough that the higher-order terms are far above FD noise
-
-
 
 
 # --- independent references ----------------------------------------------------------------------
@@ -48,7 +47,9 @@ def mlp_and_params(hidden=(8, 8), seed=0):
 
 
 def families(n=1, seed=0, goals=1):
-    dist = make_distribution(SinusoidTaskConfig(name="sinusoid-families", shots=K, query=Q, tasks_per_family=L, goal_tasks=goals))
+    dist = make_distribution(
+        SinusoidTaskConfig(name="sinusoid-families", shots=K, query=Q, tasks_per_family=L, goal_tasks=goals)
+    )
     return [dist.sample(seed, 0, i).to("cpu", DT) for i in range(n)]
 
 
@@ -95,10 +96,17 @@ def objective_2nd(model, theta, family, through_meta_step=True, third_order=True
     `third_order=False` holds the Hessian's argument constant, dropping only d H_S / d theta.
     """
     p = {n: t if t.requires_grad else t.detach().clone().requires_grad_(True) for n, t in theta.items()}
-    frozen = {n: t.detach().clone().requires_grad_(True) for n, t in p.items()}  # H_S evaluated here, not differentiated
+    frozen = {
+        n: t.detach().clone().requires_grad_(True) for n, t in p.items()
+    }  # H_S evaluated here, not differentiated
     meta_grad = {n: 0.0 for n in p}
     for i in range(L):
-        sx, sy, qx, qy = family.support_x[i, :K], family.support_y[i, :K], family.support_x[i, K:], family.support_y[i, K:]
+        sx, sy, qx, qy = (
+            family.support_x[i, :K],
+            family.support_y[i, :K],
+            family.support_x[i, K:],
+            family.support_y[i, K:],
+        )
         g_s = grads(model, p, sx, sy, create_graph=True)
         phi = {n: p[n] - ALPHA * g_s[n] for n in p}
         v = torch.autograd.grad(mse(model, phi, qx, qy), list(phi.values()), create_graph=True)
@@ -116,8 +124,19 @@ def objective_2nd(model, theta, family, through_meta_step=True, third_order=True
 
 
 def maltml(model, meta_learner="fomaml", k=2, m=3, vectorize=False, lrs=(ALPHA, BETA, GAMMA)):
-    return MALTML(model, "regression", meta_learner=meta_learner, task_steps=k, meta_steps=m, split=K,
-                  task_lr=lrs[0], meta_lr=lrs[1], finetune_lr=lrs[2], finetune_steps=2, vectorize=vectorize)
+    return MALTML(
+        model,
+        "regression",
+        meta_learner=meta_learner,
+        task_steps=k,
+        meta_steps=m,
+        split=K,
+        task_lr=lrs[0],
+        meta_lr=lrs[1],
+        finetune_lr=lrs[2],
+        finetune_steps=2,
+        vectorize=vectorize,
+    )
 
 
 # --- first-order maltml --------------------------------------------------------------------------
@@ -136,7 +155,8 @@ def test_maltml_contribution_is_nested_meta_steps_by_hand(meta_learner, vectoriz
 
 
 def test_maltml_outer_step_moves_toward_the_meta_finetuned_parameters():
-    """theta <- theta + eta mean_j (theta'_j - theta): the mean over the family batch (the paper sums; eta absorbs it)."""
+    """theta <- theta + eta mean_j (theta'_j - theta): the mean over the family batch (the paper sums; eta
+    absorbs it)."""
     model, theta = mlp_and_params()
     eta = 0.5
     algo = maltml(model, "reptile", vectorize=True)
@@ -154,8 +174,9 @@ def test_maltml_outer_step_moves_toward_the_meta_finetuned_parameters():
 def test_maltml_2nd_gradient_matches_finite_differences():
     model, theta = mlp_and_params(hidden=(6, 6))
     family = families(seed=2)[0]
-    algo = MALTML2nd(model, "regression", split=K, task_lr=ALPHA, meta_lr=BETA, finetune_lr=GAMMA,
-                     finetune_steps=1, vectorize=False)
+    algo = MALTML2nd(
+        model, "regression", split=K, task_lr=ALPHA, meta_lr=BETA, finetune_lr=GAMMA, finetune_steps=1, vectorize=False
+    )
     got = algo.task_update(theta, family)
     want = finite_differences(lambda p: objective_2nd(model, p, family), theta)
     assert_params_close(got.contribution, want, rtol=1e-5, atol=1e-8)
@@ -164,11 +185,14 @@ def test_maltml_2nd_gradient_matches_finite_differences():
     # constant, or only dropping the third-order term alpha * (d H_S / d theta) v, is measurably off.
     for variant in ({"through_meta_step": False}, {"third_order": False}):
         leaves = {n: t.clone().requires_grad_(True) for n, t in theta.items()}
-        approx = dict(zip(leaves, torch.autograd.grad(objective_2nd(model, leaves, family, **variant), list(leaves.values()))))
+        approx = dict(
+            zip(leaves, torch.autograd.grad(objective_2nd(model, leaves, family, **variant), list(leaves.values())))
+        )
         assert relative_gap(approx, want) > 1e-3, variant
     # vmapped over the L tasks: the same gradient
-    vec = MALTML2nd(model, "regression", split=K, task_lr=ALPHA, meta_lr=BETA, finetune_lr=GAMMA,
-                    finetune_steps=1, vectorize=True).task_update(theta, family)
+    vec = MALTML2nd(
+        model, "regression", split=K, task_lr=ALPHA, meta_lr=BETA, finetune_lr=GAMMA, finetune_steps=1, vectorize=True
+    ).task_update(theta, family)
     assert_params_close(vec.contribution, got.contribution, rtol=1e-9, atol=1e-12)
 
 
@@ -185,9 +209,15 @@ _SAMPLE = textwrap.dedent("""
 
 
 def test_same_family_in_another_process(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "7",
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    subprocess.run([sys.executable, "-c", _SAMPLE, str(tmp_path / "a.pt")], env=env, cwd=tmp_path, check=True, timeout=180)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONHASHSEED": "7",
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    subprocess.run(
+        [sys.executable, "-c", _SAMPLE, str(tmp_path / "a.pt")], env=env, cwd=tmp_path, check=True, timeout=180
+    )
     there = torch.load(tmp_path / "a.pt")
     dist = make_distribution(SinusoidTaskConfig(name="sinusoid-families", shots=5, query=5, tasks_per_family=5))
     for i in (2, 3):
@@ -210,7 +240,9 @@ def test_sinusoid_family_shares_its_phase_and_draws_amplitudes_per_task():
     phases = []
     for index in range(3):
         fam = dist.sample(0, 0, index).to("cpu", DT)
-        rows = [(fam.support_x[i], fam.support_y[i]) for i in range(4)] + [(fam.query_x[g], fam.query_y[g]) for g in range(2)]
+        rows = [(fam.support_x[i], fam.support_y[i]) for i in range(4)] + [
+            (fam.query_x[g], fam.query_y[g]) for g in range(2)
+        ]
         fitted = [_amplitude_phase(x[:, 0].numpy(), y[:, 0].numpy()) for x, y in rows]
         for (amp, phase), (x, _) in zip(fitted, rows):
             assert 0.1 <= amp <= 5.0 and 0.0 <= phase <= np.pi
@@ -254,13 +286,25 @@ def test_omniglot_family_draws_every_task_from_one_alphabet():
 
 
 # --- config --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("data,message", [
-    ({"algorithm": {"name": "maltml"}}, "algorithm.name='maltml' learns from task families"),
-    ({"task": {"name": "sinusoid-families", "unit": "task"}, "algorithm": {"name": "maltml-2nd"}}, "set task.unit='family'"),
-    ({"task": {"name": "sinusoid-families"}, "algorithm": {"name": "maml"}}, "set task.unit='task'"),
-    ({"task": {"name": "sinusoid-families"}, "algorithm": {"name": "maltml", "meta_steps": 1}}, "algorithm.meta_steps=1"),
-    ({"task": {"name": "sinusoid-families"}, "algorithm": {"name": "maltml-2nd", "meta_steps": 3}}, "unknown config key 'algorithm.meta_steps'"),
-])
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ({"algorithm": {"name": "maltml"}}, "algorithm.name='maltml' learns from task families"),
+        (
+            {"task": {"name": "sinusoid-families", "unit": "task"}, "algorithm": {"name": "maltml-2nd"}},
+            "set task.unit='family'",
+        ),
+        ({"task": {"name": "sinusoid-families"}, "algorithm": {"name": "maml"}}, "set task.unit='task'"),
+        (
+            {"task": {"name": "sinusoid-families"}, "algorithm": {"name": "maltml", "meta_steps": 1}},
+            "algorithm.meta_steps=1",
+        ),
+        (
+            {"task": {"name": "sinusoid-families"}, "algorithm": {"name": "maltml-2nd", "meta_steps": 3}},
+            "unknown config key 'algorithm.meta_steps'",
+        ),
+    ],
+)
 def test_family_config_errors_name_the_key(data, message):
     with pytest.raises(ConfigError) as err:
         parse_config(data)
@@ -279,10 +323,21 @@ def test_family_evaluation_matches_hand_written_protocol():
         losses = torch.zeros(n, steps + 1, dtype=DT)
         for i in range(n):
             fam = dist.sample(9, 0, i, None, "test").to("cpu", DT)
-            start = hand_maltml(model, theta, fam, "fomaml", k=2, m=3, alpha=alpha, beta=beta) if algo is not maml else theta
+            start = (
+                hand_maltml(model, theta, fam, "fomaml", k=2, m=3, alpha=alpha, beta=beta)
+                if algo is not maml
+                else theta
+            )
             for s in range(steps + 1):
-                losses[i, s] = mse(model, sgd(model, start, fam.query_x[0, :K], fam.query_y[0, :K], gamma, s), fam.query_x[0, K:], fam.query_y[0, K:])
-        got = evaluate_families(bare_learner(algo, name), theta, dist, seed=9, split=K, families=n, steps=steps, chunk=2)
+                losses[i, s] = mse(
+                    model,
+                    sgd(model, start, fam.query_x[0, :K], fam.query_y[0, :K], gamma, s),
+                    fam.query_x[0, K:],
+                    fam.query_y[0, K:],
+                )
+        got = evaluate_families(
+            bare_learner(algo, name), theta, dist, seed=9, split=K, families=n, steps=steps, chunk=2
+        )
         assert got.metric == "mse" and got.families == n
         assert [r["mean"] for r in got.curve] == pytest.approx(losses.mean(0).tolist(), rel=1e-9)
         assert [r["ci95"] for r in got.curve] == pytest.approx((1.96 * losses.std(0) / n**0.5).tolist(), rel=1e-7)
@@ -290,14 +345,27 @@ def test_family_evaluation_matches_hand_written_protocol():
 
 # --- end to end ----------------------------------------------------------------------------------
 def tiny_family_config(tmp_path, algorithm: dict, **runtime) -> object:
-    return as_config({
-        "name": "fam", "seed": 1, "output_dir": str(tmp_path),
-        "task": {"name": "sinusoid-families", "shots": K, "query": Q, "tasks_per_family": L},
-        "model": {"name": "mlp", "hidden": [8, 8]},
-        "algorithm": {"task_lr": ALPHA, "meta_lr": BETA, **algorithm},
-        "train": {"steps": 4, "meta_batch": 5, "log_every": 2, "checkpoint_every": 4, "val_tasks": 0, "dtype": "float64", "device": "cpu"},
-        "eval": {"episodes": 20}, "runtime": {"num_workers": 2, "cpus_per_worker": 1, **runtime},
-    })
+    return as_config(
+        {
+            "name": "fam",
+            "seed": 1,
+            "output_dir": str(tmp_path),
+            "task": {"name": "sinusoid-families", "shots": K, "query": Q, "tasks_per_family": L},
+            "model": {"name": "mlp", "hidden": [8, 8]},
+            "algorithm": {"task_lr": ALPHA, "meta_lr": BETA, **algorithm},
+            "train": {
+                "steps": 4,
+                "meta_batch": 5,
+                "log_every": 2,
+                "checkpoint_every": 4,
+                "val_tasks": 0,
+                "dtype": "float64",
+                "device": "cpu",
+            },
+            "eval": {"episodes": 20},
+            "runtime": {"num_workers": 2, "cpus_per_worker": 1, **runtime},
+        }
+    )
 
 
 def test_maltml_run_evaluates_and_loads_as_a_meta_model(tmp_path):
@@ -314,16 +382,39 @@ def test_maltml_run_evaluates_and_loads_as_a_meta_model(tmp_path):
 
 
 def test_ray_backend_equals_local_for_maltml_and_a_metric_learner(ray_session, tmp_path):
-    
+
     configs = [tiny_family_config(tmp_path, {"name": "maltml", "meta_steps": 2})]
     if OMNIGLOT.is_dir():
-        configs.append(as_config({
-            "name": "rel", "seed": 2, "output_dir": str(tmp_path),
-            "task": {"name": "omniglot", "root": str(OMNIGLOT), "ways": 3, "shots": 1, "query": 2, "image_size": 16,
-                     "cache_dir": str(tmp_path / "cache")},
-            "model": {"name": "conv4", "hidden": 8}, "algorithm": {"name": "relation"},
-            "train": {"steps": 2, "meta_batch": 3, "log_every": 2, "checkpoint_every": 2, "val_tasks": 0, "dtype": "float64", "device": "cpu"},
-            "runtime": {"num_workers": 2, "cpus_per_worker": 1}}))
+        configs.append(
+            as_config(
+                {
+                    "name": "rel",
+                    "seed": 2,
+                    "output_dir": str(tmp_path),
+                    "task": {
+                        "name": "omniglot",
+                        "root": str(OMNIGLOT),
+                        "ways": 3,
+                        "shots": 1,
+                        "query": 2,
+                        "image_size": 16,
+                        "cache_dir": str(tmp_path / "cache"),
+                    },
+                    "model": {"name": "conv4", "hidden": 8},
+                    "algorithm": {"name": "relation"},
+                    "train": {
+                        "steps": 2,
+                        "meta_batch": 3,
+                        "log_every": 2,
+                        "checkpoint_every": 2,
+                        "val_tasks": 0,
+                        "dtype": "float64",
+                        "device": "cpu",
+                    },
+                    "runtime": {"num_workers": 2, "cpus_per_worker": 1},
+                }
+            )
+        )
     executor = faulty_executor(as_config(configs[0], ["runtime.backend=ray"]))
     try:
         for config in configs:
@@ -332,6 +423,8 @@ def test_ray_backend_equals_local_for_maltml_and_a_metric_learner(ray_session, t
             reconfigure(executor, ray_config)
             got = train_loop(ray_config, final_eval=False, executor=executor).params
             for k in reference:
-                torch.testing.assert_close(got[k], reference[k], rtol=1e-10, atol=1e-12, msg=f"{config.algorithm.name} {k}")
+                torch.testing.assert_close(
+                    got[k], reference[k], rtol=1e-10, atol=1e-12, msg=f"{config.algorithm.name} {k}"
+                )
     finally:
         executor.close()

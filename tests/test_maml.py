@@ -4,28 +4,27 @@ Every reference here is written from the equations with plain torch ops (`functi
 `torch.autograd.grad`, `torch.optim`), never with metaserve's own helpers, and in float64 so
 central finite differences are accurate to ~1e-9.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
 from torch.func import functional_call
 
-from conftest import bare_learner
-from references import assert_params_close, finite_differences, relative_gap
 from metaserve import registry
-from metaserve.algorithms.outer import build_outer, descent_direction
-from metaserve.config import OuterSection
 from metaserve.algorithms import FOMAML, MAML, LazyMAML, ProtoNet, Reptile
-from metaserve.algorithms.outer import adam_init, adam_update, sgd_update
+from metaserve.algorithms.outer import adam_init, adam_update, build_outer, descent_direction, sgd_update
+from metaserve.config import OuterSection
 from metaserve.models.conv4 import Conv4
 from metaserve.models.mlp import MLP
 from metaserve.tasks.base import Task
 from metaserve.tasks.sinusoid import Sinusoid
 
+from conftest import bare_learner
+from references import assert_params_close, finite_differences, relative_gap
+
 DT = torch.float64
 ALPHA = 0.1  # large enough that the second-order terms are far above finite-difference noise
-
-
 
 
 # --- independent references ----------------------------------------------------------------------
@@ -177,7 +176,7 @@ def test_protonet_gradient_matches_hand_written_episode_loss():
     es = model_embed(model, leaves, task.support_x)
     eq = model_embed(model, leaves, task.query_x)
     protos = torch.stack([es[task.support_y == c].mean(0) for c in range(3)])
-    logits = -torch.cdist(eq, protos) ** 2
+    logits = -(torch.cdist(eq, protos) ** 2)
     loss = torch.nn.functional.cross_entropy(logits, task.query_y)
     want = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
 
@@ -232,8 +231,9 @@ def test_sgd_update_matches_torch_optim_sgd():
 def outer_step(name, optimizer, lr, params, mean, state=None):
     """The learner loop's outer step for algorithm `name`: its entry's direction, the configured optimiser."""
     opt = build_outer(OuterSection(optimizer=optimizer, lr=lr))
-    return opt.update(params, descent_direction(registry.entry(name).contribution, mean),
-                      opt.init(params) if state is None else state)
+    return opt.update(
+        params, descent_direction(registry.entry(name).contribution, mean), opt.init(params) if state is None else state
+    )
 
 
 def test_maml_outer_step_is_adam_descent_on_mean_gradient():
@@ -300,8 +300,13 @@ def test_evaluate_matches_hand_written_adaptation_curve():
         assert result.mean == pytest.approx(float(losses[:, -1].mean()), rel=1e-10)
         assert result.ci95 == pytest.approx(1.96 * float(losses[:, -1].std()) / episodes**0.5, rel=1e-8)
         final_only = evaluate(bare_learner(algo, "maml"), theta, dist, seed=7, episodes=episodes, chunk=5, curve=False)
-        assert final_only.curve == [{"inner_step": steps, "loss": pytest.approx(float(losses[:, -1].mean()), rel=1e-10)}]
-        assert (final_only.mean, final_only.ci95) == (pytest.approx(result.mean, rel=1e-12), pytest.approx(result.ci95, rel=1e-9))
+        assert final_only.curve == [
+            {"inner_step": steps, "loss": pytest.approx(float(losses[:, -1].mean()), rel=1e-10)}
+        ]
+        assert (final_only.mean, final_only.ci95) == (
+            pytest.approx(result.mean, rel=1e-12),
+            pytest.approx(result.ci95, rel=1e-9),
+        )
 
 
 class _RandomImages:
@@ -311,7 +316,9 @@ class _RandomImages:
     space = None
 
     def sample(self, seed, step, index, space=None, stream="train"):
-        return _image_task(torch.Generator().manual_seed(1000 * seed + 100 * step + index + (7 if stream == "test" else 0)))
+        return _image_task(
+            torch.Generator().manual_seed(1000 * seed + 100 * step + index + (7 if stream == "test" else 0))
+        )
 
 
 def test_protonet_evaluate_vectorised_equals_loop_and_nearest_prototype():
@@ -328,8 +335,17 @@ def test_protonet_evaluate_vectorised_equals_loop_and_nearest_prototype():
         protos = torch.stack([es[t.support_y == c].mean(0) for c in range(3)])
         accs.append(float((torch.cdist(eq, protos).argmin(1) == t.query_y).to(DT).mean()))
     # the reference embeds each query set with its own batch statistics: the transductive protocol
-    results = [evaluate(bare_learner(ProtoNet(model, "classification", ways=3, vectorize=v), "protonet"), theta, dist,
-                        seed=0, episodes=6, norm="transductive") for v in (True, False)]
+    results = [
+        evaluate(
+            bare_learner(ProtoNet(model, "classification", ways=3, vectorize=v), "protonet"),
+            theta,
+            dist,
+            seed=0,
+            episodes=6,
+            norm="transductive",
+        )
+        for v in (True, False)
+    ]
     for r in results:
         assert r.metric == "acc" and len(r.curve) == 1
         assert r.mean == pytest.approx(sum(accs) / len(accs), rel=1e-12)

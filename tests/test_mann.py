@@ -1,4 +1,5 @@
 """MANN (Santoro et al. 2016): LRUA write and cosine read on hand-made memories, the label offset, gradients."""
+
 from __future__ import annotations
 
 import math
@@ -51,13 +52,26 @@ def images(tmp_path_factory):
 
 def config(images, vectorize="off", **algorithm):
     split = {"sources": ["images"]}
-    task = {"name": "image-folder", "root": str(images), "ways": 3, "shots": 2, "query": 1, "image_size": 16,
-            "cache_dir": str(images / "cache"), "train": split, "test": split}
-    return as_config({"seed": 2, "task": task,
-                      "model": {"name": "conv4", "hidden": 2},
-                      "algorithm": {"name": "mann", "controller_hidden": 5, "memory_slots": 4, "memory_size": 3,
-                                    **algorithm},
-                      "train": {"dtype": "float64", "device": "cpu", "vectorize": vectorize}})
+    task = {
+        "name": "image-folder",
+        "root": str(images),
+        "ways": 3,
+        "shots": 2,
+        "query": 1,
+        "image_size": 16,
+        "cache_dir": str(images / "cache"),
+        "train": split,
+        "test": split,
+    }
+    return as_config(
+        {
+            "seed": 2,
+            "task": task,
+            "model": {"name": "conv4", "hidden": 2},
+            "algorithm": {"name": "mann", "controller_hidden": 5, "memory_slots": 4, "memory_size": 3, **algorithm},
+            "train": {"dtype": "float64", "device": "cpu", "vectorize": vectorize},
+        }
+    )
 
 
 def tasks(cfg, n=2):
@@ -112,10 +126,13 @@ def test_label_offset_and_adapt_predict_reproduce_the_training_sequence(images):
 def test_mann_rejects_regression_and_bad_sizes_at_config_time():
     with pytest.raises(ConfigError, match="algorithm.name='mann' needs a classification task, not task.name='sinusoid"):
         as_config({"algorithm": {"name": "mann"}, "task": {"name": "sinusoid"}})
-    for key, value, allowed in [("memory_slots", 1, "greater than or equal to 2"),
-                                ("memory_size", 0, "greater than or equal to 1"),
-                                ("controller_hidden", 5000, "less than or equal to 1024"),
-                                ("gamma", 1.5, "less than or equal to 1")]:
+    for key, value, allowed in [
+        ("memory_slots", 1, "greater than or equal to 2"),
+        ("memory_size", 0, "greater than or equal to 1"),
+        ("controller_hidden", 5000, "less than or equal to 1024"),
+        ("gamma", 1.5, "less than or equal to 1"),
+    ]:
         with pytest.raises(ConfigError, match=rf"algorithm\.{key}={value!r}: Input should be {allowed}"):
-            as_config({"algorithm": {"name": "mann", key: value}, "task": {"name": "omniglot"},
-                       "model": {"name": "conv4"}})
+            as_config(
+                {"algorithm": {"name": "mann", key: value}, "task": {"name": "omniglot"}, "model": {"name": "conv4"}}
+            )

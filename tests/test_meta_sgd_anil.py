@@ -3,6 +3,7 @@
 The references adapt with plain `torch.autograd.grad` (or a closed-form gradient) and differentiate by
 central finite differences; none of metaserve's adaptation code is used to compute what is expected.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +13,6 @@ import torch
 from torch.func import functional_call
 
 import metaserve
-from references import assert_params_close, finite_differences, relative_gap
 from metaserve.algorithms import ANIL, ANIL1st, MetaSGD, MetaSGD1st
 from metaserve.algorithms.anil import head_parameter_names
 from metaserve.api import as_config
@@ -23,6 +23,8 @@ from metaserve.models.mlp import MLP
 from metaserve.runtime.loop import train_loop
 from metaserve.tasks.base import Task
 from metaserve.tasks.sinusoid import Sinusoid
+
+from references import assert_params_close, finite_differences, relative_gap
 
 DT = torch.float64
 ALPHA = 0.1  # ANIL's inner lr: large enough that second-order terms are far above finite-difference noise
@@ -98,11 +100,15 @@ def test_meta_sgd_inner_step_is_the_closed_form_update_of_a_linear_model():
     # f(x) = w x + b, L = mean((f - y)^2): dL/dw = 2 mean((f - y) x), dL/db = 2 mean(f - y)
     model = MLP(1, 1, ()).to(DT)
     w, b = torch.tensor([[0.7]], dtype=DT), torch.tensor([-0.3], dtype=DT)
-    params = {"0.weight": w, "0.bias": b,
-              "lr.0.weight": torch.tensor([[0.05]], dtype=DT), "lr.0.bias": torch.tensor([0.2], dtype=DT)}
+    params = {
+        "0.weight": w,
+        "0.bias": b,
+        "lr.0.weight": torch.tensor([[0.05]], dtype=DT),
+        "lr.0.bias": torch.tensor([0.2], dtype=DT),
+    }
     x = torch.tensor([[-1.0], [0.5], [2.0]], dtype=DT)
     y = torch.tensor([[1.0], [0.0], [3.0]], dtype=DT)
-    r = (w * x + b - y)
+    r = w * x + b - y
     want_w, want_b = w - 0.05 * 2 * (r * x).mean(), b - 0.2 * 2 * r.mean()
     adapted = MetaSGD(model, "regression", inner_steps=1).adapt(params, x, y)
     torch.testing.assert_close(adapted["0.weight"], want_w.reshape(1, 1), rtol=1e-12, atol=1e-14)
@@ -123,11 +129,27 @@ def test_meta_sgd_vectorised_batch_equals_per_task_loop():
 
 
 def sinusoid_config(tmp_path, algorithm, **train):
-    return as_config({"name": "msgd", "seed": 3, "output_dir": str(tmp_path),
-                      "task": {"name": "sinusoid", "shots": 5, "query": 5},
-                      "model": {"name": "mlp", "hidden": [8]}, "algorithm": algorithm,
-                      "train": {"steps": 2, "meta_batch": 2, "log_every": 2, "checkpoint_every": 2, "val_tasks": 2,
-                                "dtype": "float64", "device": "cpu", **train}, "eval": {"episodes": 2}})
+    return as_config(
+        {
+            "name": "msgd",
+            "seed": 3,
+            "output_dir": str(tmp_path),
+            "task": {"name": "sinusoid", "shots": 5, "query": 5},
+            "model": {"name": "mlp", "hidden": [8]},
+            "algorithm": algorithm,
+            "train": {
+                "steps": 2,
+                "meta_batch": 2,
+                "log_every": 2,
+                "checkpoint_every": 2,
+                "val_tasks": 2,
+                "dtype": "float64",
+                "device": "cpu",
+                **train,
+            },
+            "eval": {"episodes": 2},
+        }
+    )
 
 
 def test_meta_sgd_learning_rates_are_initialised_from_config_checkpointed_and_used_by_adapt(tmp_path):
@@ -137,7 +159,7 @@ def test_meta_sgd_learning_rates_are_initialised_from_config_checkpointed_and_us
     assert [n for n in p if n.startswith("lr.")] == [f"lr.{n}" for n in model_names]
     rates = torch.cat([p[f"lr.{n}"].flatten() for n in model_names])
     assert all(p[f"lr.{n}"].shape == p[n].shape for n in model_names)
-    assert 0.01 <= float(rates.min()) and float(rates.max()) <= 0.05 and float(rates.std()) > 0.005
+    assert float(rates.min()) >= 0.01 and float(rates.max()) <= 0.05 and float(rates.std()) > 0.005
     assert_params_close(p, ranged.initial_params(), rtol=0, atol=0)  # a pure function of the seed
     constant = build_learner(sinusoid_config(tmp_path, {"name": "meta-sgd-1st", "init_lr": 0.03})).initial_params()
     assert all(bool((v == 0.03).all()) for n, v in constant.items() if n.startswith("lr."))
@@ -154,13 +176,16 @@ def test_meta_sgd_learning_rates_are_initialised_from_config_checkpointed_and_us
     assert_params_close({n: got[n] for n in want}, want, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"init_lr": [0.1, 0.01]}, r"init_lr=\[0.1, 0.01\] is an empty range"),
-    ({"init_lr": 0.0}, r"algorithm.init_lr"),
-    ({"lr_bounds": [0.2, 0.1]}, r"lr_bounds=\[0.2, 0.1\] is not a range"),
-    ({"lr_bounds": [0.0, 0.05]}, r"init_lr=\(0.005, 0.1\) lies outside lr_bounds=\[0.0, 0.05\]"),
-    ({"inner_lr": 0.1}, r"unknown config key 'algorithm.inner_lr'; known keys here: .*init_lr"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"init_lr": [0.1, 0.01]}, r"init_lr=\[0.1, 0.01\] is an empty range"),
+        ({"init_lr": 0.0}, r"algorithm.init_lr"),
+        ({"lr_bounds": [0.2, 0.1]}, r"lr_bounds=\[0.2, 0.1\] is not a range"),
+        ({"lr_bounds": [0.0, 0.05]}, r"init_lr=\(0.005, 0.1\) lies outside lr_bounds=\[0.0, 0.05\]"),
+        ({"inner_lr": 0.1}, r"unknown config key 'algorithm.inner_lr'; known keys here: .*init_lr"),
+    ],
+)
 def test_meta_sgd_config_errors_name_the_value(bad, message):
     with pytest.raises(ConfigError, match=message):
         as_config({"algorithm": {"name": "meta-sgd", **bad}})
@@ -221,6 +246,7 @@ def test_anil_adapt_changes_only_the_head():
             assert not torch.equal(adapted[name], theta[name]), name
         else:
             assert torch.equal(adapted[name], theta[name]), name
+
     def loss(p):
         return float(torch.nn.functional.cross_entropy(functional_call(model, p, (x,)), y))
 

@@ -1,5 +1,6 @@
 """Meta Networks (Munkhdalai & Yu 2017): fast weights against a hand-written forward pass, the meta-gradient
 against finite differences, and config errors."""
+
 from __future__ import annotations
 
 import math
@@ -24,20 +25,36 @@ def setup(tmp_path_factory):
         for i in range(3):
             Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(root / "images" / f"c{c}" / f"{i}.png")
     split = {"sources": ["images"]}
-    task = {"name": "image-folder", "root": str(root), "ways": 3, "shots": 2, "query": 1, "image_size": 16,
-            "cache_dir": str(root / "cache"), "train": split, "test": split}
-    cfg = as_config({"seed": 1, "task": task,
-                     "model": {"name": "conv4", "hidden": 2},
-                     "algorithm": {"name": "metanet", "embed_size": 3, "meta_hidden": 4},
-                     "train": {"dtype": "float64", "device": "cpu", "vectorize": "off"}})
+    task = {
+        "name": "image-folder",
+        "root": str(root),
+        "ways": 3,
+        "shots": 2,
+        "query": 1,
+        "image_size": 16,
+        "cache_dir": str(root / "cache"),
+        "train": split,
+        "test": split,
+    }
+    cfg = as_config(
+        {
+            "seed": 1,
+            "task": task,
+            "model": {"name": "conv4", "hidden": 2},
+            "algorithm": {"name": "metanet", "embed_size": 3, "meta_hidden": 4},
+            "train": {"dtype": "float64", "device": "cpu", "vectorize": "off"},
+        }
+    )
     learner = build_learner(cfg)
     task = build_distribution(cfg).sample(cfg.seed, 0, 0, None, "train").to("cpu", torch.float64)
     return learner, learner.initial_params(), task, cfg
 
 
 def prep(v: torch.Tensor, p: float = 10.0) -> torch.Tensor:
-    flat = [[math.log(abs(e)) / p, math.copysign(1.0, e)] if abs(e) >= math.exp(-p) else [-1.0, math.exp(p) * e]
-            for e in v.reshape(-1).tolist()]
+    flat = [
+        [math.log(abs(e)) / p, math.copysign(1.0, e)] if abs(e) >= math.exp(-p) else [-1.0, math.exp(p) * e]
+        for e in v.reshape(-1).tolist()
+    ]
     return torch.tensor(flat, dtype=torch.float64).reshape(*v.shape, 2)
 
 
@@ -63,14 +80,18 @@ def reference_logits(model, params, sx, sy, qx):
     memory = []
     for i in range(sx.shape[0]):  # phi^+_i = G_v(grad_{W_b} L_task(x_i)), by autograd one example at a time
         b = wb.detach().clone().requires_grad_(True)
-        loss_i = torch.nn.functional.cross_entropy((rep(hs[i:i + 1]) @ b.T + bb), sy[i:i + 1])
+        loss_i = torch.nn.functional.cross_entropy((rep(hs[i : i + 1]) @ b.T + bb), sy[i : i + 1])
         (g_i,) = torch.autograd.grad(loss_i, b)
         memory.append(mlp(params, "weight_generator", prep(g_i)))
     keys, rq = rep(hs), rep(hq)
     cos = torch.stack([torch.stack([torch.dot(r, k) / (r.norm() * k.norm()) for k in keys]) for r in rq])
     attn = torch.softmax(cos, -1)
-    return torch.stack([rq[j] @ wb.T + bb + sum(attn[j, i] * memory[i] for i in range(len(memory))) @ rq[j]
-                        for j in range(rq.shape[0])])
+    return torch.stack(
+        [
+            rq[j] @ wb.T + bb + sum(attn[j, i] * memory[i] for i in range(len(memory))) @ rq[j]
+            for j in range(rq.shape[0])
+        ]
+    )
 
 
 def test_query_logits_equal_the_hand_written_fast_weight_pass(setup):
@@ -87,8 +108,13 @@ def test_meta_gradient_matches_finite_differences_end_to_end(setup):
     fields = (task.support_x, task.support_y, task.query_x, task.query_y)
     g, _ = alg.contribute(params, *fields)
     eps = 1e-6
-    for key in ["base.weight", "represent_layer.weight", "rep_generator.net.0.weight", "weight_generator.net.2.bias",
-                "encoder.features.1.0.weight"]:
+    for key in [
+        "base.weight",
+        "represent_layer.weight",
+        "rep_generator.net.0.weight",
+        "weight_generator.net.2.bias",
+        "encoder.features.1.0.weight",
+    ]:
         idx = (0,) * params[key].dim()
         up, down = dict(params), dict(params)
         up[key], down[key] = params[key].clone(), params[key].clone()
@@ -101,11 +127,14 @@ def test_meta_gradient_matches_finite_differences_end_to_end(setup):
 def test_metanet_sizes_and_task_kind_are_validated():
     with pytest.raises(ConfigError, match="algorithm.name='metanet' needs a classification task, not task.name='sin"):
         as_config({"algorithm": {"name": "metanet"}})
-    for key, value, allowed in [("embed_size", 0, "greater than or equal to 1"),
-                                ("meta_hidden", 2000, "less than or equal to 1024")]:
+    for key, value, allowed in [
+        ("embed_size", 0, "greater than or equal to 1"),
+        ("meta_hidden", 2000, "less than or equal to 1024"),
+    ]:
         with pytest.raises(ConfigError, match=rf"algorithm\.{key}={value!r}: Input should be {allowed}"):
-            as_config({"algorithm": {"name": "metanet", key: value}, "task": {"name": "omniglot"},
-                       "model": {"name": "conv4"}})
+            as_config(
+                {"algorithm": {"name": "metanet", key: value}, "task": {"name": "omniglot"}, "model": {"name": "conv4"}}
+            )
 
 
 def test_vmapped_tasks_give_the_looped_contributions(setup):

@@ -4,6 +4,7 @@ Each reference embeds a tiny episode with `functional_call` on the conv4 feature
 paper's formula out with loops (cosine attention, relation scores, L1 verification logits, prototype
 distances), in float64; gradients come from `torch.autograd.grad` on that reference loss.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -12,7 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from conftest import OMNIGLOT, ROOT
 from metaserve.algorithms import Matching, ProtoNet, Relation, Siamese
 from metaserve.api import as_config
 from metaserve.models.conv4 import Conv4
@@ -20,10 +20,10 @@ from metaserve.models.metric_heads import MatchingConv4, RelationConv4, SiameseC
 from metaserve.runtime.loop import train_loop
 from metaserve.tasks.base import Task
 
+from conftest import OMNIGLOT, ROOT
+
 DT = torch.float64
 WAYS, SHOTS, QUERY, SIZE = 3, 2, 2, 16
-
-
 
 
 def episode(seed=0) -> Task:
@@ -50,7 +50,9 @@ def leaves(params):
 
 
 def autograd(loss, params):
-    return dict(zip(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True, materialize_grads=True)))
+    return dict(
+        zip(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True, materialize_grads=True))
+    )
 
 
 def check(algo, params, task, reference):
@@ -59,8 +61,12 @@ def check(algo, params, task, reference):
     scores, loss = reference(p, task)
     want = autograd(loss, p)
     got = algo.task_update(params, task)
-    torch.testing.assert_close(algo.predict(algo.adapt(params, task.support_x, task.support_y), task.query_x), scores.detach(),
-                               rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        algo.predict(algo.adapt(params, task.support_x, task.support_y), task.query_x),
+        scores.detach(),
+        rtol=1e-10,
+        atol=1e-12,
+    )
     for k in params:
         torch.testing.assert_close(got.contribution[k], want[k], rtol=1e-8, atol=1e-11, msg=lambda m, k=k: f"{k}: {m}")
     assert got.metrics["loss"] == pytest.approx(float(loss.detach()), rel=1e-10)
@@ -76,7 +82,9 @@ def test_protonet_scores_are_negative_squared_distances_to_prototypes():
     def reference(p, t):
         es, eq = embed(model, p, t.support_x), embed(model, p, t.query_x)
         protos = [es[t.support_y == c].mean(0) for c in range(WAYS)]
-        scores = torch.stack([torch.stack([-((eq[q] - protos[c]) ** 2).sum() for c in range(WAYS)]) for q in range(len(eq))])
+        scores = torch.stack(
+            [torch.stack([-((eq[q] - protos[c]) ** 2).sum() for c in range(WAYS)]) for q in range(len(eq))]
+        )
         return scores, F.cross_entropy(scores, t.query_y)
 
     check(ProtoNet(model, "classification", ways=WAYS, vectorize=False), theta, task, reference)
@@ -84,13 +92,17 @@ def test_protonet_scores_are_negative_squared_distances_to_prototypes():
 
 def cosine_attention(eq, es):
     """a(x_hat, x_i) = softmax_i cos(f(x_hat), g(x_i)) with F.cosine_similarity, pair by pair (Vinyals et al. eq. 2)."""
-    cos = torch.stack([torch.stack([F.cosine_similarity(eq[q], es[i], dim=0) for i in range(len(es))]) for q in range(len(eq))])
+    cos = torch.stack(
+        [torch.stack([F.cosine_similarity(eq[q], es[i], dim=0) for i in range(len(es))]) for q in range(len(eq))]
+    )
     return torch.softmax(cos, dim=1)
 
 
 def label_mixture(a, sy):
     """y_hat[q, c] = sum_{i: y_i = c} a[q, i] (eq. 1), as a loop."""
-    return torch.stack([torch.stack([sum(a[q, i] for i in range(len(sy)) if sy[i] == c) for c in range(WAYS)]) for q in range(len(a))])
+    return torch.stack(
+        [torch.stack([sum(a[q, i] for i in range(len(sy)) if sy[i] == c) for c in range(WAYS)]) for q in range(len(a))]
+    )
 
 
 def test_matching_scores_are_log_cosine_attention_over_support_labels():
@@ -108,8 +120,12 @@ def test_matching_scores_are_log_cosine_attention_over_support_labels():
     got = check(algo, theta, task, reference)
     from metaserve.algorithms.matching import attention as attention_weights
 
-    torch.testing.assert_close(attention_weights(embed(model, theta, task.query_x), embed(model, theta, task.support_x)),
-                               attention["a"].detach(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        attention_weights(embed(model, theta, task.query_x), embed(model, theta, task.support_x)),
+        attention["a"].detach(),
+        rtol=1e-10,
+        atol=1e-12,
+    )
     # without full-context embeddings the FCE LSTMs are unused: zero gradient, every other parameter moves
     for k, g in got.contribution.items():
         assert (float(g.norm()) == 0.0) == k.startswith(("support_", "query_att")), k
@@ -141,8 +157,11 @@ def test_matching_full_context_embeddings_follow_appendix_a():
             hb[i] = hr
         g = torch.stack([hf[i] + hb[i] + g0[i] for i in range(len(g0))])
         # the attention LSTM reads [h, r] as its recurrent input: an LSTMCell over the input [f', h, r] with U = 0
-        att = lstm_cell(torch.cat([p["query_att.x2g.weight"], p["query_att.s2g.weight"]], dim=1),
-                        torch.zeros(4 * d, d, dtype=DT), p["query_att.x2g.bias"])
+        att = lstm_cell(
+            torch.cat([p["query_att.x2g.weight"], p["query_att.s2g.weight"]], dim=1),
+            torch.zeros(4 * d, d, dtype=DT),
+            p["query_att.x2g.bias"],
+        )
         h, r, c = torch.zeros_like(f0), torch.zeros_like(f0), torch.zeros_like(f0)
         for _ in range(steps):
             h_hat, c = att(torch.cat([f0, h, r], dim=1), torch.zeros_like(f0), c)
@@ -151,7 +170,9 @@ def test_matching_full_context_embeddings_follow_appendix_a():
         probs = label_mixture(cosine_attention(h, g), t.support_y)
         return torch.log(probs), -torch.log(probs[torch.arange(len(f0)), t.query_y]).mean()
 
-    got = check(Matching(model, "classification", ways=WAYS, fce=True, fce_steps=steps, vectorize=False), theta, task, reference)
+    got = check(
+        Matching(model, "classification", ways=WAYS, fce=True, fce_steps=steps, vectorize=False), theta, task, reference
+    )
     assert all(float(g.norm()) > 0 for g in got.contribution.values())
 
 
@@ -161,12 +182,20 @@ def test_relation_scores_are_relation_module_on_concatenated_pairs_with_mse():
 
     def reference(p, t):
         feats = {k.removeprefix("features."): v for k, v in p.items() if k.startswith("features.")}
-        ms, mq = (functional_call(model.features, feats, (x,)) for x in (t.support_x, t.query_x))  # [n, hidden, side, side]
-        classes = [sum(ms[i] for i in range(len(ms)) if t.support_y[i] == c) for c in range(WAYS)]  # K-shot: element-wise sum
-        pairs = torch.stack([torch.cat([classes[c], mq[q]], dim=0) for q in range(len(mq)) for c in range(WAYS)])  # C = channel concat
+        ms, mq = (
+            functional_call(model.features, feats, (x,)) for x in (t.support_x, t.query_x)
+        )  # [n, hidden, side, side]
+        classes = [
+            sum(ms[i] for i in range(len(ms)) if t.support_y[i] == c) for c in range(WAYS)
+        ]  # K-shot: element-wise sum
+        pairs = torch.stack(
+            [torch.cat([classes[c], mq[q]], dim=0) for q in range(len(mq)) for c in range(WAYS)]
+        )  # C = channel concat
         relation = {k.removeprefix("relation."): v for k, v in p.items() if k.startswith("relation.")}
         scores = torch.sigmoid(functional_call(model.relation, relation, (pairs,))).reshape(len(mq), WAYS)
-        target = torch.stack([torch.tensor([float(t.query_y[q] == c) for c in range(WAYS)], dtype=DT) for q in range(len(mq))])
+        target = torch.stack(
+            [torch.tensor([float(t.query_y[q] == c) for c in range(WAYS)], dtype=DT) for q in range(len(mq))]
+        )
         return scores, ((scores - target) ** 2).mean()
 
     got = check(Relation(model, "classification", ways=WAYS, vectorize=False), theta, task, reference)
@@ -179,12 +208,36 @@ def test_siamese_scores_are_l1_verification_logits_and_best_support_wins():
 
     def reference(p, t):
         es, eq = embed(model, p, t.support_x), embed(model, p, t.query_x)
-        logit = [[F.linear((eq[q] - es[i]).abs(), p["verifier.weight"], p["verifier.bias"])[0] for i in range(len(es))]
-                 for q in range(len(eq))]
-        scores = torch.stack([torch.stack([max((logit[q][i] for i in range(len(es)) if t.support_y[i] == c), key=lambda v: float(v.detach()))
-                                           for c in range(WAYS)]) for q in range(len(eq))])
-        same = [-torch.log(torch.sigmoid(logit[q][i])) for q in range(len(eq)) for i in range(len(es)) if t.query_y[q] == t.support_y[i]]
-        diff = [-torch.log(1 - torch.sigmoid(logit[q][i])) for q in range(len(eq)) for i in range(len(es)) if t.query_y[q] != t.support_y[i]]
+        logit = [
+            [F.linear((eq[q] - es[i]).abs(), p["verifier.weight"], p["verifier.bias"])[0] for i in range(len(es))]
+            for q in range(len(eq))
+        ]
+        scores = torch.stack(
+            [
+                torch.stack(
+                    [
+                        max(
+                            (logit[q][i] for i in range(len(es)) if t.support_y[i] == c),
+                            key=lambda v: float(v.detach()),
+                        )
+                        for c in range(WAYS)
+                    ]
+                )
+                for q in range(len(eq))
+            ]
+        )
+        same = [
+            -torch.log(torch.sigmoid(logit[q][i]))
+            for q in range(len(eq))
+            for i in range(len(es))
+            if t.query_y[q] == t.support_y[i]
+        ]
+        diff = [
+            -torch.log(1 - torch.sigmoid(logit[q][i]))
+            for q in range(len(eq))
+            for i in range(len(es))
+            if t.query_y[q] != t.support_y[i]
+        ]
         return scores, 0.5 * (sum(same) / len(same) + sum(diff) / len(diff))
 
     got = check(Siamese(model, "classification", ways=WAYS, vectorize=False), theta, task, reference)
@@ -193,8 +246,10 @@ def test_siamese_scores_are_l1_verification_logits_and_best_support_wins():
 
 # --- vectorised path vs per-task loop ------------------------------------------------------------
 LEARNERS = {
-    "protonet": (ProtoNet, Conv4, {}), "matching": (Matching, MatchingConv4, {}),
-    "matching-fce": (Matching, MatchingConv4, {"fce": True}), "relation": (Relation, RelationConv4, {}),
+    "protonet": (ProtoNet, Conv4, {}),
+    "matching": (Matching, MatchingConv4, {}),
+    "matching-fce": (Matching, MatchingConv4, {"fce": True}),
+    "relation": (Relation, RelationConv4, {}),
     "siamese": (Siamese, SiameseConv4, {}),
 }
 
@@ -219,8 +274,18 @@ def test_metric_learners_need_classification():
 
 
 # --- short Omniglot runs -------------------------------------------------------------------------
-SHORT = ["train.steps=40", "train.log_every=40", "train.checkpoint_every=40", "train.meta_batch=4", "train.val_tasks=0",
-         "model.hidden=32", "task.query=5", "eval.episodes=100", f"task.root={OMNIGLOT}", "train.device=cpu"]
+SHORT = [
+    "train.steps=40",
+    "train.log_every=40",
+    "train.checkpoint_every=40",
+    "train.meta_batch=4",
+    "train.val_tasks=0",
+    "model.hidden=32",
+    "task.query=5",
+    "eval.episodes=100",
+    f"task.root={OMNIGLOT}",
+    "train.device=cpu",
+]
 
 
 @pytest.fixture(scope="module")
@@ -232,8 +297,10 @@ def image_cache(tmp_path_factory):
 @pytest.mark.parametrize("algorithm", ["matching", "relation", "siamese"])
 def test_short_omniglot_run_beats_chance(tmp_path, image_cache, algorithm):
     """5-way 1-shot: chance is 20%; 40 steps of 4 episodes reach about 45-50% (the lower CI bound must pass 38%)."""
-    cfg = as_config(ROOT / "configs/omniglot-protonet-5w1s.yaml",
-                    SHORT + [f"algorithm.name={algorithm}", f"output_dir={tmp_path}", f"task.cache_dir={image_cache}"])
+    cfg = as_config(
+        ROOT / "configs/omniglot-protonet-5w1s.yaml",
+        SHORT + [f"algorithm.name={algorithm}", f"output_dir={tmp_path}", f"task.cache_dir={image_cache}"],
+    )
     result = train_loop(cfg)
     assert result.test.metric == "acc" and result.test.episodes == 100
     assert result.test.mean - result.test.ci95 > 0.38, str(result.test)

@@ -3,6 +3,7 @@
 Every generated image carries its identity in two pixels: [0, 0] = 20 * digit + index within the digit
 and [0, 1] = 1 for the train files, 2 for the t10k files, so a task's images can be traced back.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -94,13 +95,34 @@ def test_pools_group_images_by_digit_in_file_order(mnist_root):
 
 
 def test_maml_trains_a_few_steps_on_mnist_with_a_curriculum_moving_the_ways(mnist_root, tmp_path):
-    config = as_config({"name": "mnist-maml", "seed": 1, "output_dir": str(tmp_path),
-                        "task": {"name": "mnist", "root": str(mnist_root), "ways": 3, "shots": 1, "query": 2},
-                        "model": {"name": "conv4", "hidden": 4}, "algorithm": {"name": "maml", "inner_lr": 0.1},
-                        "train": {"steps": 4, "meta_batch": 2, "log_every": 2, "checkpoint_every": 2, "val_tasks": 2,
-                                  "dtype": "float64", "device": "cpu"}, "eval": {"episodes": 4},
-                        "curriculum": {"teacher": "static", "every": 1, "val_tasks": 2,
-                                       "stages": [{"ways": 2}, {"ways": 3}], "threshold": 100.0, "patience": 1}})
+    config = as_config(
+        {
+            "name": "mnist-maml",
+            "seed": 1,
+            "output_dir": str(tmp_path),
+            "task": {"name": "mnist", "root": str(mnist_root), "ways": 3, "shots": 1, "query": 2},
+            "model": {"name": "conv4", "hidden": 4},
+            "algorithm": {"name": "maml", "inner_lr": 0.1},
+            "train": {
+                "steps": 4,
+                "meta_batch": 2,
+                "log_every": 2,
+                "checkpoint_every": 2,
+                "val_tasks": 2,
+                "dtype": "float64",
+                "device": "cpu",
+            },
+            "eval": {"episodes": 4},
+            "curriculum": {
+                "teacher": "static",
+                "every": 1,
+                "val_tasks": 2,
+                "stages": [{"ways": 2}, {"ways": 3}],
+                "threshold": 100.0,
+                "patience": 1,
+            },
+        }
+    )
     rows: list[dict] = []
     result = train_loop(config, on_log=lambda row, ckpt: rows.append(row))
     assert len(rows) == 2 and all(np.isfinite(v) for row in rows for v in row.values())
@@ -120,12 +142,16 @@ def test_bad_files_and_config_values_are_named(mnist_root, tmp_path):
         load_mnist(tmp_path, "train")
     empty, out = tmp_path / "empty", tmp_path / "runs"
     empty.mkdir()
-    config = as_config({"output_dir": str(out), "task": {"name": "mnist", "root": str(empty)}, "model": {"name": "conv4"}})
+    config = as_config(
+        {"output_dir": str(out), "task": {"name": "mnist", "root": str(empty)}, "model": {"name": "conv4"}}
+    )
     with pytest.raises(FileNotFoundError, match="has no train-images-idx3-ubyte.gz"):
         train_loop(config)
     assert not out.exists()  # refused before any run directory (or worker) exists
-    for bad, message in [({"ways": 11}, "task.ways=11 is not allowed for MNIST"),
-                         ({"rotations": False}, "task.rotations does not apply to task.name='mnist'"),
-                         ({"image_size": 32}, "MNIST images are 28x28 grayscale")]:
+    for bad, message in [
+        ({"ways": 11}, "task.ways=11 is not allowed for MNIST"),
+        ({"rotations": False}, "task.rotations does not apply to task.name='mnist'"),
+        ({"image_size": 32}, "MNIST images are 28x28 grayscale"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             as_config({"task": {"name": "mnist", "root": str(mnist_root), **bad}, "model": {"name": "conv4"}})

@@ -1,5 +1,6 @@
 """Packaging: --version, python -m metaserve, train --help's config sections, metaserve init, and a wheel
 that ships py.typed, the configs and the sweep specs (built here from a copy of the sources)."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -24,7 +25,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 def test_version_and_python_dash_m(capsys):
     assert main(["--version"]) == 0  # argparse's exit, caught by the CLI
     assert capsys.readouterr().out.strip() == f"metaserve {importlib.metadata.version('metaserve')}"
-    proc = subprocess.run([sys.executable, "-m", "metaserve", "--version"], capture_output=True, text=True, env=ENV, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "metaserve", "--version"], capture_output=True, text=True, env=ENV, timeout=120
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("metaserve ")
 
 
@@ -43,7 +46,9 @@ def test_init_copies_configs_and_specs_that_still_validate(tmp_path, capsys):
     (tmp_path / "configs" / "sinusoid-maml.yaml").write_text("mine: true\n")
     assert main(["init", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "kept" in out and (tmp_path / "configs" / "sinusoid-maml.yaml").read_text() == "mine: true\n"  # never overwritten
+    assert (
+        "kept" in out and (tmp_path / "configs" / "sinusoid-maml.yaml").read_text() == "mine: true\n"
+    )  # never overwritten
     assert {p.name for p in (tmp_path / "tuning").glob("*.yaml")} == {p.name for p in (ROOT / "tuning").glob("*.yaml")}
     shipped = {p.name for p in (ROOT / "configs").glob("*.yaml")}
     assert {p.name for p in (tmp_path / "configs").glob("*.yaml")} == shipped
@@ -62,8 +67,23 @@ def test_wheel_ships_configs_specs_and_py_typed(tmp_path):
         shutil.copy(ROOT / name, src / name)
     for folder in ("metaserve", "configs", "tuning"):
         shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "_shipped"))
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(src)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     wheel = next(tmp_path.glob("metaserve-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())

@@ -4,6 +4,7 @@ References are independent of metaserve's normalisation code: torch's own nn.Bat
 mode for the transductive mode, in eval mode with its running statistics set to the support set's
 per-layer moments for the support mode; finite differences for the support-mode meta-gradient.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from conftest import OMNIGLOT, ROOT
 from metaserve.api import MetaModel, as_config
 from metaserve.config import parse_config
 from metaserve.evaluation import class_overlap, evaluate, meta_test_record
@@ -22,19 +22,34 @@ from metaserve.experiment import build_learner
 from metaserve.tasks.base import Task
 from metaserve.tasks.image_cache import decode_image
 from metaserve.tasks.images import ClassPool, FewShotImages, ImageSpace
+
+from conftest import OMNIGLOT, ROOT
 from references import finite_differences
 
 SIZE, WAYS, SHOTS, QUERY = 16, 3, 2, 3
-ADAPTING = ["maml", "fomaml", "reptile", "lazy-maml", "lazy-reptile", "pretrain", "maltml", "protonet", "matching",
-            "relation", "siamese"]
+ADAPTING = [
+    "maml",
+    "fomaml",
+    "reptile",
+    "lazy-maml",
+    "lazy-reptile",
+    "pretrain",
+    "maltml",
+    "protonet",
+    "matching",
+    "relation",
+    "siamese",
+]
 
 
 def image_config(algorithm: str, **extra) -> dict:
     task = "omniglot-families" if algorithm.startswith("maltml") else "omniglot"  # maltml: one task = finetuning
-    return {"task": {"name": task, "ways": WAYS, "shots": SHOTS, "query": QUERY, "image_size": SIZE},
-            "model": {"name": "conv4", "hidden": 4, **extra.pop("model", {})},
-            "algorithm": {"name": algorithm, **extra},
-            "train": {"dtype": "float64", "device": "cpu"}}
+    return {
+        "task": {"name": task, "ways": WAYS, "shots": SHOTS, "query": QUERY, "image_size": SIZE},
+        "model": {"name": "conv4", "hidden": 4, **extra.pop("model", {})},
+        "algorithm": {"name": algorithm, **extra},
+        "train": {"dtype": "float64", "device": "cpu"},
+    }
 
 
 def meta_model(config: dict, seed: int = 0) -> MetaModel:
@@ -59,14 +74,14 @@ def test_a_prediction_depends_only_on_the_support_set_and_its_own_query(algorith
     adapted = model.adapt(images(WAYS * SHOTS, 1), SUPPORT_Y, steps=2)
     queries, others = images(5, 2), images(7, 3)
     batch = adapted.predict(queries)
-    alone = torch.cat([adapted.predict(queries[i:i + 1]) for i in range(5)])
+    alone = torch.cat([adapted.predict(queries[i : i + 1]) for i in range(5)])
     mixed = adapted.predict(torch.cat([others[:4], queries, others[4:]]))[4:9]
     assert batch.shape == (5, WAYS)
     torch.testing.assert_close(alone, batch, rtol=1e-9, atol=1e-10)
     torch.testing.assert_close(mixed, batch, rtol=1e-9, atol=1e-10)
     # the transductive mode is still there, and there the other queries do change the answer
     trans = model.adapt(images(WAYS * SHOTS, 1), SUPPORT_Y, steps=2, norm="transductive")
-    alone_t = torch.cat([trans.predict(queries[i:i + 2]) for i in range(0, 4, 2)])
+    alone_t = torch.cat([trans.predict(queries[i : i + 2]) for i in range(0, 4, 2)])
     assert not torch.allclose(alone_t, trans.predict(queries)[:4], rtol=1e-6, atol=1e-8)
 
 
@@ -75,9 +90,17 @@ class TorchConv4(nn.Module):
 
     def __init__(self, hidden: int, ways: int):
         super().__init__()
-        self.features = nn.Sequential(*[nn.Sequential(nn.Conv2d(1 if i == 0 else hidden, hidden, 3, padding=1),
-                                                      nn.BatchNorm2d(hidden), nn.ReLU(), nn.MaxPool2d(2))
-                                        for i in range(4)])
+        self.features = nn.Sequential(
+            *[
+                nn.Sequential(
+                    nn.Conv2d(1 if i == 0 else hidden, hidden, 3, padding=1),
+                    nn.BatchNorm2d(hidden),
+                    nn.ReLU(),
+                    nn.MaxPool2d(2),
+                )
+                for i in range(4)
+            ]
+        )
         self.head = nn.Linear(hidden * (SIZE // 16) ** 2, ways)
 
     def forward(self, x):
@@ -94,6 +117,7 @@ def reference_net(params) -> TorchConv4:
 def support_moments(net: TorchConv4, sx: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The input moments of every BatchNorm2d when the support set goes through the network in training mode."""
     seen = []
+
     def record(module, args):
         seen.append((args[0].mean((0, 2, 3)), args[0].var((0, 2, 3), unbiased=False)))
 
@@ -116,8 +140,9 @@ def test_support_mode_is_torch_batch_norm_with_the_support_statistics_and_transd
             bn.running_var.copy_(var)
         support = net.eval()(qx)
     torch.testing.assert_close(model.adapt(sx, SUPPORT_Y, steps=0).predict(qx), support, rtol=1e-9, atol=1e-10)
-    torch.testing.assert_close(model.adapt(sx, SUPPORT_Y, steps=0, norm="transductive").predict(qx), transductive,
-                               rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(
+        model.adapt(sx, SUPPORT_Y, steps=0, norm="transductive").predict(qx), transductive, rtol=1e-9, atol=1e-10
+    )
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "protonet", "relation"])
@@ -125,8 +150,10 @@ def test_support_mode_meta_training_is_a_pure_vmappable_function_with_the_finite
     model = meta_model(image_config(algorithm, model={"batch_norm": "support"}))
     algo = model.learner.algorithm
     assert algo.norm == "support"
-    tasks = [Task(images(WAYS * SHOTS, 10 + i), SUPPORT_Y, images(WAYS * 2, 20 + i), torch.arange(WAYS).repeat(2))
-             for i in range(3)]
+    tasks = [
+        Task(images(WAYS * SHOTS, 10 + i), SUPPORT_Y, images(WAYS * 2, 20 + i), torch.arange(WAYS).repeat(2))
+        for i in range(3)
+    ]
     algo.vectorize = True
     vmapped = algo.batch_update(model.params, tasks)
     algo.vectorize = False
@@ -142,10 +169,13 @@ def test_support_mode_meta_training_is_a_pure_vmappable_function_with_the_finite
         return algo.contribute(p, t.support_x, t.support_y, t.query_x, t.query_y)[1]["loss"]
 
     if algorithm == "maml":  # the contribution is the gradient of the post-adaptation query loss, support-normalised
-        def loss(sub):  # noqa: F811
+
+        def loss(sub):
             from metaserve.algorithms.inner import sgd_adapt
+
             p = sgd_adapt(algo.loss, {**model.params, **sub}, t.support_x, t.support_y, algo.inner_lr, algo.inner_steps)
             return algo.measure_query(p, t.support_x, t.query_x, t.query_y)[0].detach()
+
     want = finite_differences(loss, small)
     for k in small:
         torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-7)
@@ -203,8 +233,14 @@ def test_inputs_may_be_arrays_or_lists_and_a_wrong_shape_names_the_expected_one(
         model.adapt(sx, SUPPORT_Y).predict(torch.zeros(2, 1, 8, 8))
     with pytest.raises(TypeError, match=r"support_x must be a tensor, a numpy array or a list"):
         model.adapt("images", SUPPORT_Y)
-    reg = meta_model({"task": {"name": "sinusoid"}, "model": {"name": "mlp"}, "algorithm": {"name": "maml"},
-                      "train": {"dtype": "float64"}})
+    reg = meta_model(
+        {
+            "task": {"name": "sinusoid"},
+            "model": {"name": "mlp"},
+            "algorithm": {"name": "maml"},
+            "train": {"dtype": "float64"},
+        }
+    )
     x = torch.linspace(-5, 5, 10, dtype=torch.float64)
     y = torch.sin(x)
     col = reg.adapt(x[:, None], y[:, None], steps=3).predict(x[:4, None])
@@ -278,11 +314,21 @@ def test_preprocess_applies_the_runs_transform_to_paths_pil_images_and_arrays(tm
 
 def test_overlapping_train_and_test_classes_are_warned_and_recorded():
     shared = pool(4, 0)
-    data = FewShotImages({"train": shared, "test": ClassPool.from_classes(shared.class_names[:2] + ["x", "y"],
-                                                                          [shared.class_images(0)] * 4)},
-                         ImageSpace(2, 1, 1), rotations=False)
-    assert class_overlap(data) == {"stream": "test", "classes": 4, "training_classes": 4, "shared": 2,
-                                   "shared_examples": shared.class_names[:2]}
+    data = FewShotImages(
+        {
+            "train": shared,
+            "test": ClassPool.from_classes(shared.class_names[:2] + ["x", "y"], [shared.class_images(0)] * 4),
+        },
+        ImageSpace(2, 1, 1),
+        rotations=False,
+    )
+    assert class_overlap(data) == {
+        "stream": "test",
+        "classes": 4,
+        "training_classes": 4,
+        "shared": 2,
+        "shared_examples": shared.class_names[:2],
+    }
     config = parse_config(image_config("protonet"))
     with pytest.warns(UserWarning, match=r"2 of the 4 evaluated \(test\) classes are also meta-training classes"):
         record = meta_test_record(config, data)
@@ -298,10 +344,28 @@ def test_eval_options_become_test_task_overrides():
 
     p = argparse.ArgumentParser()
     register(p.add_subparsers())
-    args = p.parse_args(["eval", "run", "--ways", "20", "--shots", "1", "--sources", "a.zip, b.zip", "--alphabets",
-                         "all", "--batch-norm", "transductive"])
-    assert test_overrides(args) == ["task.ways=20", "task.shots=1", 'task.test.sources=["a.zip", "b.zip"]',
-                                    "task.test.alphabets=null"]
+    args = p.parse_args(
+        [
+            "eval",
+            "run",
+            "--ways",
+            "20",
+            "--shots",
+            "1",
+            "--sources",
+            "a.zip, b.zip",
+            "--alphabets",
+            "all",
+            "--batch-norm",
+            "transductive",
+        ]
+    )
+    assert test_overrides(args) == [
+        "task.ways=20",
+        "task.shots=1",
+        'task.test.sources=["a.zip", "b.zip"]',
+        "task.test.alphabets=null",
+    ]
     assert args.batch_norm == "transductive"
     with pytest.raises(SystemExit):
         p.parse_args(["eval", "run", "--batch-norm", "running"])
@@ -312,17 +376,48 @@ def test_eval_command_tests_other_ways_and_alphabets_and_flags_training_classes(
     from metaserve.cli import main
     from metaserve.runtime.loop import train_loop
 
-    cfg = as_config(ROOT / "configs/omniglot-protonet-5w1s.yaml", [
-        "model.hidden=4", "task.query=1", "train.steps=2", "train.meta_batch=2", "train.log_every=1",
-        "train.checkpoint_every=2", "train.val_tasks=0", "eval.episodes=4", "train.device=cpu",
-        f"output_dir={tmp_path}", f"task.cache_dir={tmp_path / 'cache'}"])
+    cfg = as_config(
+        ROOT / "configs/omniglot-protonet-5w1s.yaml",
+        [
+            "model.hidden=4",
+            "task.query=1",
+            "train.steps=2",
+            "train.meta_batch=2",
+            "train.log_every=1",
+            "train.checkpoint_every=2",
+            "train.val_tasks=0",
+            "eval.episodes=4",
+            "train.device=cpu",
+            f"output_dir={tmp_path}",
+            f"task.cache_dir={tmp_path / 'cache'}",
+        ],
+    )
     run = train_loop(cfg).run_dir
     record = json.loads((run / "test.json").read_text())
     assert record["batch_norm"] == "support" and record["class_overlap"]["shared"] == 0  # the default split is disjoint
     assert record["transform"]["invert"] is True
     out = tmp_path / "eval.json"
-    assert main(["eval", str(run), "--ways", "20", "--query", "2", "--episodes", "3", "--alphabets", "Greek",
-                 "--batch-norm", "transductive", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(run),
+                "--ways",
+                "20",
+                "--query",
+                "2",
+                "--episodes",
+                "3",
+                "--alphabets",
+                "Greek",
+                "--batch-norm",
+                "transductive",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "are also meta-training classes" in printed and "batch norm: transductive" in printed
     result = json.loads(out.read_text())

@@ -1,4 +1,5 @@
 """Progress: a first line at once, rate and ETA from a hand count, plain lines off a terminal."""
+
 from __future__ import annotations
 
 import io
@@ -8,10 +9,15 @@ import pytest
 import metaserve
 from metaserve.progress import Progress, as_progress, choose_mode
 
-TINY = {"name": "tiny", "seed": 0, "task": {"name": "sinusoid", "shots": 5, "query": 5}, "model": {"name": "mlp", "hidden": [8]},
-        "algorithm": {"name": "fomaml", "inner_lr": 0.02, "inner_steps": 1, "outer": {"optimizer": "adam", "lr": 0.001}},
-        "train": {"steps": 3, "meta_batch": 2, "log_every": 50, "checkpoint_every": 50, "val_tasks": 2, "device": "cpu"},
-        "eval": {"episodes": 4}}
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "task": {"name": "sinusoid", "shots": 5, "query": 5},
+    "model": {"name": "mlp", "hidden": [8]},
+    "algorithm": {"name": "fomaml", "inner_lr": 0.02, "inner_steps": 1, "outer": {"optimizer": "adam", "lr": 0.001}},
+    "train": {"steps": 3, "meta_batch": 2, "log_every": 50, "checkpoint_every": 50, "val_tasks": 2, "device": "cpu"},
+    "eval": {"episodes": 4},
+}
 
 
 class FakeClock:
@@ -96,12 +102,18 @@ def test_default_api_progress_is_silent_off_a_terminal(monkeypatch):
 def test_train_says_what_it_computes_before_the_first_log_row(tmp_path):
     """steps (3) < log_every (50): still a first line before any work, and a line per due step."""
     out = io.StringIO()
-    result = metaserve.train({**TINY, "output_dir": str(tmp_path)}, ["train.steps=2", "eval.episodes=3"],
-                             progress=Progress(out, mode="plain", plain_every=0.0))
+    result = metaserve.train(
+        {**TINY, "output_dir": str(tmp_path)},
+        ["train.steps=2", "eval.episodes=3"],
+        progress=Progress(out, mode="plain", plain_every=0.0),
+    )
     lines = out.getvalue().splitlines()
     assert lines[0] == "loading data: sinusoid (fomaml, 2 steps)"
     assert lines[2].startswith("first step: 2 tasks per meta-batch")
-    assert [ln.split(" |")[0] for ln in lines if ln.startswith("meta-train ")] == ["meta-train 1/2 steps", "meta-train 2/2 steps"]
+    assert [ln.split(" |")[0] for ln in lines if ln.startswith("meta-train ")] == [
+        "meta-train 1/2 steps",
+        "meta-train 2/2 steps",
+    ]
     assert "meta-test: 3 held-out episodes" in lines
     assert result.test.episodes == 3 and result.metrics["step"] == 2  # the overrides were applied
 
@@ -109,6 +121,10 @@ def test_train_says_what_it_computes_before_the_first_log_row(tmp_path):
 def test_resume_below_the_checkpoint_says_so(tmp_path):
     first = metaserve.train({**TINY, "output_dir": str(tmp_path)}, progress=False)
     out = io.StringIO()
-    metaserve.train({**TINY, "output_dir": str(tmp_path)}, ["train.steps=2"], resume=first.run_dir,
-                    progress=Progress(out, mode="plain"))
+    metaserve.train(
+        {**TINY, "output_dir": str(tmp_path)},
+        ["train.steps=2"],
+        resume=first.run_dir,
+        progress=Progress(out, mode="plain"),
+    )
     assert "checkpoint is at step 3, train.steps=2: no steps to train, only the meta-test runs again" in out.getvalue()

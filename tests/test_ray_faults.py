@@ -5,6 +5,7 @@ the rest of the suite shares the session's embedded one), each under a private R
 neither find nor disturb any other Ray on the machine, in a new session whose processes are all
 killed afterwards.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,10 +36,20 @@ ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
 BASE = {
-    "name": "faults", "seed": 4, "task": {"name": "sinusoid", "shots": 5, "query": 5},
+    "name": "faults",
+    "seed": 4,
+    "task": {"name": "sinusoid", "shots": 5, "query": 5},
     "model": {"name": "mlp", "hidden": [16, 16]},
     "algorithm": {"name": "maml", "inner_lr": 0.02, "inner_steps": 1},
-    "train": {"steps": 10, "meta_batch": 7, "log_every": 2, "checkpoint_every": 2, "val_tasks": 0, "dtype": "float64", "device": "cpu"},
+    "train": {
+        "steps": 10,
+        "meta_batch": 7,
+        "log_every": 2,
+        "checkpoint_every": 2,
+        "val_tasks": 0,
+        "dtype": "float64",
+        "device": "cpu",
+    },
     "eval": {"episodes": 10},
     "runtime": {"cpus_per_worker": 1},
 }
@@ -75,7 +86,7 @@ def session_pids(sid: int) -> list[int]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rfind(")") + 2:].split()  # state ppid pgrp session ...
+        fields = stat[stat.rfind(")") + 2 :].split()  # state ppid pgrp session ...
         if int(fields[3]) == sid and fields[0] != "Z":
             pids.append(int(entry))
     return pids
@@ -159,8 +170,11 @@ def test_multinode_spread_and_lost_nodes(tmp_path):
 @pytest.mark.slow
 def test_killed_driver_resumes_to_the_uninterrupted_result(tmp_path, one_thread):
     steps = 200
-    cfg = config_dict(tmp_path / "runs", train={"steps": 20, "meta_batch": 8, "log_every": 10, "checkpoint_every": 20},
-                      runtime={"backend": "ray", "num_workers": 2})
+    cfg = config_dict(
+        tmp_path / "runs",
+        train={"steps": 20, "meta_batch": 8, "log_every": 10, "checkpoint_every": 20},
+        runtime={"backend": "ray", "num_workers": 2},
+    )
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     cli = [sys.executable, "-m", "metaserve.cli", "train"]
@@ -168,7 +182,10 @@ def test_killed_driver_resumes_to_the_uninterrupted_result(tmp_path, one_thread)
         proc = start(cli + [str(path), "--set", f"train.steps={steps}"], env, tmp_path / "killed.log")
         try:
             deadline = time.monotonic() + 150
-            while not ((tmp_path / "runs").is_dir() and any(len(list_checkpoints(p)) >= 2 for p in (tmp_path / "runs").iterdir())):
+            while not (
+                (tmp_path / "runs").is_dir()
+                and any(len(list_checkpoints(p)) >= 2 for p in (tmp_path / "runs").iterdir())
+            ):
                 assert proc.poll() is None, f"the driver exited early:\n{(tmp_path / 'killed.log').read_text()[-3000:]}"
                 assert time.monotonic() < deadline, "no 2 checkpoints within 150 s"
                 time.sleep(0.05)
@@ -184,20 +201,30 @@ def test_killed_driver_resumes_to_the_uninterrupted_result(tmp_path, one_thread)
         killed_at = latest_good_state(run_dir)["step"]
         assert 40 <= killed_at < steps
         # Resume on the local backend (the Ray backend gives the same parameters; see test_ray_runtime).
-        resumed = subprocess.run(cli + ["--resume", str(run_dir), "--set", "runtime.backend=local"], cwd=ROOT, env=env,
-                                 capture_output=True, text=True, timeout=180)
+        resumed = subprocess.run(
+            cli + ["--resume", str(run_dir), "--set", "runtime.backend=local"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"(resumed at step {killed_at})" in resumed.stdout
 
-    reference = train_loop(as_config({**cfg, "output_dir": str(tmp_path / "ref")}, [f"train.steps={steps}", "runtime.backend=local"]),
-                           final_eval=False)
+    reference = train_loop(
+        as_config({**cfg, "output_dir": str(tmp_path / "ref")}, [f"train.steps={steps}", "runtime.backend=local"]),
+        final_eval=False,
+    )
     model = load(run_dir)
     assert model.step == steps
     assert_params_close(model.params, reference.params, 1e-9, "resumed vs uninterrupted")
     # One metrics row per log step: the killed part's rows past its last checkpoint are not kept twice.
     logged = read_metrics(run_dir)["step"].tolist()
     assert logged == list(range(10, steps + 1, 10))
-    assert read_metrics(run_dir)["loss"].tolist() == pytest.approx(read_metrics(reference.run_dir)["loss"].tolist(), rel=1e-9)
+    assert read_metrics(run_dir)["loss"].tolist() == pytest.approx(
+        read_metrics(reference.run_dir)["loss"].tolist(), rel=1e-9
+    )
 
 
 # --- 3. a non-finite update stops the run, the last good checkpoint intact ------------------------
@@ -224,7 +251,9 @@ def poison_step_5(monkeypatch):
     import metaserve.runtime.loop as learner_module
 
     real = learner_module.build_distribution
-    monkeypatch.setattr(learner_module, "build_distribution", lambda config: PoisonedTasks(real(config), step=5, index=3))
+    monkeypatch.setattr(
+        learner_module, "build_distribution", lambda config: PoisonedTasks(real(config), step=5, index=3)
+    )
 
 
 def test_nonfinite_update_stops_with_the_last_good_checkpoint(tmp_path, poison_step_5, one_thread):
@@ -241,7 +270,9 @@ def test_nonfinite_update_stops_with_the_last_good_checkpoint(tmp_path, poison_s
     assert all(bool(v.isfinite().all()) for v in state["params"].values())
     assert read_metrics(run_dir)["step"].tolist() == [2, 4]
     # The checkpoint is the clean run's state at step 4.
-    clean = train_loop(as_config(config_dict(tmp_path / "clean", train={"steps": 4}, runtime={"backend": "local"})), final_eval=False)
+    clean = train_loop(
+        as_config(config_dict(tmp_path / "clean", train={"steps": 4}, runtime={"backend": "local"})), final_eval=False
+    )
     assert_params_close(state["params"], clean.params, 1e-12, "last good checkpoint vs clean run")
 
 
@@ -250,9 +281,16 @@ def test_nonfinite_update_skipped_when_asked(tmp_path, monkeypatch, poisoned, ev
     import metaserve.runtime.loop as learner_module
 
     real = learner_module.build_distribution
-    monkeypatch.setattr(learner_module, "build_distribution", lambda config: PoisonedTasks(real(config), step=poisoned, index=0))
-    config = as_config(config_dict(tmp_path / "runs", train={"log_every": every, "checkpoint_every": every},
-                                   runtime={"backend": "local", "on_nonfinite": "skip"}))
+    monkeypatch.setattr(
+        learner_module, "build_distribution", lambda config: PoisonedTasks(real(config), step=poisoned, index=0)
+    )
+    config = as_config(
+        config_dict(
+            tmp_path / "runs",
+            train={"log_every": every, "checkpoint_every": every},
+            runtime={"backend": "local", "on_nonfinite": "skip"},
+        )
+    )
     with pytest.warns(UserWarning, match=rf"skipping step: non-finite contribution at step {poisoned}"):
         result = train_loop(config, final_eval=False)
     assert all(bool(v.isfinite().all()) for v in result.params.values())
@@ -268,15 +306,28 @@ def test_nonfinite_update_skipped_when_asked(tmp_path, monkeypatch, poisoned, ev
 
 def test_diverging_run_on_ray_stops_naming_the_worker(ray_session, tmp_path):
     # Plain SGD at outer lr 3 overflows float32 within a few steps (no monkeypatching reaches a worker).
-    config = as_config(config_dict(
-        tmp_path / "runs", seed=0,
-        algorithm={"inner_lr": 0.01, "outer": {"optimizer": "sgd", "lr": 3.0}},
-        train={"steps": 30, "meta_batch": 4, "task_block": 2, "log_every": 1, "checkpoint_every": 1, "dtype": "float32"},
-        runtime={"backend": "ray", "num_workers": 2}))
+    config = as_config(
+        config_dict(
+            tmp_path / "runs",
+            seed=0,
+            algorithm={"inner_lr": 0.01, "outer": {"optimizer": "sgd", "lr": 3.0}},
+            train={
+                "steps": 30,
+                "meta_batch": 4,
+                "task_block": 2,
+                "log_every": 1,
+                "checkpoint_every": 1,
+                "dtype": "float32",
+            },
+            runtime={"backend": "ray", "num_workers": 2},
+        )
+    )
     with pytest.raises(NonFiniteUpdate) as err:
         train_loop(config, final_eval=False)
     run_dir = only_run_dir(tmp_path / "runs")
-    found = re.search(r"non-finite contribution at step (\d+) from worker ([01]), task indices (\[0, 1\]|\[2, 3\])", str(err.value))
+    found = re.search(
+        r"non-finite contribution at step (\d+) from worker ([01]), task indices (\[0, 1\]|\[2, 3\])", str(err.value)
+    )
     assert found, str(err.value)
     assert f"its last good checkpoint is in {run_dir / 'checkpoints'}" in str(err.value)
     failed = int(found.group(1))

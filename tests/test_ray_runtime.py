@@ -1,24 +1,35 @@
 """The Ray backend against the local reference: same parameters, faults included."""
+
 from __future__ import annotations
 
 import pytest
 import ray
 import torch
 
-from faults import reconfigure, faulty_executor
 from metaserve.api import as_config
 from metaserve.experiment import build_distribution, build_learner
-from metaserve.runtime.loop import train_loop
 from metaserve.runtime.local import LocalExecutor
+from metaserve.runtime.loop import train_loop
 from metaserve.runtime.ray_executor import worker_slices
-from metaserve.runtime.work import task_blocks
-from metaserve.runtime.work import NonFiniteUpdate
+from metaserve.runtime.work import NonFiniteUpdate, task_blocks
+
+from faults import faulty_executor, reconfigure
 
 TINY = {
-    "name": "tiny", "seed": 3, "task": {"name": "sinusoid", "shots": 5, "query": 5},
+    "name": "tiny",
+    "seed": 3,
+    "task": {"name": "sinusoid", "shots": 5, "query": 5},
     "model": {"name": "mlp", "hidden": [16, 16]},
     "algorithm": {"name": "maml", "inner_lr": 0.02, "inner_steps": 2},
-    "train": {"steps": 6, "meta_batch": 7, "log_every": 3, "checkpoint_every": 3, "val_tasks": 0, "dtype": "float64", "device": "cpu"},
+    "train": {
+        "steps": 6,
+        "meta_batch": 7,
+        "log_every": 3,
+        "checkpoint_every": 3,
+        "val_tasks": 0,
+        "dtype": "float64",
+        "device": "cpu",
+    },
     "eval": {"episodes": 10},
     "runtime": {"cpus_per_worker": 1},
 }
@@ -66,7 +77,9 @@ def test_ray_backend_matches_local(ray_session, tmp_path, workers):
             reconfigure(executor, config)
             got = final_params(config, executor)
             for k in reference:
-                torch.testing.assert_close(got[k], reference[k], rtol=1e-10, atol=1e-12, msg=f"{algorithm}, {workers} workers, {k}")
+                torch.testing.assert_close(
+                    got[k], reference[k], rtol=1e-10, atol=1e-12, msg=f"{algorithm}, {workers} workers, {k}"
+                )
     finally:
         executor.close()
 
@@ -119,10 +132,14 @@ def test_compiled_graph_transport_matches_local_and_survives_a_killed_worker(ray
 def test_nonfinite_contribution_names_worker_and_tasks(ray_session, tmp_path):
     config = tiny(tmp_path, "maml", backend="ray", num_workers=2)
     learner = build_learner(config)
-    params = {k: torch.full_like(v, float("nan")) if k == "0.weight" else v for k, v in learner.initial_params().items()}
+    params = {
+        k: torch.full_like(v, float("nan")) if k == "0.weight" else v for k, v in learner.initial_params().items()
+    }
     executor = faulty_executor(config)
     try:
-        with pytest.raises(NonFiniteUpdate, match=r"step 0 from worker (0, task indices \[0, 1, 2, 3\]|1, task indices \[4, 5, 6\])"):
+        with pytest.raises(
+            NonFiniteUpdate, match=r"step 0 from worker (0, task indices \[0, 1, 2, 3\]|1, task indices \[4, 5, 6\])"
+        ):
             executor.compute(params, 0, range(7))
     finally:
         executor.close()
@@ -131,10 +148,17 @@ def test_nonfinite_contribution_names_worker_and_tasks(ray_session, tmp_path):
 def test_float32_runs_are_bit_identical_locally_on_1_2_3_workers_and_through_worker_kills(ray_session, tmp_path):
     """The meta-batch sum is one fixed computation (blocks of task indices added in order), so float32
     parameters after 200 steps are torch.equal whatever ran them."""
+
     def config(**runtime):
         cfg = tiny(tmp_path, "maml", **runtime).model_dump(mode="json")
-        cfg["train"] |= {"steps": 200, "meta_batch": 12, "task_block": 4, "log_every": 100, "checkpoint_every": 100,
-                         "dtype": "float32"}
+        cfg["train"] |= {
+            "steps": 200,
+            "meta_batch": 12,
+            "task_block": 4,
+            "log_every": 100,
+            "checkpoint_every": 100,
+            "dtype": "float32",
+        }
         return as_config(cfg)
 
     reference = final_params(config(backend="local"))

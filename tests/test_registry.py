@@ -1,5 +1,6 @@
 """The algorithm registry is the one list of algorithms: every entry trains and reports what it declares,
 and a new algorithm is a registry entry plus a `contribute`."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,7 +23,15 @@ from metaserve.tasks.sinusoid import Sinusoid
 from metaserve.tuning.spec import TUNE_METRICS, parse_sweep, reported_metrics
 
 TIMING = {"worker_time", "comm_time", "learner_time", "step_time", "tasks_per_s"}
-TRAIN = {"steps": 2, "meta_batch": 2, "log_every": 2, "checkpoint_every": 2, "val_tasks": 2, "dtype": "float64", "device": "cpu"}
+TRAIN = {
+    "steps": 2,
+    "meta_batch": 2,
+    "log_every": 2,
+    "checkpoint_every": 2,
+    "val_tasks": 2,
+    "dtype": "float64",
+    "device": "cpu",
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +51,36 @@ def tiny(name: str, out: Path, image_root: Path) -> dict:
     """The smallest config an entry can train on: sinusoid (families) for regression, images otherwise."""
     entry = registry.entry(name)
     if "regression" in entry.tasks:
-        task = {"name": "sinusoid-families" if entry.learns_from == "families" else "sinusoid", "shots": 3, "query": 3,
-                "tasks_per_family": 2}
+        task = {
+            "name": "sinusoid-families" if entry.learns_from == "families" else "sinusoid",
+            "shots": 3,
+            "query": 3,
+            "tasks_per_family": 2,
+        }
         model = {"name": "mlp", "hidden": [8]}
     else:
         split = {"sources": ["images"]}
-        task = {"name": "image-folder", "root": str(image_root), "ways": 2, "shots": 1, "query": 1, "image_size": 16,
-                "cache_dir": str(image_root / "cache"), "train": split, "test": split}
+        task = {
+            "name": "image-folder",
+            "root": str(image_root),
+            "ways": 2,
+            "shots": 1,
+            "query": 1,
+            "image_size": 16,
+            "cache_dir": str(image_root / "cache"),
+            "train": split,
+            "test": split,
+        }
         model = {"name": "conv4", "hidden": 4}
-    return {"name": name, "output_dir": str(out), "task": task, "model": model, "algorithm": {"name": name},
-            "train": TRAIN, "eval": {"episodes": 2}}
+    return {
+        "name": name,
+        "output_dir": str(out),
+        "task": task,
+        "model": model,
+        "algorithm": {"name": name},
+        "train": TRAIN,
+        "eval": {"episodes": 2},
+    }
 
 
 @pytest.mark.parametrize("name", registry.names())
@@ -90,9 +119,13 @@ class QueryGradient(Algorithm):
         return params
 
 
-TOY = AlgorithmEntry("toy-query-gradient", QueryGradientConfig,
-                     lambda cfg, model, task, vectorize: QueryGradient(model, task_kind(task), scale=cfg.scale, vectorize=vectorize),
-                     evaluation="closed-form", reports_pre=False)
+TOY = AlgorithmEntry(
+    "toy-query-gradient",
+    QueryGradientConfig,
+    lambda cfg, model, task, vectorize: QueryGradient(model, task_kind(task), scale=cfg.scale, vectorize=vectorize),
+    evaluation="closed-form",
+    reports_pre=False,
+)
 
 
 @pytest.fixture
@@ -101,9 +134,16 @@ def toy(monkeypatch):
 
 
 def test_a_toy_algorithm_trains_evaluates_and_is_validated_in_sweeps(toy, tmp_path):
-    data = {"name": "toy", "seed": 4, "output_dir": str(tmp_path), "task": {"name": "sinusoid", "shots": 4, "query": 5},
-            "model": {"name": "mlp", "hidden": [6]}, "algorithm": {"name": TOY.name, "scale": 2.0, "outer": {"optimizer": "sgd", "lr": 0.1}},
-            "train": {**TRAIN, "steps": 1, "log_every": 1, "checkpoint_every": 1, "meta_batch": 3}, "eval": {"episodes": 4}}
+    data = {
+        "name": "toy",
+        "seed": 4,
+        "output_dir": str(tmp_path),
+        "task": {"name": "sinusoid", "shots": 4, "query": 5},
+        "model": {"name": "mlp", "hidden": [6]},
+        "algorithm": {"name": TOY.name, "scale": 2.0, "outer": {"optimizer": "sgd", "lr": 0.1}},
+        "train": {**TRAIN, "steps": 1, "log_every": 1, "checkpoint_every": 1, "meta_batch": 3},
+        "eval": {"episodes": 4},
+    }
     config = as_config(data)
     result = train_loop(config)
     # one SGD step on 2 * the mean query-loss gradient, computed here with autograd on the tasks themselves
@@ -111,19 +151,31 @@ def test_a_toy_algorithm_trains_evaluates_and_is_validated_in_sweeps(toy, tmp_pa
     model = MLP(1, 1, (6,)).double()
     theta = {k: v.detach().clone() for k, v in model.named_parameters()}
     tasks = [Sinusoid(shots=4, query=5).sample(4, 0, i, None, "train").to("cpu", torch.float64) for i in range(3)]
-    grads = [torch.autograd.grad(((functional_call(model, {k: v.requires_grad_(True) for k, v in theta.items()}, t.query_x)
-                                   - t.query_y) ** 2).mean(), list(theta.values())) for t in tasks]
+    grads = [
+        torch.autograd.grad(
+            (
+                (functional_call(model, {k: v.requires_grad_(True) for k, v in theta.items()}, t.query_x) - t.query_y)
+                ** 2
+            ).mean(),
+            list(theta.values()),
+        )
+        for t in tasks
+    ]
     want = {k: theta[k] - 0.1 * 2.0 * sum(g[j] for g in grads) / 3 for j, k in enumerate(theta)}
     for k in want:
         torch.testing.assert_close(result.params[k], want[k], rtol=1e-10, atol=1e-12)
     assert result.test is not None and result.test.metric == "mse" and len(result.test.curve) == 1
     # sweep validation knows its keys and the metrics it reports
     base = {"toy": {"inline": data}}
-    assert parse_sweep({"name": "s", "base": base, "space": {"algorithm.scale": {"grid": [1.0, 3.0]}}, "metric": "val_loss"}, tmp_path)
+    assert parse_sweep(
+        {"name": "s", "base": base, "space": {"algorithm.scale": {"grid": [1.0, 3.0]}}, "metric": "val_loss"}, tmp_path
+    )
     with pytest.raises(ConfigError, match="algorithm.scale=-1.0"):
         parse_sweep({"name": "s", "base": base, "space": {"algorithm.scale": {"grid": [-1.0]}}}, tmp_path)
     with pytest.raises(ConfigError, match="'loss_pre' is never reported"):
-        parse_sweep({"name": "s", "base": base, "space": {"algorithm.scale": {"grid": [1.0]}}, "metric": "loss_pre"}, tmp_path)
+        parse_sweep(
+            {"name": "s", "base": base, "space": {"algorithm.scale": {"grid": [1.0]}}, "metric": "loss_pre"}, tmp_path
+        )
 
 
 def test_unknown_algorithm_lists_the_registered_ones():

@@ -4,6 +4,7 @@ Log scale when a panel's values span > 1e3, legends with hyperparameter names, C
 ticks, one metric name, the run's own test.json in the summary, and the sinusoid fit plot (Finn et al.
 Fig. 2) checked against a hand SGD step and a least-squares fit of the true curve.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,10 +22,15 @@ from metaserve.runtime.loop import train_loop
 from metaserve.store.checkpoint import latest_good_state
 from metaserve.store.metrics import write_metrics
 
-CFG = {"name": "rd", "seed": 3, "task": {"name": "sinusoid", "shots": 5, "query": 5}, "model": {"name": "mlp", "hidden": [8, 8]},
-       "algorithm": {"name": "maml", "inner_lr": 0.02, "inner_steps": 1, "eval_inner_steps": 2},
-       "train": {"steps": 4, "meta_batch": 2, "log_every": 2, "checkpoint_every": 2, "val_tasks": 3, "dtype": "float64"},
-       "eval": {"episodes": 5}}
+CFG = {
+    "name": "rd",
+    "seed": 3,
+    "task": {"name": "sinusoid", "shots": 5, "query": 5},
+    "model": {"name": "mlp", "hidden": [8, 8]},
+    "algorithm": {"name": "maml", "inner_lr": 0.02, "inner_steps": 1, "eval_inner_steps": 2},
+    "train": {"steps": 4, "meta_batch": 2, "log_every": 2, "checkpoint_every": 2, "val_tasks": 3, "dtype": "float64"},
+    "eval": {"episodes": 5},
+}
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +69,20 @@ def test_run_report_regenerates_pngs_with_bands_names_and_test_json(run_dir):
     config = as_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
     learner, dist = build_learner(config), build_distribution(config)
     init = learner.initial_params()
-    losses = torch.stack([torch.mean((learner.algorithm.predict(init, t.query_x) - t.query_y) ** 2)
-                          for t in (dist.sample(config.seed, 0, i, None, "test").to("cpu", torch.float64) for i in range(6))])
+    losses = torch.stack(
+        [
+            torch.mean((learner.algorithm.predict(init, t.query_x) - t.query_y) ** 2)
+            for t in (dist.sample(config.seed, 0, i, None, "test").to("cpu", torch.float64) for i in range(6))
+        ]
+    )
     half = 1.96 * losses.std(unbiased=True).item() / np.sqrt(6)
     assert (band["high"] - band["low"]).iloc[0] / 2 == pytest.approx(half, rel=1e-9)
     summary = (run_dir / "report" / "summary.md").read_text()
     test = yaml.safe_load((run_dir / "test.json").read_text())
-    assert f"Meta-test MSE: {test['mean']:.4f} +- {test['ci95']:.4f} (95% CI) over 5 episodes (the run's test.json)" in summary
+    assert (
+        f"Meta-test MSE: {test['mean']:.4f} +- {test['ci95']:.4f} (95% CI) over 5 episodes (the run's test.json)"
+        in summary
+    )
     assert summary.count("Meta-test") == 1 and "meta-test mse" not in summary  # one line, no repeated prefix
 
 
@@ -100,13 +113,19 @@ def test_sinusoid_fit_is_the_true_curve_and_sgd_steps(run_dir):
     sx = torch.tensor(support["x"].to_numpy())[:, None]
     sy = torch.tensor(support["y"].to_numpy())[:, None]
     grid = torch.tensor(true["x"].to_numpy())[:, None]
-    np.testing.assert_allclose(data[data["line"] == "after 0 steps"]["y"], learner.algorithm.predict(params, grid)[:, 0].detach(), rtol=1e-5)
+    np.testing.assert_allclose(
+        data[data["line"] == "after 0 steps"]["y"], learner.algorithm.predict(params, grid)[:, 0].detach(), rtol=1e-5
+    )
     leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     loss = torch.mean((learner.algorithm.predict(leaves, sx) - sy) ** 2)
     grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
     stepped = {k: params[k] - 0.02 * grads[k] for k in params}
-    np.testing.assert_allclose(data[data["line"] == "after 1 step"]["y"], learner.algorithm.predict(stepped, grid)[:, 0].detach(),
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        data[data["line"] == "after 1 step"]["y"],
+        learner.algorithm.predict(stepped, grid)[:, 0].detach(),
+        rtol=1e-4,
+        atol=1e-6,
+    )
     assert len(data[data["line"] == "after 10 steps"]) == len(true)
 
 
@@ -118,13 +137,27 @@ def test_sweep_curves_legends_name_hyperparameters_and_a_diverged_trial_goes_log
         write_metrics(d, [{"step": 2, "val_loss": 1.0}, {"step": 4, "val_loss": last}])
         runs.append((lr, d, last))
     base = {**CFG, "output_dir": str(tmp_path)}
-    spec = {"name": "s", "base": {"b": {"inline": base}}, "space": {"algorithm.inner_lr": {"grid": [0.01, 0.1]}}, "metric": "val_loss"}
+    spec = {
+        "name": "s",
+        "base": {"b": {"inline": base}},
+        "space": {"algorithm.inner_lr": {"grid": [0.01, 0.1]}},
+        "metric": "val_loss",
+    }
     sweep_dir = tmp_path / "sweep"
     sweep_dir.mkdir()
     (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(spec))
-    pd.DataFrame({"trial_id": ["2adcd_00000", "2adcd_00001"], "base": "b", "algorithm.inner_lr": [r[0] for r in runs],
-                  "val_loss_last": [r[2] for r in runs], "val_loss_best": [1.0, 1.0], "training_iteration": 2,
-                  "status": "TERMINATED", "run_dir": [str(r[1]) for r in runs]}).to_parquet(sweep_dir / "results.parquet")
+    pd.DataFrame(
+        {
+            "trial_id": ["2adcd_00000", "2adcd_00001"],
+            "base": "b",
+            "algorithm.inner_lr": [r[0] for r in runs],
+            "val_loss_last": [r[2] for r in runs],
+            "val_loss_best": [1.0, 1.0],
+            "training_iteration": 2,
+            "status": "TERMINATED",
+            "run_dir": [str(r[1]) for r in runs],
+        }
+    ).to_parquet(sweep_dir / "results.parquet")
     report(sweep_dir)
     curves = pd.read_csv(sweep_dir / "report" / "sweep_curves.csv")
     assert set(curves["line"]) == {"inner_lr=0.01", "inner_lr=0.1"}  # not the trial ids

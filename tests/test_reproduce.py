@@ -1,6 +1,7 @@
 """configs/paper and benchmarks/reproduce.py: every protocol config validates and cites its source; the
 full-Omniglot configs run end to end on a synthetic stand-in with the official zips' layout; the
 runner's table row holds its fields, and its MSE is the one a hand-written MAML adaptation gives."""
+
 from __future__ import annotations
 
 import csv
@@ -16,11 +17,12 @@ import torch
 from PIL import Image
 
 from benchmarks import reproduce
-from conftest import ROOT
 from metaserve.api import as_config, load
 from metaserve.config import SinusoidTaskConfig, load_config
 from metaserve.runtime.loop import train_loop
 from metaserve.tasks import make_distribution
+
+from conftest import ROOT
 
 PAPER = sorted((ROOT / "configs" / "paper").glob("*.yaml"))
 FULL = [p for p in PAPER if p.name.startswith("omniglot-full")]
@@ -40,7 +42,9 @@ def test_paper_config_validates_and_cites_its_source(path: Path) -> None:
     config = load_config(path)
     comment = "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
     assert config.name == path.stem
-    assert re.search(r"(19|20)\d\d", comment) and any(w in comment for w in ("Table", "section", "Fig.")), "no paper cited"
+    assert re.search(r"(19|20)\d\d", comment) and any(w in comment for w in ("Table", "section", "Fig.")), (
+        "no paper cited"
+    )
     published, source = reproduce.PUBLISHED[path.stem]
     assert source and (published is None or published > 0)
     if config.task.name == "omniglot":
@@ -55,7 +59,7 @@ def _png(rng: np.random.Generator) -> bytes:
     pixels = np.ones((105, 105), bool)
     for _ in range(3):
         r, c = rng.integers(10, 95, size=2)
-        pixels[r - 4:r + 4, max(c - 30, 0):c + 30] = False
+        pixels[r - 4 : r + 4, max(c - 30, 0) : c + 30] = False
     out = BytesIO()
     Image.fromarray(pixels).convert("1").save(out, format="PNG")
     return out.getvalue()
@@ -77,12 +81,25 @@ def official_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("path", FULL, ids=lambda p: p.stem)
-def test_full_protocol_config_runs_end_to_end_on_the_official_layout(path: Path, official_layout: Path,
-                                                                      tmp_path: Path) -> None:
-    config = as_config(path, [f"task.root={official_layout}", f"task.cache_dir={tmp_path / 'cache'}",
-                              f"output_dir={tmp_path}", "model.hidden=4", "train.steps=1", "train.meta_batch=1",
-                              "train.log_every=1", "train.checkpoint_every=1", "train.val_tasks=0",
-                              "eval.episodes=2", "train.device=cpu"])
+def test_full_protocol_config_runs_end_to_end_on_the_official_layout(
+    path: Path, official_layout: Path, tmp_path: Path
+) -> None:
+    config = as_config(
+        path,
+        [
+            f"task.root={official_layout}",
+            f"task.cache_dir={tmp_path / 'cache'}",
+            f"output_dir={tmp_path}",
+            "model.hidden=4",
+            "train.steps=1",
+            "train.meta_batch=1",
+            "train.log_every=1",
+            "train.checkpoint_every=1",
+            "train.val_tasks=0",
+            "eval.episodes=2",
+            "train.device=cpu",
+        ],
+    )
     result = train_loop(config, tensorboard=False)
     assert result.test.metric == "acc" and result.test.episodes == 2 and math.isfinite(result.metrics["loss"])
 
@@ -95,9 +112,14 @@ def _mlp(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
 
 def test_runner_row_holds_the_fields_and_the_hand_computed_mse(tmp_path: Path) -> None:
     row = reproduce.run_entry("sinusoid-maml-k5", max_steps=3, episodes=8, output_dir=tmp_path / "runs")
-    assert {"method": "maml", "benchmark": "sinusoid K=5", "steps": 3, "paper_steps": 70000, "stopped_short": True,
-            "published": 1.13} == {k: row[k] for k in ("method", "benchmark", "steps", "paper_steps", "stopped_short",
-                                                       "published")}
+    assert {k: row[k] for k in ("method", "benchmark", "steps", "paper_steps", "stopped_short", "published")} == {
+        "method": "maml",
+        "benchmark": "sinusoid K=5",
+        "steps": 3,
+        "paper_steps": 70000,
+        "stopped_short": True,
+        "published": 1.13,
+    }
     assert "Meta-SGD" in row["source"] and row["protocol"] and row["wall_s"] > 0 and row["status"] == "ok"
     assert row["metric"] == "mse after 10 steps" and row["result"] == row["result_10_steps"]
 
@@ -124,13 +146,17 @@ def test_runner_row_holds_the_fields_and_the_hand_computed_mse(tmp_path: Path) -
     assert len(markdown) == 4 and "| sinusoid-maml-k5 | maml | sinusoid K=5 |" in markdown[2]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["no-such-entry"], "unknown configs/paper entry 'no-such-entry'; choose from: sinusoid-fomaml-k10"),
-    (["sinusoid-maml-k5", "--max-steps", "0"], "--max-steps=0 must be positive"),
-    ([], "name at least one configs/paper entry or pass --cpu-set"),
-])
-def test_bad_input_is_refused_before_any_work(argv: list[str], message: str, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["no-such-entry"], "unknown configs/paper entry 'no-such-entry'; choose from: sinusoid-fomaml-k10"),
+        (["sinusoid-maml-k5", "--max-steps", "0"], "--max-steps=0 must be positive"),
+        ([], "name at least one configs/paper entry or pass --cpu-set"),
+    ],
+)
+def test_bad_input_is_refused_before_any_work(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     table = tmp_path / "reproduce.csv"
     with pytest.raises(SystemExit):
         reproduce.main([*argv, "--table", str(table)])

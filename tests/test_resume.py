@@ -1,6 +1,7 @@
 """Resume semantics a user relies on: a resumed run keeps its config, an extension of train.steps is
 recorded (not a rewrite of config.yaml) and lands on the parameters of an uninterrupted run, and
 --restart starts over in a new folder leaving the old one as it was."""
+
 from __future__ import annotations
 
 import hashlib
@@ -18,10 +19,14 @@ from metaserve.runtime.loop import train_loop
 from metaserve.store.checkpoint import latest_good_state
 from metaserve.store.rundir import read_run_config
 
-TINY = {"name": "tiny", "task": {"name": "sinusoid", "shots": 5, "query": 5}, "model": {"name": "mlp", "hidden": [8]},
-        "algorithm": {"name": "maml", "inner_lr": 0.01, "inner_steps": 1},
-        "train": {"steps": 4, "meta_batch": 2, "log_every": 2, "checkpoint_every": 2, "val_tasks": 0},
-        "eval": {"episodes": 2}}
+TINY = {
+    "name": "tiny",
+    "task": {"name": "sinusoid", "shots": 5, "query": 5},
+    "model": {"name": "mlp", "hidden": [8]},
+    "algorithm": {"name": "maml", "inner_lr": 0.01, "inner_steps": 1},
+    "train": {"steps": 4, "meta_batch": 2, "log_every": 2, "checkpoint_every": 2, "val_tasks": 0},
+    "eval": {"episodes": 2},
+}
 
 
 def _digest(path) -> str:

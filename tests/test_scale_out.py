@@ -7,6 +7,7 @@ the module, submit as a user would, and stop exactly those nodes afterwards, che
 their processes is left. The rest of the suite's embedded Ray is never touched, and RAY_ADDRESS is
 neither read nor set.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -33,9 +34,24 @@ from metaserve.store.checkpoint import latest_good_state, list_checkpoints
 from metaserve.store.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--set", "train.steps=4", "--set", "train.log_every=2", "--set", "train.checkpoint_every=2",
-        "--set", "train.meta_batch=4", "--set", "train.val_tasks=2", "--set", "eval.episodes=4",
-        "--set", "train.device=cpu", "--set", "model.hidden=[8]"]
+TINY = [
+    "--set",
+    "train.steps=4",
+    "--set",
+    "train.log_every=2",
+    "--set",
+    "train.checkpoint_every=2",
+    "--set",
+    "train.meta_batch=4",
+    "--set",
+    "train.val_tasks=2",
+    "--set",
+    "eval.episodes=4",
+    "--set",
+    "train.device=cpu",
+    "--set",
+    "model.hidden=[8]",
+]
 
 
 def _load_local_cluster():
@@ -78,14 +94,18 @@ def test_ray_cluster_yaml_is_valid_and_private():
     validate_config(config)  # what `ray up` checks before it contacts the cloud
     head = " ".join(config["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in yaml.safe_dump(config)
-    assert all("RAY_AUTH_MODE=token" in " ".join(config[k]) for k in ("head_start_ray_commands", "worker_start_ray_commands"))
+    assert all(
+        "RAY_AUTH_MODE=token" in " ".join(config[k]) for k in ("head_start_ray_commands", "worker_start_ray_commands")
+    )
     assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"  # every node gets the token
     types = config["available_node_types"]
     gpu = [t for t in types.values() if t["resources"].get("GPU")]
     assert gpu and all(t["min_workers"] <= t["max_workers"] for t in gpu)
     assert types[config["head_node_type"]]["resources"] == {"CPU": 0}
     version = pyproject("version")
-    assert config["docker"]["image"].endswith(f":{version}-gpu") and config["docker"]["head_image"].endswith(f":{version}-cpu")
+    assert config["docker"]["image"].endswith(f":{version}-gpu") and config["docker"]["head_image"].endswith(
+        f":{version}-cpu"
+    )
 
 
 def test_dockerfile_versions_agree_with_pyproject():
@@ -111,52 +131,91 @@ def test_submit_pins_results_and_data_paths(tmp_path):
     plan = prepare(["train", "configs/omniglot-maml-5w1s.yaml", "--set", "train.steps=3"], ROOT, ROOT, None)
     assert plan.argv[:2] == ["train", "configs/omniglot-maml-5w1s.yaml"]  # shipped: relative to the job's directory
     assert plan.results == str(ROOT / "runs")
-    assert f"output_dir={ROOT / 'runs'}" in plan.argv and f"task.root={(ROOT / '../shared/data/omniglot').resolve()}" in plan.argv
+    assert (
+        f"output_dir={ROOT / 'runs'}" in plan.argv
+        and f"task.root={(ROOT / '../shared/data/omniglot').resolve()}" in plan.argv
+    )
     assert any("runtime.backend is 'local'" in n for n in plan.notes)
     uri = prepare(["train", "configs/sinusoid-maml-ray.yaml"], ROOT, ROOT, "s3://bucket/runs")
     assert uri.argv[-2:] == ["--set", "output_dir=s3://bucket/runs"] and not uri.notes
     # From a subdirectory, the config is named relative to the shipped working directory.
-    assert prepare(["train", "../configs/sinusoid-maml.yaml"], ROOT / "tests", ROOT, None).argv[1] == "configs/sinusoid-maml.yaml"
+    assert (
+        prepare(["train", "../configs/sinusoid-maml.yaml"], ROOT / "tests", ROOT, None).argv[1]
+        == "configs/sinusoid-maml.yaml"
+    )
     resumed = prepare(["train", "--resume", "runs/x"], ROOT, ROOT, None)
-    assert resumed.argv == ["train", "--resume", str(ROOT / "runs" / "x")] and resumed.results == str(ROOT / "runs" / "x")
+    assert resumed.argv == ["train", "--resume", str(ROOT / "runs" / "x")] and resumed.results == str(
+        ROOT / "runs" / "x"
+    )
     sweep = prepare(["tune", "tuning/maml-reptile-lr-k.yaml"], ROOT, ROOT, str(tmp_path))
     assert sweep.argv[-2:] == ["--set", f"storage={tmp_path}"]
     for odd in ("/tmp/a: b", "/tmp/#x", "true", "/tmp/[1]"):
         assert yaml.safe_load(yaml_scalar(odd)) == odd
 
 
-@pytest.mark.parametrize("argv, storage, message", [
-    (["train", "/etc/hosts.yaml"], None, "outside the working directory"),
-    (["train", "configs/sinusoid-maml.yaml", "--set", "output_dir=x"], "y", "--storage or --set output_dir"),
-    (["train", "configs/sinusoid-maml.yaml"], "ftp://host/runs", "ftp:// is not a pyarrow filesystem"),
-    (["eval", "runs/x"], "s3://b/r", "--storage applies to train and tune"),
-    (["jobs", "list"], None, "runs here, not as a job"),
-    ([], None, "needs the command to run"),
-])
+@pytest.mark.parametrize(
+    "argv, storage, message",
+    [
+        (["train", "/etc/hosts.yaml"], None, "outside the working directory"),
+        (["train", "configs/sinusoid-maml.yaml", "--set", "output_dir=x"], "y", "--storage or --set output_dir"),
+        (["train", "configs/sinusoid-maml.yaml"], "ftp://host/runs", "ftp:// is not a pyarrow filesystem"),
+        (["eval", "runs/x"], "s3://b/r", "--storage applies to train and tune"),
+        (["jobs", "list"], None, "runs here, not as a job"),
+        ([], None, "needs the command to run"),
+    ],
+)
 def test_submit_rejects_bad_commands_before_contacting_a_cluster(argv, storage, message, capsys):
-    code = main(["submit", "--address", f"http://127.0.0.1:{free_port()}", *(["--storage", storage] if storage else []),
-                 "--", "metaserve", *argv])
+    code = main(
+        [
+            "submit",
+            "--address",
+            f"http://127.0.0.1:{free_port()}",
+            *(["--storage", storage] if storage else []),
+            "--",
+            "metaserve",
+            *argv,
+        ]
+    )
     assert code == 2 and message in capsys.readouterr().err
 
 
 def test_submit_validates_the_run_config_first(capsys):
-    assert main(["submit", "--dry-run", "--", "metaserve", "train", "configs/sinusoid-maml.yaml", "--set", "train.stepz=3"]) == 2
+    assert (
+        main(
+            ["submit", "--dry-run", "--", "metaserve", "train", "configs/sinusoid-maml.yaml", "--set", "train.stepz=3"]
+        )
+        == 2
+    )
     assert "unknown config key 'train.stepz'" in capsys.readouterr().err
 
 
 def test_job_specs_submit_valid_commands():
-    names = subprocess.run(["bash", str(ROOT / "cluster" / "experiments.sh"), "--list"], capture_output=True, text=True,
-                           check=True).stdout.split()
+    names = subprocess.run(
+        ["bash", str(ROOT / "cluster" / "experiments.sh"), "--list"], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert {p.stem for p in (ROOT / "configs").glob("*.yaml")} & set(names) >= {
-        "sinusoid-maml", "sinusoid-maml-ray", "sinusoid-reptile", "sinusoid-lazy-maml", "omniglot-maml-5w1s", "omniglot-protonet-5w1s"}
+        "sinusoid-maml",
+        "sinusoid-maml-ray",
+        "sinusoid-reptile",
+        "sinusoid-lazy-maml",
+        "omniglot-maml-5w1s",
+        "omniglot-protonet-5w1s",
+    }
     for name in names:
-        line = subprocess.run(["bash", str(ROOT / "cluster" / "experiments.sh"), name, "--print"], capture_output=True,
-                              text=True, check=True, env={**clean_env(), "WORKERS": "3"}).stdout
+        line = subprocess.run(
+            ["bash", str(ROOT / "cluster" / "experiments.sh"), name, "--print"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**clean_env(), "WORKERS": "3"},
+        ).stdout
         argv = shlex.split(line)
         assert argv[0] == "metaserve"
         plan = prepare(argv[1:], ROOT, ROOT, None)  # validates the config or sweep spec it names
         if argv[1] == "train":
-            assert "runtime.backend=ray" in argv and "runtime.num_workers=3" in argv and plan.results == str(ROOT / "runs")
+            assert (
+                "runtime.backend=ray" in argv and "runtime.num_workers=3" in argv and plan.results == str(ROOT / "runs")
+            )
 
 
 def test_address_resolution(monkeypatch):
@@ -173,8 +232,10 @@ def test_address_resolution(monkeypatch):
 
 
 def test_run_directories_are_read_from_the_logs():
-    logs = ("run directory: s3://b/runs/x-1 (staged in /c/x-1)\nstep 2/4 | loss 1.0\nrun directory: /c/x-1\n"
-            "run directory: /r/y (resumed at step 10)\nsweep directory: /r/sweeps/s-1\n")
+    logs = (
+        "run directory: s3://b/runs/x-1 (staged in /c/x-1)\nstep 2/4 | loss 1.0\nrun directory: /c/x-1\n"
+        "run directory: /r/y (resumed at step 10)\nsweep directory: /r/sweeps/s-1\n"
+    )
     assert jobs.run_dirs_in(logs) == ["s3://b/runs/x-1 (staged in /c/x-1)", "/r/y", "/r/sweeps/s-1"]
 
 
@@ -198,18 +259,44 @@ def test_uri_output_dir_mirrors_the_run(tmp_path, monkeypatch):
 
     monkeypatch.setenv("METASERVE_CACHE", str(tmp_path / "cache"))
     uri = (tmp_path / "bucket").as_uri() + "/runs"
-    config = as_config({"name": "uri", "output_dir": uri, "model": {"hidden": [8]}, "eval": {"episodes": 4},
-                        "train": {"steps": 6, "meta_batch": 2, "log_every": 2, "checkpoint_every": 2, "keep_checkpoints": 2,
-                                  "val_tasks": 2, "device": "cpu"}})
+    config = as_config(
+        {
+            "name": "uri",
+            "output_dir": uri,
+            "model": {"hidden": [8]},
+            "eval": {"episodes": 4},
+            "train": {
+                "steps": 6,
+                "meta_batch": 2,
+                "log_every": 2,
+                "checkpoint_every": 2,
+                "keep_checkpoints": 2,
+                "val_tasks": 2,
+                "device": "cpu",
+            },
+        }
+    )
     result = train_loop(config)
     staged = result.run_dir
     assert staged.parent == storage.staging_root(uri)
     remote = tmp_path / "bucket" / "runs" / staged.name
     names = lambda d: sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())  # noqa: E731
     board = [n for n in names(staged) if n.startswith("tensorboard/")]
-    assert names(remote) == names(staged) == ["checkpoints/00000004/state.pt", "checkpoints/00000006/state.pt",
-                                              "config.yaml", "metrics.parquet", *board, "test.json"]  # step 2 pruned there too
-    assert len(board) == 1 and (remote / board[0]).read_bytes() == (staged / board[0]).read_bytes()  # mirrored once complete
+    assert (
+        names(remote)
+        == names(staged)
+        == [
+            "checkpoints/00000004/state.pt",
+            "checkpoints/00000006/state.pt",
+            "config.yaml",
+            "metrics.parquet",
+            *board,
+            "test.json",
+        ]
+    )  # step 2 pruned there too
+    assert (
+        len(board) == 1 and (remote / board[0]).read_bytes() == (staged / board[0]).read_bytes()
+    )  # mirrored once complete
     assert latest_good_state(remote)["step"] == 6
     assert read_metrics(remote).equals(read_metrics(staged))
     assert storage.location(staged, uri) == f"{uri}/{staged.name} (staged in {staged})"
@@ -229,15 +316,36 @@ def cluster():
     before = os.environ.get("RAY_ADDRESS")
     state_dir = Path(tempfile.mkdtemp(prefix="ms-", dir="/tmp"))  # short: Ray's socket paths are limited to 107 chars
     script = [sys.executable, str(ROOT / "cluster" / "local_cluster.py")]
-    started = subprocess.run([*script, "start", "--workers", "1", "--cpus", "1", "--port", "0", "--dashboard-port", "0",
-                              "--object-store-mb", "128", "--dir", str(state_dir)],
-                             capture_output=True, text=True, env=clean_env(), timeout=180)
+    started = subprocess.run(
+        [
+            *script,
+            "start",
+            "--workers",
+            "1",
+            "--cpus",
+            "1",
+            "--port",
+            "0",
+            "--dashboard-port",
+            "0",
+            "--object-store-mb",
+            "128",
+            "--dir",
+            str(state_dir),
+        ],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=180,
+    )
     assert started.returncode == 0, started.stdout + started.stderr
     state = json.loads((state_dir / local_cluster.STATE_FILE).read_text())
     try:
         yield state
     finally:
-        stopped = subprocess.run([*script, "stop", "--dir", str(state_dir), "--grace", "20"], capture_output=True, text=True)
+        stopped = subprocess.run(
+            [*script, "stop", "--dir", str(state_dir), "--grace", "20"], capture_output=True, text=True
+        )
         left = [pid for node in state["nodes"] for pid in local_cluster.session_members(node["pid"])]
         left += local_cluster.job_processes(state_dir)
         shutil.rmtree(state_dir, ignore_errors=True)
@@ -263,10 +371,32 @@ def test_missing_token_is_explained(cluster, tmp_path, monkeypatch, capsys):
 def test_submitted_training_run_succeeds_and_reports_its_run_directory(cluster, tmp_path, capsys):
     url, out = cluster["dashboard"], tmp_path / "runs"
     # The entry point as a user runs it, in its own process.
-    done = subprocess.run([sys.executable, "-m", "metaserve.cli", "submit", "--address", url, "--storage", str(out), "--",
-                           "metaserve", "train", "configs/sinusoid-maml-ray.yaml", *TINY, "--set", "name=e2e",
-                           "--set", "runtime.num_workers=2"],
-                          cwd=ROOT, capture_output=True, text=True, env=clean_env(), timeout=240)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "metaserve.cli",
+            "submit",
+            "--address",
+            url,
+            "--storage",
+            str(out),
+            "--",
+            "metaserve",
+            "train",
+            "configs/sinusoid-maml-ray.yaml",
+            *TINY,
+            "--set",
+            "name=e2e",
+            "--set",
+            "runtime.num_workers=2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=240,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     job_id = re.search(r"submitted job (\S+)", done.stdout).group(1)
     assert f"results: a new run directory in {out}" in done.stdout and "step 4/4" in done.stdout
@@ -287,11 +417,42 @@ def test_submitted_training_run_succeeds_and_reports_its_run_directory(cluster, 
 
 def test_jobs_stop_stops_a_long_run_and_its_last_checkpoint_loads(cluster, tmp_path, capsys):
     url, out = cluster["dashboard"], tmp_path / "runs"
-    long_run = ["--set", "train.steps=1000000", "--set", "train.log_every=5", "--set", "train.checkpoint_every=5",
-                "--set", "train.meta_batch=2", "--set", "train.val_tasks=0", "--set", "model.hidden=[8]",
-                "--set", "train.device=cpu", "--set", "name=long"]
-    assert main(["submit", "--no-wait", "--address", url, "--storage", str(out), "--",
-                 "metaserve", "train", "configs/sinusoid-maml.yaml", *long_run]) == 0
+    long_run = [
+        "--set",
+        "train.steps=1000000",
+        "--set",
+        "train.log_every=5",
+        "--set",
+        "train.checkpoint_every=5",
+        "--set",
+        "train.meta_batch=2",
+        "--set",
+        "train.val_tasks=0",
+        "--set",
+        "model.hidden=[8]",
+        "--set",
+        "train.device=cpu",
+        "--set",
+        "name=long",
+    ]
+    assert (
+        main(
+            [
+                "submit",
+                "--no-wait",
+                "--address",
+                url,
+                "--storage",
+                str(out),
+                "--",
+                "metaserve",
+                "train",
+                "configs/sinusoid-maml.yaml",
+                *long_run,
+            ]
+        )
+        == 0
+    )
     job_id = re.search(r"submitted job (\S+)", capsys.readouterr().out).group(1)
     cluster_client = jobs.connect(url)
     deadline = time.monotonic() + 120

@@ -2,6 +2,7 @@
 in-process API (`metaserve.load(run).adapt(x, y).predict(q)`) for a gradient-based, a metric and a
 family learner; concurrent requests with different supports get their own answers; every class of
 bad request gets its 4xx with a one-sentence error and the next good request still succeeds."""
+
 from __future__ import annotations
 
 import base64
@@ -39,20 +40,36 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         for i in range(3):
             Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(root / "images" / f"c{c}" / f"{i}.png")
     split = {"sources": ["images"]}
-    image = {"name": "image-folder", "root": str(root), "ways": 2, "shots": 1, "query": 1, "image_size": 16,
-             "cache_dir": str(root / "cache"), "train": split, "test": split}
+    image = {
+        "name": "image-folder",
+        "root": str(root),
+        "ways": 2,
+        "shots": 1,
+        "query": 1,
+        "image_size": 16,
+        "cache_dir": str(root / "cache"),
+        "train": split,
+        "test": split,
+    }
     sinusoid = {"name": "sinusoid", "shots": 3, "query": 3}
     configs = {
-        "maml": {"task": sinusoid, "model": {"name": "mlp", "hidden": [8]},
-                 "algorithm": {"name": "maml", "inner_lr": 0.05, "eval_inner_steps": 3}},
+        "maml": {
+            "task": sinusoid,
+            "model": {"name": "mlp", "hidden": [8]},
+            "algorithm": {"name": "maml", "inner_lr": 0.05, "eval_inner_steps": 3},
+        },
         "protonet": {"task": image, "model": {"name": "conv4", "hidden": 4}, "algorithm": {"name": "protonet"}},
-        "maltml": {"task": {**sinusoid, "name": "sinusoid-families", "tasks_per_family": 2},
-                   "model": {"name": "mlp", "hidden": [8]}, "algorithm": {"name": "maltml"}},
+        "maltml": {
+            "task": {**sinusoid, "name": "sinusoid-families", "tasks_per_family": 2},
+            "model": {"name": "mlp", "hidden": [8]},
+            "algorithm": {"name": "maltml"},
+        },
     }
     dirs = {}
     for name, cfg in configs.items():
-        config = as_config({"name": name, "output_dir": str(out / name), **cfg, "train": TRAIN,
-                            "eval": {"episodes": 2}})
+        config = as_config(
+            {"name": name, "output_dir": str(out / name), **cfg, "train": TRAIN, "eval": {"episodes": 2}}
+        )
         dirs[name] = Path(train_loop(config).run_dir)
     return dirs
 
@@ -72,8 +89,11 @@ def service(ray_session, runs):
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build([str(p) for p in runs.values()], limits=LIMITS, max_batch=16, batch_wait_ms=20),
-              name="metaserve-test", route_prefix="/")
+    serve.run(
+        build([str(p) for p in runs.values()], limits=LIMITS, max_batch=16, batch_wait_ms=20),
+        name="metaserve-test",
+        route_prefix="/",
+    )
     yield Client(f"http://127.0.0.1:{port}"), port
     serve.shutdown()
 
@@ -81,7 +101,7 @@ def service(ray_session, runs):
 def local(run: Path, sx, sy, qx, steps=None) -> torch.Tensor:
     model = metaserve.load(run)
     dt = model.learner.dtype
-    y = torch.as_tensor(sy, dtype=dt) if isinstance(sy[0], float) or isinstance(sy[0], list) else torch.as_tensor(sy)
+    y = torch.as_tensor(sy, dtype=dt) if isinstance(sy[0], (float, list)) else torch.as_tensor(sy)
     return model.adapt(torch.as_tensor(sx, dtype=dt), y, steps).predict(torch.as_tensor(qx, dtype=dt))
 
 
@@ -101,10 +121,20 @@ def test_models_are_listed_from_the_registry_and_config(service, runs):
     models = {m["id"]: m for m in client.models()}
     assert set(models) == {p.name for p in runs.values()}
     maml, proto = models[runs["maml"].name], models[runs["protonet"].name]
-    assert (maml["algorithm"], maml["task"], maml["input_shape"], maml["shots"], maml["default_steps"]) == \
-        ("maml", "sinusoid", [1], 3, 3)
-    assert (proto["algorithm"], proto["evaluation"], proto["input_shape"], proto["ways"], proto["default_steps"]) == \
-        ("protonet", "closed-form", [1, 16, 16], 2, None)
+    assert (maml["algorithm"], maml["task"], maml["input_shape"], maml["shots"], maml["default_steps"]) == (
+        "maml",
+        "sinusoid",
+        [1],
+        3,
+        3,
+    )
+    assert (proto["algorithm"], proto["evaluation"], proto["input_shape"], proto["ways"], proto["default_steps"]) == (
+        "protonet",
+        "closed-form",
+        [1, 16, 16],
+        2,
+        None,
+    )
     assert client.health()["status"] == "ok"
 
 
@@ -213,8 +243,13 @@ def test_every_bad_request_gets_a_4xx_and_the_service_keeps_serving(service, run
         assert post(port, json.dumps(good).encode())[0] == 200
     # A body too large with no Content-Length (chunked) is refused too.
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("POST", "/predict", body=iter([b"x" * 40000, b"x" * 40000]), encode_chunked=True,
-                 headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    conn.request(
+        "POST",
+        "/predict",
+        body=iter([b"x" * 40000, b"x" * 40000]),
+        encode_chunked=True,
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+    )
     resp = conn.getresponse()
     assert resp.status == 413 and "exceeds" in json.loads(resp.read())["error"]
     conn.close()
@@ -228,8 +263,11 @@ def test_per_run_layout_answers_as_the_shared_one(service, runs):
     from metaserve.serve.app import build
 
     client, port = service
-    serve.run(build([str(runs["maml"]), str(runs["protonet"])], limits=LIMITS, layout="per-run"),
-              name="per-run", route_prefix="/per-run")
+    serve.run(
+        build([str(runs["maml"]), str(runs["protonet"])], limits=LIMITS, layout="per-run"),
+        name="per-run",
+        route_prefix="/per-run",
+    )
     routed = Client(f"http://127.0.0.1:{port}/per-run")
     try:
         assert {m["id"] for m in routed.models()} == {runs["maml"].name, runs["protonet"].name}

@@ -1,5 +1,6 @@
 """Sweeps on Ray Tune: spec validation before any trial, ASHA end to end, PBT exploiting a
 checkpoint, and resuming an interrupted sweep; trials compared against plain `train_loop` runs."""
+
 from __future__ import annotations
 
 import math
@@ -13,7 +14,6 @@ import pytest
 import torch
 import yaml
 
-from faults import trainable_failing_after
 from metaserve import cli
 from metaserve.api import as_config
 from metaserve.config import ConfigError, parse_config
@@ -24,44 +24,83 @@ from metaserve.tuning import load_sweep, reported_metrics, run_sweep
 from metaserve.tuning.search import to_tune
 from metaserve.tuning.spec import TUNE_METRICS, parse_domain
 
+from faults import trainable_failing_after
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
-
-TINY = {"name": "tiny", "seed": 0, "task": {"name": "sinusoid", "shots": 5, "query": 5}, "model": {"name": "mlp", "hidden": [8, 8]},
-        "algorithm": {"name": "fomaml", "inner_lr": 0.02, "inner_steps": 1, "outer": {"optimizer": "adam", "lr": 0.001}},
-        "train": {"steps": 8, "meta_batch": 4, "log_every": 2, "checkpoint_every": 2, "val_tasks": 4, "dtype": "float64", "device": "cpu"},
-        "eval": {"episodes": 8}}
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "task": {"name": "sinusoid", "shots": 5, "query": 5},
+    "model": {"name": "mlp", "hidden": [8, 8]},
+    "algorithm": {"name": "fomaml", "inner_lr": 0.02, "inner_steps": 1, "outer": {"optimizer": "adam", "lr": 0.001}},
+    "train": {
+        "steps": 8,
+        "meta_batch": 4,
+        "log_every": 2,
+        "checkpoint_every": 2,
+        "val_tasks": 4,
+        "dtype": "float64",
+        "device": "cpu",
+    },
+    "eval": {"episodes": 8},
+}
 
 
 def write_spec(tmp_path: Path, base_config: dict | None = None, **spec) -> Path:
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base_config or TINY))
-    data = {"name": "t", "base": "base.yaml", "space": {"algorithm.inner_lr": {"grid": [0.01, 0.05]}},
-            "metric": "val_loss", "storage": str(tmp_path / "sweeps"), **spec}
+    data = {
+        "name": "t",
+        "base": "base.yaml",
+        "space": {"algorithm.inner_lr": {"grid": [0.01, 0.05]}},
+        "metric": "val_loss",
+        "storage": str(tmp_path / "sweeps"),
+        **spec,
+    }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
 
 
 # --- a bad spec fails before any trial ------------------------------------------------------------
-@pytest.mark.parametrize("spec, words", [
-    ({"spaces": {}}, ["unknown sweep key 'spaces'", "known keys here", "space"]),
-    ({"scheduler": {"name": "asha", "grace": 1}}, ["unknown sweep key 'scheduler.grace'", "grace_period"]),
-    ({"space": {}}, ["space is empty"]),
-    ({"space": {"algorithm.inner_lr": {"grid": []}}}, ["'algorithm.inner_lr'", "grid=[] is empty"]),
-    ({"space": {"algorithm.inner_lr": {"uniform": [0.1, 0.01]}}}, ["empty range"]),
-    ({"space": {"algorithm.inner_lr": {"normal": [0, 1]}}}, ["not a domain", "loguniform"]),
-    ({"space": {"algorithm.inner_lrr": {"choice": [0.1]}}}, ["unknown config key 'algorithm.inner_lrr'", "inner_lr"]),
-    ({"space": {"algorithm.inner_steps": {"grid": [1, 0]}}}, ["algorithm.inner_steps=0", "greater than or equal to 1"]),
-    ({"metric": "val_acc"}, ["metric 'val_acc' is never reported", "val_loss"]),
-    ({"metric": "omega_amplitude_high"}, ["never reported"]),  # no teacher, no omega
-    ({"scheduler": {"name": "pbt", "perturbation_interval": 1, "mutations": {"algorithm.inner_lr": {"uniform": [0.01, 0.1]}}}},
-     None),  # aligned: valid
-    ({"scheduler": {"name": "pbt", "perturbation_interval": 1}}, ["needs scheduler.mutations"]),
-    ({"scheduler": {"name": "fifo", "grace_period": 2}}, ["scheduler.grace_period applies to scheduler.name='asha'"]),
-    ({"base": "missing.yaml"}, ["'missing.yaml' not found"]),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ({"spaces": {}}, ["unknown sweep key 'spaces'", "known keys here", "space"]),
+        ({"scheduler": {"name": "asha", "grace": 1}}, ["unknown sweep key 'scheduler.grace'", "grace_period"]),
+        ({"space": {}}, ["space is empty"]),
+        ({"space": {"algorithm.inner_lr": {"grid": []}}}, ["'algorithm.inner_lr'", "grid=[] is empty"]),
+        ({"space": {"algorithm.inner_lr": {"uniform": [0.1, 0.01]}}}, ["empty range"]),
+        ({"space": {"algorithm.inner_lr": {"normal": [0, 1]}}}, ["not a domain", "loguniform"]),
+        (
+            {"space": {"algorithm.inner_lrr": {"choice": [0.1]}}},
+            ["unknown config key 'algorithm.inner_lrr'", "inner_lr"],
+        ),
+        (
+            {"space": {"algorithm.inner_steps": {"grid": [1, 0]}}},
+            ["algorithm.inner_steps=0", "greater than or equal to 1"],
+        ),
+        ({"metric": "val_acc"}, ["metric 'val_acc' is never reported", "val_loss"]),
+        ({"metric": "omega_amplitude_high"}, ["never reported"]),  # no teacher, no omega
+        (
+            {
+                "scheduler": {
+                    "name": "pbt",
+                    "perturbation_interval": 1,
+                    "mutations": {"algorithm.inner_lr": {"uniform": [0.01, 0.1]}},
+                }
+            },
+            None,
+        ),  # aligned: valid
+        ({"scheduler": {"name": "pbt", "perturbation_interval": 1}}, ["needs scheduler.mutations"]),
+        (
+            {"scheduler": {"name": "fifo", "grace_period": 2}},
+            ["scheduler.grace_period applies to scheduler.name='asha'"],
+        ),
+        ({"base": "missing.yaml"}, ["'missing.yaml' not found"]),
+    ],
+)
 def test_bad_spec_is_rejected_with_a_sentence(tmp_path, spec, words):
     path = write_spec(tmp_path, **spec)
     if words is None:
@@ -75,8 +114,15 @@ def test_bad_spec_is_rejected_with_a_sentence(tmp_path, spec, words):
 
 def test_pbt_interval_must_land_on_checkpoints(tmp_path):
     base = {**TINY, "train": {**TINY["train"], "checkpoint_every": 4}}
-    path = write_spec(tmp_path, base, scheduler={"name": "pbt", "perturbation_interval": 1,
-                                                 "mutations": {"algorithm.inner_lr": {"uniform": [0.01, 0.1]}}})
+    path = write_spec(
+        tmp_path,
+        base,
+        scheduler={
+            "name": "pbt",
+            "perturbation_interval": 1,
+            "mutations": {"algorithm.inner_lr": {"uniform": [0.01, 0.1]}},
+        },
+    )
     with pytest.raises(ConfigError, match="not a multiple of train.checkpoint_every=4"):
         load_sweep(path)
 
@@ -84,7 +130,9 @@ def test_pbt_interval_must_land_on_checkpoints(tmp_path):
 def test_cli_rejects_a_bad_spec_before_starting_anything(tmp_path):
     path = write_spec(tmp_path, metric="val_accuracy")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "metaserve.cli", "tune", str(path)], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "metaserve.cli", "tune", str(path)], capture_output=True, text=True, env=env, timeout=120
+    )
     assert proc.returncode == 2
     assert "metric 'val_accuracy' is never reported" in proc.stderr
     assert not (tmp_path / "sweeps").exists()  # no sweep directory, no Ray, no trial
@@ -96,12 +144,28 @@ def test_ready_specs_validate():
         assert sweep.space, path
 
 
-@pytest.mark.parametrize("curriculum", [
-    {}, {"teacher": "static", "threshold": 1.0, "every": 2, "stages": [{"amplitude_high": 1.0}, {"amplitude_high": 5.0}]},
-    {"teacher": "adaptive", "target_loss": 1.0, "every": 2, "params": {"amplitude_high": {"low": 1.0, "high": 5.0}}},
-])
+@pytest.mark.parametrize(
+    "curriculum",
+    [
+        {},
+        {
+            "teacher": "static",
+            "threshold": 1.0,
+            "every": 2,
+            "stages": [{"amplitude_high": 1.0}, {"amplitude_high": 5.0}],
+        },
+        {
+            "teacher": "adaptive",
+            "target_loss": 1.0,
+            "every": 2,
+            "params": {"amplitude_high": {"low": 1.0, "high": 5.0}},
+        },
+    ],
+)
 def test_reported_metrics_are_what_a_trial_reports(tmp_path, curriculum):
-    config = as_config({**TINY, "train": {**TINY["train"], "steps": 2}, "output_dir": str(tmp_path), "curriculum": curriculum})
+    config = as_config(
+        {**TINY, "train": {**TINY["train"], "steps": 2}, "output_dir": str(tmp_path), "curriculum": curriculum}
+    )
     result = train_loop(config)
     assert reported_metrics(config) == set(result.metrics) | {"done_training", "start_step"} | TUNE_METRICS
 
@@ -116,8 +180,11 @@ def test_domains_sample_inside_their_ranges():
 
 # --- sweeps on the shared Ray ------------------------------------------------------------------------
 def test_asha_sweep_end_to_end(ray_session, tmp_path, capsys):
-    path = write_spec(tmp_path, space={"algorithm.inner_lr": {"grid": [0.001, 0.01, 0.05, 0.2]}},
-                      scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2})
+    path = write_spec(
+        tmp_path,
+        space={"algorithm.inner_lr": {"grid": [0.001, 0.01, 0.05, 0.2]}},
+        scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2},
+    )
     assert cli.main(["tune", str(path)]) == 0
     printed = capsys.readouterr().out
     sweep_dir = Path(printed.strip().splitlines()[-1].removeprefix("sweep directory: "))
@@ -139,19 +206,39 @@ def test_asha_sweep_end_to_end(ray_session, tmp_path, capsys):
 
 
 def reference_rows(tmp_path: Path, base: dict, lr: float, steps: int) -> pd.DataFrame:
-    cfg = as_config({**base, "output_dir": str(tmp_path / f"ref-{lr}"), "train": {**base["train"], "steps": steps},
-                     "algorithm": {**base["algorithm"], "outer": {"optimizer": "adam", "lr": lr}}})
+    cfg = as_config(
+        {
+            **base,
+            "output_dir": str(tmp_path / f"ref-{lr}"),
+            "train": {**base["train"], "steps": steps},
+            "algorithm": {**base["algorithm"], "outer": {"optimizer": "adam", "lr": lr}},
+        }
+    )
     return read_metrics(train_loop(cfg, final_eval=False).run_dir)
 
 
 def test_pbt_trial_exploits_a_checkpoint_and_mutates_the_teacher(ray_session, tmp_path):
     lrs = [0.0001, 0.05]
-    teacher = {"teacher": "adaptive", "every": 2, "val_tasks": 3, "target_loss": 1.0,
-               "params": {"amplitude_high": {"low": 1.0, "high": 5.0, "step": 1.0}}}
+    teacher = {
+        "teacher": "adaptive",
+        "every": 2,
+        "val_tasks": 3,
+        "target_loss": 1.0,
+        "params": {"amplitude_high": {"low": 1.0, "high": 5.0, "step": 1.0}},
+    }
     base = {**TINY, "train": {**TINY["train"], "steps": 6}, "curriculum": teacher}
-    path = write_spec(tmp_path, base, space={"algorithm.outer.lr": {"grid": lrs}, "curriculum.target_loss": {"grid": [1.0]}},
-                      scheduler={"name": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.5, "synch": True,
-                                 "mutations": {"curriculum.target_loss": {"uniform": [0.5, 5.0]}}})
+    path = write_spec(
+        tmp_path,
+        base,
+        space={"algorithm.outer.lr": {"grid": lrs}, "curriculum.target_loss": {"grid": [1.0]}},
+        scheduler={
+            "name": "pbt",
+            "perturbation_interval": 2,
+            "quantile_fraction": 0.5,
+            "synch": True,
+            "mutations": {"curriculum.target_loss": {"uniform": [0.5, 5.0]}},
+        },
+    )
     result = run_sweep(load_sweep(path), verbose=0)
     cols = ["val_loss", "omega_amplitude_high", "teacher_mean_amplitude_high"]
     refs = {lr: reference_rows(tmp_path, base, lr, 4)[cols] for lr in lrs}  # steps 2, 4 of each lr alone
@@ -172,7 +259,9 @@ def test_pbt_trial_exploits_a_checkpoint_and_mutates_the_teacher(ray_session, tm
 
 def test_interrupted_sweep_resumes_from_checkpoints(ray_session, tmp_path, capsys):
     path = write_spec(tmp_path, space={"algorithm.inner_lr": {"choice": [0.03]}})  # one trial: 2 shared cores
-    interrupted = run_sweep(load_sweep(path), verbose=0, trainable=trainable_failing_after(4))  # the trial dies after checkpointing step 4
+    interrupted = run_sweep(
+        load_sweep(path), verbose=0, trainable=trainable_failing_after(4)
+    )  # the trial dies after checkpointing step 4
     assert set(interrupted.results["status"]) == {"ERROR"} and set(interrupted.results["step"]) == {4}
     assert cli.main(["tune", "--resume", str(interrupted.sweep_dir)]) == 0
     resumed = pd.read_parquet(interrupted.sweep_dir / "results.parquet")
@@ -180,7 +269,13 @@ def test_interrupted_sweep_resumes_from_checkpoints(ray_session, tmp_path, capsy
     for _, row in resumed.iterrows():
         run_dir = Path(row["run_dir"])
         state = latest_good_state(run_dir)
-        cfg = as_config({**TINY, "output_dir": str(tmp_path / "ref"), "algorithm": {**TINY["algorithm"], "inner_lr": row["algorithm.inner_lr"]}})
+        cfg = as_config(
+            {
+                **TINY,
+                "output_dir": str(tmp_path / "ref"),
+                "algorithm": {**TINY["algorithm"], "inner_lr": row["algorithm.inner_lr"]},
+            }
+        )
         expected = train_loop(cfg, final_eval=False)
         for k in expected.params:
             assert torch.equal(state["params"][k], expected.params[k]), k

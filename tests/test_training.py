@@ -1,4 +1,5 @@
 """End-to-end: task determinism, reproducible and resumable runs, learning, config validation, CLI."""
+
 from __future__ import annotations
 
 import os
@@ -21,18 +22,30 @@ from references import tensorboard_events, tensorboard_scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 # One intra-op thread in child processes too: the test machine's 2 cores are shared.
-CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
-
+CHILD_ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+}
 
 
 def tiny_config(tmp: Path, **train) -> dict:
     """A few-second sinusoid MAML run in float64."""
     return {
-        "name": "tiny", "seed": 0, "output_dir": str(tmp),
+        "name": "tiny",
+        "seed": 0,
+        "output_dir": str(tmp),
         "model": {"name": "mlp", "hidden": [16, 16]},
         "algorithm": {"name": "maml", "inner_lr": 0.01, "inner_steps": 2, "outer": {"optimizer": "adam", "lr": 1e-3}},
-        "train": {"steps": 20, "meta_batch": 4, "log_every": 10, "checkpoint_every": 20, "val_tasks": 3, "dtype": "float64", **train},
+        "train": {
+            "steps": 20,
+            "meta_batch": 4,
+            "log_every": 10,
+            "checkpoint_every": 20,
+            "val_tasks": 3,
+            "dtype": "float64",
+            **train,
+        },
         "eval": {"episodes": 5},
     }
 
@@ -58,8 +71,12 @@ _SAMPLE = textwrap.dedent("""
 def test_same_task_in_separate_processes(tmp_path):
     files = [tmp_path / "a.pt", tmp_path / "b.pt"]
     # two children at once (PYTHONHASHSEED differs: nothing may hang on process-level randomness)
-    children = [subprocess.Popen([sys.executable, "-c", _SAMPLE, str(f)], env={**CHILD_ENV, "PYTHONHASHSEED": str(i)}, cwd=tmp_path)
-                for i, f in enumerate(files)]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _SAMPLE, str(f)], env={**CHILD_ENV, "PYTHONHASHSEED": str(i)}, cwd=tmp_path
+        )
+        for i, f in enumerate(files)
+    ]
     assert [c.wait(timeout=180) for c in children] == [0, 0]
     a, b = (torch.load(f) for f in files)
     assert a.keys() == b.keys()
@@ -80,8 +97,10 @@ def test_same_task_in_separate_processes(tmp_path):
 
 # --- a run is a pure function of config and seed -------------------------------------------------
 def test_run_is_pure_function_of_config_and_seed(tmp_path):
-    runs = [train_loop(parse_config({**tiny_config(tmp_path / name), "seed": seed}))
-            for name, seed in (("a", 0), ("b", 0), ("c", 1))]
+    runs = [
+        train_loop(parse_config({**tiny_config(tmp_path / name), "seed": seed}))
+        for name, seed in (("a", 0), ("b", 0), ("c", 1))
+    ]
     assert_params_equal(runs[0].params, runs[1].params)
     assert runs[0].metrics["test_mse"] == runs[1].metrics["test_mse"]
     assert any(not torch.equal(runs[0].params[k], runs[2].params[k]) for k in runs[0].params)
@@ -93,12 +112,27 @@ def test_run_is_pure_function_of_config_and_seed(tmp_path):
 # --- short training learns -----------------------------------------------------------------------
 def test_short_maml_training_beats_its_initialisation(tmp_path):
     """Sinusoid MAML (Finn et al. 2017, 5.1) after 800 outer steps vs the untrained initialisation."""
-    config = parse_config({
-        "output_dir": str(tmp_path),
-        "model": {"name": "mlp"},
-        "algorithm": {"name": "maml", "inner_lr": 0.01, "inner_steps": 1, "eval_inner_steps": 10, "outer": {"optimizer": "adam", "lr": 1e-3}},
-        "train": {"steps": 800, "meta_batch": 10, "log_every": 800, "checkpoint_every": 800, "val_tasks": 0, "dtype": "float32"},
-    })
+    config = parse_config(
+        {
+            "output_dir": str(tmp_path),
+            "model": {"name": "mlp"},
+            "algorithm": {
+                "name": "maml",
+                "inner_lr": 0.01,
+                "inner_steps": 1,
+                "eval_inner_steps": 10,
+                "outer": {"optimizer": "adam", "lr": 1e-3},
+            },
+            "train": {
+                "steps": 800,
+                "meta_batch": 10,
+                "log_every": 800,
+                "checkpoint_every": 800,
+                "val_tasks": 0,
+                "dtype": "float32",
+            },
+        }
+    )
     result = train_loop(config, final_eval=False)
     learner, dist = build_learner(config), build_distribution(config)
     before = evaluate(learner, learner.initial_params(), dist, seed=0, episodes=100)
@@ -120,15 +154,18 @@ def test_unknown_key_is_rejected_with_the_known_keys():
         parse_config({"bogus": 1})
 
 
-@pytest.mark.parametrize("data,key", [
-    ({"task": {"amplitude": [3.0, 1.0]}}, "task.amplitude"),
-    ({"algorithm": {"name": "lazy-maml", "leap": 1.5}}, "algorithm.leap"),
-    ({"algorithm": {"name": "protonet"}}, "algorithm.name='protonet'"),
-    ({"train": {"log_every": 7, "checkpoint_every": 20}}, "train.checkpoint_every=20"),
-    ({"train": {"steps": 0}}, "train.steps"),
-    ({"algorithm": {"inner_lr": -0.1}}, "algorithm.inner_lr"),
-    ({"model": {"name": "conv4"}}, "model.name='conv4'"),
-])
+@pytest.mark.parametrize(
+    "data,key",
+    [
+        ({"task": {"amplitude": [3.0, 1.0]}}, "task.amplitude"),
+        ({"algorithm": {"name": "lazy-maml", "leap": 1.5}}, "algorithm.leap"),
+        ({"algorithm": {"name": "protonet"}}, "algorithm.name='protonet'"),
+        ({"train": {"log_every": 7, "checkpoint_every": 20}}, "train.checkpoint_every=20"),
+        ({"train": {"steps": 0}}, "train.steps"),
+        ({"algorithm": {"inner_lr": -0.1}}, "algorithm.inner_lr"),
+        ({"model": {"name": "conv4"}}, "model.name='conv4'"),
+    ],
+)
 def test_bad_values_raise_config_error_naming_the_key(data, key):
     with pytest.raises(ConfigError) as err:
         parse_config(data)
@@ -137,8 +174,16 @@ def test_bad_values_raise_config_error_naming_the_key(data, key):
 
 def test_apply_overrides_parses_typed_values():
     data = {"train": {"steps": 5}, "name": "x"}
-    out = apply_overrides(data, ["train.steps=10", "algorithm.inner_lr=0.05", "model.hidden=[20, 20]",
-                                 "train.dtype=float64", "runtime.address=null"])
+    out = apply_overrides(
+        data,
+        [
+            "train.steps=10",
+            "algorithm.inner_lr=0.05",
+            "model.hidden=[20, 20]",
+            "train.dtype=float64",
+            "runtime.address=null",
+        ],
+    )
     assert out["train"]["steps"] == 10 and type(out["train"]["steps"]) is int
     assert out["algorithm"]["inner_lr"] == 0.05 and type(out["algorithm"]["inner_lr"]) is float
     assert out["model"]["hidden"] == [20, 20]
@@ -153,7 +198,9 @@ def test_apply_overrides_parses_typed_values():
 
 def test_overrides_reach_the_validated_config():
     # YAML 1.1 reads "1e-3" as a string; the config must still end up with the float.
-    config = load_config(ROOT / "configs" / "sinusoid-maml.yaml", ["algorithm.outer.lr=1e-3", "train.steps=7", "model.hidden=[8]"])
+    config = load_config(
+        ROOT / "configs" / "sinusoid-maml.yaml", ["algorithm.outer.lr=1e-3", "train.steps=7", "model.hidden=[8]"]
+    )
     assert config.algorithm.outer.lr == pytest.approx(1e-3) and isinstance(config.algorithm.outer.lr, float)
     assert config.train.steps == 7
     assert config.model.hidden == [8]
@@ -196,8 +243,14 @@ def test_resume_continues_exactly_and_skips_a_damaged_checkpoint(tmp_path):
 
 # --- CLI and Python API smoke --------------------------------------------------------------------
 def _cli_start(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "metaserve.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=ROOT, env=CHILD_ENV)
+    return subprocess.Popen(
+        [sys.executable, "-m", "metaserve.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=CHILD_ENV,
+    )
 
 
 def _cli_finish(proc: subprocess.Popen, timeout=300) -> subprocess.CompletedProcess:
@@ -210,10 +263,18 @@ def _cli(*args):
 
 
 def test_cli_train_eval_and_python_api(tmp_path):
-    sets = ["train.steps=10", "train.log_every=5", "train.checkpoint_every=5", "train.val_tasks=10",
-            "eval.episodes=20", f"output_dir={tmp_path}"]
+    sets = [
+        "train.steps=10",
+        "train.log_every=5",
+        "train.checkpoint_every=5",
+        "train.val_tasks=10",
+        "eval.episodes=20",
+        f"output_dir={tmp_path}",
+    ]
     # the rejected run goes alongside the real one: they are independent
-    rejected = _cli_start("train", "configs/sinusoid-maml.yaml", "--set", "train.stepz=3", "--set", f"output_dir={tmp_path / 'bad'}")
+    rejected = _cli_start(
+        "train", "configs/sinusoid-maml.yaml", "--set", "train.stepz=3", "--set", f"output_dir={tmp_path / 'bad'}"
+    )
     train = _cli("train", "configs/sinusoid-maml.yaml", *[a for s in sets for a in ("--set", s)])
     bad = _cli_finish(rejected)
     assert train.returncode == 0, train.stdout + train.stderr

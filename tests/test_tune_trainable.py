@@ -1,4 +1,5 @@
 """The Tune entry point runs the same learner loop: same parameters as `train_loop`, workers reserved per trial."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,10 +17,20 @@ from metaserve.store.checkpoint import load_state
 from references import tensorboard_scalars
 
 BASE = {
-    "name": "tune-tiny", "seed": 5, "task": {"name": "sinusoid", "shots": 5, "query": 5},
+    "name": "tune-tiny",
+    "seed": 5,
+    "task": {"name": "sinusoid", "shots": 5, "query": 5},
     "model": {"name": "mlp", "hidden": [8, 8]},
     "algorithm": {"name": "fomaml", "inner_lr": 0.02, "inner_steps": 2},
-    "train": {"steps": 6, "meta_batch": 4, "log_every": 3, "checkpoint_every": 3, "val_tasks": 4, "dtype": "float64", "device": "cpu"},
+    "train": {
+        "steps": 6,
+        "meta_batch": 4,
+        "log_every": 3,
+        "checkpoint_every": 3,
+        "val_tasks": 4,
+        "dtype": "float64",
+        "device": "cpu",
+    },
     "eval": {"episodes": 8},
     "runtime": {"backend": "ray", "num_workers": 1, "cpus_per_worker": 1},
 }
@@ -48,11 +59,19 @@ def test_tune_trials_equal_train_loop(ray_session, tmp_path):
         assert "test_mse" in result.metrics
         # Tune's TensorBoard logger writes the trial's reports against meta-steps
         board = tensorboard_scalars(result.path)
-        assert board["ray/tune/val_loss"] == pytest.approx({3: result.metrics_dataframe["val_loss"].iloc[0], 6: result.metrics["val_loss"]}, rel=1e-6)
+        assert board["ray/tune/val_loss"] == pytest.approx(
+            {3: result.metrics_dataframe["val_loss"].iloc[0], 6: result.metrics["val_loss"]}, rel=1e-6
+        )
         state = load_state(Path(result.checkpoint.path))
         assert state["step"] == 6
-        cfg = as_config({**BASE, "runtime": {"backend": "local"}, "output_dir": str(tmp_path / "local"),
-                         "algorithm": {**BASE["algorithm"], "inner_lr": lr}})
+        cfg = as_config(
+            {
+                **BASE,
+                "runtime": {"backend": "local"},
+                "output_dir": str(tmp_path / "local"),
+                "algorithm": {**BASE["algorithm"], "inner_lr": lr},
+            }
+        )
         expected = train_loop(cfg, final_eval=False).params
         for k in expected:
             torch.testing.assert_close(state["params"][k], expected[k], rtol=1e-10, atol=1e-12)

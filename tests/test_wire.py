@@ -1,4 +1,5 @@
 """The wire format: parameters and contributions cross processes as one flat buffer."""
+
 import numpy as np
 import pytest
 import torch

@@ -3,6 +3,7 @@
 Importing this package registers every algorithm module's entries (metaserve/registry.py);
 `build_algorithm` constructs the one a config names.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -15,8 +16,8 @@ from metaserve.algorithms.maltml import MALTML, MALTML2nd
 from metaserve.algorithms.maml import FOMAML, MAML
 from metaserve.algorithms.mann import MANN
 from metaserve.algorithms.matching import Matching
-from metaserve.algorithms.metanet import MetaNet
 from metaserve.algorithms.meta_sgd import MetaSGD, MetaSGD1st
+from metaserve.algorithms.metanet import MetaNet
 from metaserve.algorithms.pretrain import Pretrain
 from metaserve.algorithms.protonet import ProtoNet
 from metaserve.algorithms.relation import Relation
@@ -31,6 +32,28 @@ def build_algorithm(config: Config, model: nn.Module, vectorize: bool) -> Algori
     return entry(config.algorithm.name).build(config.algorithm, model, config.task, vectorize)
 
 
-__all__ = ["Algorithm", "TaskUpdate", "map_tasks", "build_algorithm", "MAML", "FOMAML", "Reptile", "LazyMAML",
-           "LazyReptile", "ProtoNet", "Matching", "Relation", "Siamese", "Pretrain", "MALTML", "MALTML2nd",
-           "LSTMMeta", "MANN", "MetaNet", "MetaSGD", "MetaSGD1st", "ANIL", "ANIL1st"]
+__all__ = [
+    "Algorithm",
+    "TaskUpdate",
+    "map_tasks",
+    "build_algorithm",
+    "MAML",
+    "FOMAML",
+    "Reptile",
+    "LazyMAML",
+    "LazyReptile",
+    "ProtoNet",
+    "Matching",
+    "Relation",
+    "Siamese",
+    "Pretrain",
+    "MALTML",
+    "MALTML2nd",
+    "LSTMMeta",
+    "MANN",
+    "MetaNet",
+    "MetaSGD",
+    "MetaSGD1st",
+    "ANIL",
+    "ANIL1st",
+]

@@ -14,6 +14,7 @@ The head is found by name from the model: the parameters of the last module, in 
 that owns parameters itself, which must be a linear layer (conv4's `head.*`, the MLP's last
 `<index>.weight/bias`). `head_parameter_names` says which names those are.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -36,8 +37,10 @@ def head_parameter_names(model: nn.Module) -> tuple[str, ...]:
     owners = [(name, m) for name, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
     if not owners or not isinstance(owners[-1][1], nn.Linear):
         last = owners[-1][0] if owners else None
-        raise ValueError(f"ANIL adapts the model's final linear layer, but the last module with parameters is "
-                         f"{last!r} ({type(owners[-1][1]).__name__ if owners else 'none'}): use model mlp or conv4")
+        raise ValueError(
+            f"ANIL adapts the model's final linear layer, but the last module with parameters is "
+            f"{last!r} ({type(owners[-1][1]).__name__ if owners else 'none'}): use model mlp or conv4"
+        )
     name = owners[-1][0]
     return tuple(f"{name}.{p}" if name else p for p, _ in owners[-1][1].named_parameters(recurse=False))
 
@@ -65,9 +68,16 @@ class ANIL(InnerLoopLearner):
     def adapted(self, params: Params, x: Tensor, y: Tensor, steps: int, first_order: bool) -> Params:
         """The body unchanged and the head after `steps` SGD steps on L_S(body, head)."""
         body, head = self.split(params)
-        head = sgd_adapt(lambda h, hx, hy: self.loss({**body, **h}, hx, hy), head, x, y, self.inner_lr, steps,
-                         first_order=first_order)
-        return {k: head[k] if k in head else v for k, v in params.items()}  # the order of `params`
+        head = sgd_adapt(
+            lambda h, hx, hy: self.loss({**body, **h}, hx, hy),
+            head,
+            x,
+            y,
+            self.inner_lr,
+            steps,
+            first_order=first_order,
+        )
+        return {k: head.get(k, v) for k, v in params.items()}  # the order of `params`
 
     def contribute(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Params, Metrics]:
         def query_loss_after_adaptation(p: Params) -> tuple[Tensor, Metrics]:

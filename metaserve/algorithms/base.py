@@ -5,10 +5,12 @@ parameter delta, as its registry entry says). The learner only sums and averages
 hands the mean to the outer optimiser (algorithms/outer.py), so the same code runs in one process
 or on many Ray workers.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -114,8 +116,9 @@ class Algorithm:
         metrics = self.measure(p, qx, qy)[1] if sx is None else self.measure_query(p, sx, qx, qy)[1]
         return {f"{k}_pre": v for k, v in metrics.items()}
 
-    def before_after(self, params: Params, adapted: Params, qx: Tensor, qy: Tensor,
-                     sx: Tensor | None = None) -> Metrics:
+    def before_after(
+        self, params: Params, adapted: Params, qx: Tensor, qy: Tensor, sx: Tensor | None = None
+    ) -> Metrics:
         """Query metrics after adaptation, plus the `_pre` ones before it (with sx: as `self.norm` says)."""
         a = detach(adapted)
         post = self.measure(a, qx, qy)[1] if sx is None else self.measure_query(a, sx, qx, qy)[1]
@@ -143,9 +146,11 @@ class Algorithm:
         call per block: the same shapes, so the same bits, whichever process computes a block."""
         out, start = [], 0
         for n in sizes:
-            block = tasks[start:start + n]
+            block = tasks[start : start + n]
             c, m = map_tasks(lambda sx, sy, qx, qy: self.contribute(params, sx, sy, qx, qy), block, self.vectorize)
-            out.append(TaskUpdate({k: v.detach().sum(0) for k, v in c.items()}, {k: float(v.sum()) for k, v in m.items()}, n))
+            out.append(
+                TaskUpdate({k: v.detach().sum(0) for k, v in c.items()}, {k: float(v.sum()) for k, v in m.items()}, n)
+            )
             start += n
         return out
 

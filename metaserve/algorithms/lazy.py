@@ -29,6 +29,7 @@ Query   (3):  v = grad L_Q(theta_T); the task's contribution is g = d L_Q(theta_
 
 lazy-reptile contribution: theta_T - theta = gamma * (phi - theta), applied as in Reptile.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,11 +66,27 @@ class LazyConfig(InnerLoopSection):
 class LazyMAML(InnerLoopLearner):
     """Student explores k SGD steps without a graph; the teacher leaps toward it; meta-gradient via HVPs."""
 
-    def __init__(self, model: nn.Module, kind: str, *, inner_lr: float, inner_steps: int, leap: float = 1.0,
-                 leap_target: str = "last", meta_gradient: str = "exact", eval_inner_steps: int | None = None,
-                 vectorize: bool = True):
-        super().__init__(model, kind, inner_lr=inner_lr, inner_steps=inner_steps, eval_inner_steps=eval_inner_steps,
-                         vectorize=vectorize)
+    def __init__(
+        self,
+        model: nn.Module,
+        kind: str,
+        *,
+        inner_lr: float,
+        inner_steps: int,
+        leap: float = 1.0,
+        leap_target: str = "last",
+        meta_gradient: str = "exact",
+        eval_inner_steps: int | None = None,
+        vectorize: bool = True,
+    ):
+        super().__init__(
+            model,
+            kind,
+            inner_lr=inner_lr,
+            inner_steps=inner_steps,
+            eval_inner_steps=eval_inner_steps,
+            vectorize=vectorize,
+        )
         if leap_target not in ("last", "mean"):
             raise ValueError(f"leap_target={leap_target!r} is not one of ['last', 'mean']")
         if meta_gradient not in META_GRADIENTS:
@@ -162,10 +179,13 @@ class LazyMAML(InnerLoopLearner):
         self._curvature_checked = True
         risk = self.inner_lr * self.inner_steps * abs(self.support_curvature(detach(theta), sx, sy))
         if risk > LINEARISED_SAFE:
-            warnings.warn(f"lazy-maml meta_gradient='linearised' with alpha * k * lambda_max(H_S) = {risk:.2f} > "
-                          f"{LINEARISED_SAFE} at the initial parameters: the linearised Jacobian I - alpha * sum_j H_S "
-                          "is not a contraction and training may diverge; use meta_gradient='exact' or a smaller "
-                          "inner_lr * inner_steps", stacklevel=2)
+            warnings.warn(
+                f"lazy-maml meta_gradient='linearised' with alpha * k * lambda_max(H_S) = {risk:.2f} > "
+                f"{LINEARISED_SAFE} at the initial parameters: the linearised Jacobian I - alpha * sum_j H_S "
+                "is not a contraction and training may diverge; use meta_gradient='exact' or a smaller "
+                "inner_lr * inner_steps",
+                stacklevel=2,
+            )
         return risk
 
     # --- the interface (adapt: k SGD steps, from InnerLoopLearner) -------------------------------
@@ -188,7 +208,6 @@ class LazyReptile(LazyMAML):
         theta = detach(params)
         theta_t = self.teacher(theta, sx, sy)
         return subtract(theta_t, theta), self.before_after(theta, theta_t, qx, qy, sx)
-
 
 
 register(AlgorithmEntry("lazy-maml", LazyConfig, LazyMAML.from_section))

@@ -26,6 +26,7 @@ on D_train); the batch-norm scale and shift are learner coordinates updated by t
 `adapt` carries the LSTM state in the adapted dict, so adapting twice for one step each equals adapting
 once for two steps (the adaptation curve of evaluation.py is the true unroll).
 """
+
 from __future__ import annotations
 
 import math
@@ -68,8 +69,16 @@ class LSTMMetaConfig(AlgorithmSection):
 class LSTMMeta(Algorithm):
     """Contribution: the meta-gradient of the query loss after T LSTM updates, w.r.t. c_0 and the LSTM."""
 
-    def __init__(self, model: nn.Module, kind: str, *, inner_steps: int = 5, eval_inner_steps: int | None = None,
-                 preprocess_p: float = 10.0, vectorize: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        kind: str,
+        *,
+        inner_steps: int = 5,
+        eval_inner_steps: int | None = None,
+        preprocess_p: float = 10.0,
+        vectorize: bool = True,
+    ):
         super().__init__(model, kind, vectorize)
         self.inner_steps = inner_steps
         self.eval_inner_steps = eval_inner_steps or inner_steps
@@ -78,10 +87,16 @@ class LSTMMeta(Algorithm):
         self.meta_step = forward_fn(model, "meta_step")
 
     @classmethod
-    def from_section(cls, cfg: LSTMMetaConfig, model: nn.Module, task: Any, vectorize: bool) -> "LSTMMeta":
+    def from_section(cls, cfg: LSTMMetaConfig, model: nn.Module, task: Any, vectorize: bool) -> LSTMMeta:
         """Built from its section (lstm_hidden and init_lr shape the model: models/lstm_meta.py)."""
-        return cls(model, task_kind(task), inner_steps=cfg.inner_steps, eval_inner_steps=cfg.eval_inner_steps,
-                   preprocess_p=cfg.preprocess_p, vectorize=vectorize)
+        return cls(
+            model,
+            task_kind(task),
+            inner_steps=cfg.inner_steps,
+            eval_inner_steps=cfg.eval_inner_steps,
+            preprocess_p=cfg.preprocess_p,
+            vectorize=vectorize,
+        )
 
     def initial_state(self, params: Params) -> tuple[Tensor, ...]:
         """h_0 = c_0 = 0 of the first layer and i_0 = f_0 = 0 for every learner coordinate."""
@@ -89,8 +104,9 @@ class LSTMMeta(Algorithm):
         ref = params[next(k for k in params if k.startswith(LEARNER))]
         return (ref.new_zeros(n, self.hidden), ref.new_zeros(n, self.hidden), ref.new_zeros(n), ref.new_zeros(n))
 
-    def unroll(self, params: Params, x: Tensor, y: Tensor, steps: int, state: tuple[Tensor, ...]
-               ) -> tuple[Params, tuple[Tensor, ...]]:
+    def unroll(
+        self, params: Params, x: Tensor, y: Tensor, steps: int, state: tuple[Tensor, ...]
+    ) -> tuple[Params, tuple[Tensor, ...]]:
         """`steps` updates of eq. 2-4 from `params`; the learner's gradients and losses enter as constants."""
         names = [k for k in params if k.startswith(LEARNER)]
         shapes = [params[k].shape for k in names]

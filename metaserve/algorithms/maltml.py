@@ -20,9 +20,11 @@ sizes independent of L and of `train.meta_batch` (the runtime averages the contr
 A family arrives as one `Task` (layout: tasks/families.py): the L tasks in `support_*`, the goal
 tasks in `query_*`, each task's K and Q examples joined at `split`.
 """
+
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 from torch import Tensor, nn
@@ -32,8 +34,8 @@ from metaserve.algorithms.base import Algorithm, Metrics, map_tasks, section_key
 from metaserve.algorithms.inner import LossFn, sgd_adapt
 from metaserve.algorithms.params import Params, add, detach, sgd_step, subtract
 from metaserve.config import AlgorithmSection, PositiveFloat, PositiveInt, task_kind
-from metaserve.registry import AlgorithmEntry, register
 from metaserve.models.norm import Stats
+from metaserve.registry import AlgorithmEntry, register
 from metaserve.tasks.base import Task
 from metaserve.tasks.families import family_split, family_tasks, goal_tasks, unpack
 
@@ -51,7 +53,8 @@ class MALTML2ndConfig(AlgorithmSection):
 
 
 class MALTMLConfig(MALTML2ndConfig):
-    """maltml (first order): m meta-steps (fomaml or reptile) on each family's L tasks; contribution theta'_j - theta."""
+    """maltml (first order): m meta-steps (fomaml or reptile) on each family's L tasks; contribution theta'_j -
+    theta."""
 
     name: Literal["maltml"] = "maltml"  # type: ignore[assignment]
     meta_learner: Literal["fomaml", "reptile"] = "fomaml"  # the first-order meta-step taken on the family
@@ -65,7 +68,9 @@ def task_mean(fn: TaskFn, params: Params, tasks: Task, vectorize: bool) -> dict[
     return {k: v.mean(0) for k, v in out.items()}
 
 
-def fomaml_meta_step(loss: LossFn, theta: Params, tasks: Task, alpha: float, steps: int, beta: float, vectorize: bool) -> Params:
+def fomaml_meta_step(
+    loss: LossFn, theta: Params, tasks: Task, alpha: float, steps: int, beta: float, vectorize: bool
+) -> Params:
     """theta - beta mean_i grad L_Q_i(phi_i), phi_i = `steps` SGD steps on S_i held constant (Finn et al. 2017, 5.2)."""
 
     def query_gradient(p: Params, t: Task) -> Params:
@@ -75,7 +80,9 @@ def fomaml_meta_step(loss: LossFn, theta: Params, tasks: Task, alpha: float, ste
     return sgd_step(theta, task_mean(query_gradient, theta, tasks, vectorize), beta)
 
 
-def reptile_meta_step(loss: LossFn, theta: Params, tasks: Task, alpha: float, steps: int, beta: float, vectorize: bool) -> Params:
+def reptile_meta_step(
+    loss: LossFn, theta: Params, tasks: Task, alpha: float, steps: int, beta: float, vectorize: bool
+) -> Params:
     """theta + beta mean_i (phi_i - theta), phi_i = `steps` SGD steps on S_i (Nichol et al. 2018, Algorithm 2)."""
 
     def displacement(p: Params, t: Task) -> Params:
@@ -85,7 +92,8 @@ def reptile_meta_step(loss: LossFn, theta: Params, tasks: Task, alpha: float, st
 
 
 def maml_meta_step(loss: LossFn, theta: Params, tasks: Task, alpha: float, beta: float, vectorize: bool) -> Params:
-    """theta'_j = theta - beta grad_theta mean_i L_Q_i(theta - alpha grad L_S_i(theta)) (Algorithm 1), differentiable."""
+    """theta'_j = theta - beta grad_theta mean_i L_Q_i(theta - alpha grad L_S_i(theta)) (Algorithm 1),
+    differentiable."""
 
     def meta_loss(p: Params) -> Tensor:
         def query_loss(q: Params, t: Task) -> dict[str, Tensor]:
@@ -106,8 +114,18 @@ class FamilyLearner(Algorithm):
     finetuning; `family_eval.evaluate_families` gives the whole protocol, 0..s finetuning steps.
     """
 
-    def __init__(self, model: nn.Module, kind: str, *, split: int, task_lr: float, meta_lr: float,
-                 finetune_lr: float, finetune_steps: int, vectorize: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        kind: str,
+        *,
+        split: int,
+        task_lr: float,
+        meta_lr: float,
+        finetune_lr: float,
+        finetune_steps: int,
+        vectorize: bool = True,
+    ):
         super().__init__(model, kind, vectorize)
         self.split = split  # K (or N*K): where a task's task-step examples end
         self.task_lr, self.meta_lr, self.finetune_lr = task_lr, meta_lr, finetune_lr  # alpha, beta, gamma
@@ -115,7 +133,7 @@ class FamilyLearner(Algorithm):
         self.example_ndim = 4 if kind == "classification" else 2  # one task's inputs: [n, C, H, W] or [n, features]
 
     @classmethod
-    def from_section(cls, cfg: MALTML2ndConfig, model: nn.Module, task: Any, vectorize: bool) -> "FamilyLearner":
+    def from_section(cls, cfg: MALTML2ndConfig, model: nn.Module, task: Any, vectorize: bool) -> FamilyLearner:
         """Built from its config section (the registry's constructor), with the family layout of `task`."""
         kind = task_kind(task)
         split = family_split(task.shots, task.ways if kind == "classification" else 1)
@@ -202,7 +220,11 @@ def _metrics(post: dict[str, Tensor], pre: dict[str, Tensor]) -> Metrics:
     return {**keep(post), **{f"{k}_pre": v for k, v in keep(pre).items()}}
 
 
-register(AlgorithmEntry("maltml", MALTMLConfig, MALTML.from_section, contribution="delta", evaluation="family",
-                        learns_from="families"))
-register(AlgorithmEntry("maltml-2nd", MALTML2ndConfig, MALTML2nd.from_section, evaluation="family",
-                        learns_from="families"))
+register(
+    AlgorithmEntry(
+        "maltml", MALTMLConfig, MALTML.from_section, contribution="delta", evaluation="family", learns_from="families"
+    )
+)
+register(
+    AlgorithmEntry("maltml-2nd", MALTML2ndConfig, MALTML2nd.from_section, evaluation="family", learns_from="families")
+)

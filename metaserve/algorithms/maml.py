@@ -5,6 +5,7 @@ contribution is the meta-gradient grad_theta L_Q(theta'), differentiated through
 (second order). FOMAML (section 5.2) drops the second-order terms: contribution = grad L_Q at theta'.
 The outer step descends on the batch mean: theta <- theta - beta * mean_i contribution_i.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -40,10 +41,11 @@ class FOMAML(InnerLoopLearner):
     """First-order MAML: the contribution is grad L_Q evaluated at the adapted parameters."""
 
     def contribute(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Params, Metrics]:
-        adapted = detach(sgd_adapt(self.loss, detach(params), sx, sy, self.inner_lr, self.inner_steps, first_order=True))
+        adapted = detach(
+            sgd_adapt(self.loss, detach(params), sx, sy, self.inner_lr, self.inner_steps, first_order=True)
+        )
         g, post = grad(lambda p: self.measure_query(p, sx, qx, qy), has_aux=True)(adapted)
         return g, {**post, **self.pre_metrics(params, qx, qy, sx)}
-
 
 
 register(AlgorithmEntry("maml", MAMLConfig, MAML.from_section))

@@ -24,6 +24,7 @@ labels, which `predict` does not have. Training loss: the cross-entropy of every
 (supports and queries, as the paper trains on whole sequences); the reported loss/accuracy: the queries.
 Simplifications: one read head; the image enters through the conv4 encoder, not as raw pixels.
 """
+
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
@@ -40,8 +41,16 @@ from metaserve.config import AlgorithmSection
 from metaserve.models.functional import forward_fn
 from metaserve.registry import AlgorithmEntry, register
 
-STATE = ("__mann_memory__", "__mann_usage__", "__mann_read_w__", "__mann_lu_w__", "__mann_h__", "__mann_c__",
-         "__mann_read__", "__mann_label__")
+STATE = (
+    "__mann_memory__",
+    "__mann_usage__",
+    "__mann_read_w__",
+    "__mann_lu_w__",
+    "__mann_h__",
+    "__mann_c__",
+    "__mann_read__",
+    "__mann_label__",
+)
 
 
 def cosine_read(key: Tensor, memory: Tensor) -> tuple[Tensor, Tensor]:
@@ -79,8 +88,9 @@ class MANNConfig(AlgorithmSection):
 class MANN(Algorithm):
     """Contribution: the gradient of the sequence cross-entropy; adapting = reading the support sequence into memory."""
 
-    def __init__(self, model: nn.Module, kind: str, *, ways: int, memory_slots: int, gamma: float,
-                 vectorize: bool = True):
+    def __init__(
+        self, model: nn.Module, kind: str, *, ways: int, memory_slots: int, gamma: float, vectorize: bool = True
+    ):
         super().__init__(model, kind, vectorize)
         self.ways, self.slots, self.gamma = ways, memory_slots, gamma
         self.embed = forward_fn(model, "embed")
@@ -89,9 +99,10 @@ class MANN(Algorithm):
         self.hidden, self.size = model.controller_hidden, model.memory_size
 
     @classmethod
-    def from_section(cls, cfg: MANNConfig, model: nn.Module, task: Any, vectorize: bool) -> "MANN":
-        return cls(model, "classification", ways=task.ways, memory_slots=cfg.memory_slots, gamma=cfg.gamma,
-                   vectorize=vectorize)
+    def from_section(cls, cfg: MANNConfig, model: nn.Module, task: Any, vectorize: bool) -> MANN:
+        return cls(
+            model, "classification", ways=task.ways, memory_slots=cfg.memory_slots, gamma=cfg.gamma, vectorize=vectorize
+        )
 
     def order(self, x: Tensor) -> Tensor:
         """A presentation order that depends on the images only: a fixed projection of the pixels, sorted."""
@@ -103,8 +114,16 @@ class MANN(Algorithm):
         """M_0 = 1e-6 (cosine needs nonzero rows), zero usage and read weights, w^lu_0 = slot 0, zero controller."""
         z = ref.new_zeros
         lu = least_used(z(self.slots))
-        return (z(self.slots, self.size) + 1e-6, z(self.slots), z(self.slots), lu, z(self.hidden), z(self.hidden),
-                z(self.size), z(self.ways))
+        return (
+            z(self.slots, self.size) + 1e-6,
+            z(self.slots),
+            z(self.slots),
+            lu,
+            z(self.hidden),
+            z(self.hidden),
+            z(self.size),
+            z(self.ways),
+        )
 
     def step(self, params: Params, x_emb: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
         """One time step: controller, LRUA write, cosine read, logits. `state` lacks only the next label."""
@@ -145,8 +164,10 @@ class MANN(Algorithm):
 
     def adapt(self, params: Params, x: Tensor, y: Tensor, steps: int | None = None, ways: int | None = None) -> Params:
         if ways is not None and ways > self.ways:
-            raise ValueError(f"the support set has {ways} classes but this model outputs {self.ways}: it classifies at "
-                             f"most task.ways={self.ways} classes")
+            raise ValueError(
+                f"the support set has {ways} classes but this model outputs {self.ways}: it classifies at "
+                f"most task.ways={self.ways} classes"
+            )
         params = detach({k: v for k, v in params.items() if k not in STATE})
         _, _, state = self.read_support(params, x, y)
         return {**params, **dict(zip(STATE, (s.detach() for s in state)))}
@@ -157,5 +178,15 @@ class MANN(Algorithm):
         return self.query_logits(params, tuple(adapted[k] for k in STATE), x)
 
 
-register(AlgorithmEntry("mann", MANNConfig, MANN.from_section, head="mann", evaluation="closed-form",
-                        tasks=("classification",), reports_pre=False, fixed_ways=True))
+register(
+    AlgorithmEntry(
+        "mann",
+        MANNConfig,
+        MANN.from_section,
+        head="mann",
+        evaluation="closed-form",
+        tasks=("classification",),
+        reports_pre=False,
+        fixed_ways=True,
+    )
+)

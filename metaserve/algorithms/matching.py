@@ -7,6 +7,7 @@ cross-entropy on them is exactly that loss). f = g = the conv4 embedding, or wit
 full-context embeddings of appendix A.2 (models/metric_heads.py: a bidirectional LSTM over the
 support, an attention LSTM with `fce_steps` processing steps for each query).
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -31,15 +32,17 @@ class MatchingConfig(AlgorithmSection):
     """Matching networks (Vinyals et al. 2016): cosine attention over support embeddings."""
 
     name: Literal["matching"] = "matching"
-    fce: bool = False  # full-context embeddings (appendix A.2): a bidirectional LSTM over the support, attention LSTM for queries
+    # full-context embeddings (appendix A.2): a bidirectional LSTM over the support, attention LSTM for queries
+    fce: bool = False
     fce_steps: PositiveInt = 2  # fce: processing steps K of the attention LSTM
 
 
 class Matching(MetricLearner):
     """Scores = log of the attention-weighted support labels."""
 
-    def __init__(self, model: nn.Module, kind: str, *, ways: int, fce: bool = False, fce_steps: int = 2,
-                 vectorize: bool = True):
+    def __init__(
+        self, model: nn.Module, kind: str, *, ways: int, fce: bool = False, fce_steps: int = 2, vectorize: bool = True
+    ):
         super().__init__(model, kind, ways=ways, vectorize=vectorize)
         self.fce = fce
         self.fce_steps = fce_steps
@@ -47,13 +50,24 @@ class Matching(MetricLearner):
             self.context_support = forward_fn(model, "context_support")
             self.context_query = forward_fn(model, "context_query")
 
-    def compare(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor,
-                norm: str = "transductive") -> Tensor:
+    def compare(
+        self, params: Params, support: Tensor, onehot: Tensor, query: Tensor, norm: str = "transductive"
+    ) -> Tensor:
         if self.fce:
             support = self.context_support(params, support)
             query = self.context_query(params, query, support, self.fce_steps)
         return torch.log(attention(query, support) @ onehot)  # [query, ways]; never log 0: softmax of cos in [-1, 1]
 
 
-register(AlgorithmEntry("matching", MatchingConfig, Matching.from_section, head="matching", evaluation="closed-form",
-                        tasks=("classification",), reports_pre=False, fixed_ways=True))
+register(
+    AlgorithmEntry(
+        "matching",
+        MatchingConfig,
+        Matching.from_section,
+        head="matching",
+        evaluation="closed-form",
+        tasks=("classification",),
+        reports_pre=False,
+        fixed_ways=True,
+    )
+)

@@ -17,6 +17,7 @@ It starts at `init_lr`: a constant, or uniform in [low, high] per entry (the pap
 [0.005, 0.1], section 4.1). With `lr_bounds: [low, high]` the inner step uses alpha clamped to the bounds
 (the stored alpha is left as learned; outside them its gradient is zero).
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -46,7 +47,7 @@ class MetaSGDConfig(AlgorithmSection):
     lr_bounds: tuple[float, float] | None = None  # clamp alpha to [low, high] in the inner step (None: unbounded)
 
     @model_validator(mode="after")
-    def _bounds(self) -> "MetaSGDConfig":
+    def _bounds(self) -> MetaSGDConfig:
         init = (self.init_lr, self.init_lr) if isinstance(self.init_lr, float) else self.init_lr
         if init[0] > init[1]:
             raise ValueError(f"init_lr={list(init)} is an empty range: need low <= high")
@@ -55,8 +56,9 @@ class MetaSGDConfig(AlgorithmSection):
             if not (torch.isfinite(torch.tensor([lo, hi])).all() and lo < hi):
                 raise ValueError(f"lr_bounds={[lo, hi]} is not a range: need finite low < high")
             if init[0] < lo or init[1] > hi:
-                raise ValueError(f"init_lr={self.init_lr} lies outside lr_bounds={[lo, hi]}: "
-                                 "start alpha inside the bounds")
+                raise ValueError(
+                    f"init_lr={self.init_lr} lies outside lr_bounds={[lo, hi]}: start alpha inside the bounds"
+                )
         return self
 
 
@@ -71,8 +73,9 @@ def split_lr(params: Params) -> tuple[Params, Params]:
     return theta, {k: params[LR_PREFIX + k] for k in theta}
 
 
-def meta_sgd_adapt(loss: LossFn, theta: Params, alpha: Params, x: Tensor, y: Tensor, steps: int,
-                   first_order: bool = False) -> Params:
+def meta_sgd_adapt(
+    loss: LossFn, theta: Params, alpha: Params, x: Tensor, y: Tensor, steps: int, first_order: bool = False
+) -> Params:
     """phi_{j+1} = phi_j - alpha o grad L_S(phi_j), phi_0 = theta (eq. 1, iterated k times).
 
     Differentiable in theta and alpha under an outer `torch.func.grad`; `first_order=True` treats each
@@ -90,9 +93,17 @@ class MetaSGD(Algorithm):
 
     first_order = False
 
-    def __init__(self, model: nn.Module, kind: str, *, inner_steps: int, eval_inner_steps: int | None = None,
-                 init_lr: float | tuple[float, float] = (0.005, 0.1), lr_bounds: tuple[float, float] | None = None,
-                 vectorize: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        kind: str,
+        *,
+        inner_steps: int,
+        eval_inner_steps: int | None = None,
+        init_lr: float | tuple[float, float] = (0.005, 0.1),
+        lr_bounds: tuple[float, float] | None = None,
+        vectorize: bool = True,
+    ):
         super().__init__(model, kind, vectorize)
         self.inner_steps = inner_steps
         self.eval_inner_steps = eval_inner_steps or inner_steps
@@ -103,7 +114,7 @@ class MetaSGD(Algorithm):
         self.forward = lambda params, x, *stats: model_forward(model_params(params), x, *stats)
 
     @classmethod
-    def from_section(cls, cfg: MetaSGDConfig, model: nn.Module, task: Any, vectorize: bool) -> "MetaSGD":
+    def from_section(cls, cfg: MetaSGDConfig, model: nn.Module, task: Any, vectorize: bool) -> MetaSGD:
         """The registry's constructor: every key of the section but `name` and `outer` is a keyword."""
         return cls(model, task_kind(task), vectorize=vectorize, **section_keywords(cfg))
 
@@ -111,8 +122,10 @@ class MetaSGD(Algorithm):
         """theta plus alpha = init_lr (constant) or uniform in [low, high] from the global torch RNG,
         which `Learner.initial_params` has seeded: a pure function of the run's seed."""
         lo, hi = (self.init_lr, self.init_lr) if isinstance(self.init_lr, (int, float)) else self.init_lr
-        alpha = {LR_PREFIX + k: lo + (hi - lo) * torch.rand(v.shape, dtype=v.dtype, device=v.device)
-                 for k, v in params.items()}
+        alpha = {
+            LR_PREFIX + k: lo + (hi - lo) * torch.rand(v.shape, dtype=v.dtype, device=v.device)
+            for k, v in params.items()
+        }
         return {**params, **alpha}
 
     def rates(self, alpha: Params) -> Params:

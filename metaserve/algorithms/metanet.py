@@ -23,6 +23,7 @@ Simplifications (where the paper leaves choices open or 1-shot makes them degene
 - Fast weights only for the representation layer and the output layer; the conv layers stay slow.
 - grad_{W_b} L_task(x_i) in closed form: (softmax(z_i) - onehot(y_i)) r'_i^T (linear layer + cross-entropy).
 """
+
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
@@ -71,7 +72,7 @@ class MetaNet(Algorithm):
         self.generate = forward_fn(model, "generate")
 
     @classmethod
-    def from_section(cls, cfg: MetaNetConfig, model: nn.Module, task: Any, vectorize: bool) -> "MetaNet":
+    def from_section(cls, cfg: MetaNetConfig, model: nn.Module, task: Any, vectorize: bool) -> MetaNet:
         return cls(model, "classification", ways=task.ways, preprocess_p=cfg.preprocess_p, vectorize=vectorize)
 
     def fast_weights(self, params: Params, sx: Tensor, sy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -103,8 +104,10 @@ class MetaNet(Algorithm):
 
     def adapt(self, params: Params, x: Tensor, y: Tensor, steps: int | None = None, ways: int | None = None) -> Params:
         if ways is not None and ways > self.ways:
-            raise ValueError(f"the support set has {ways} classes but this model outputs {self.ways}: it classifies at "
-                             f"most task.ways={self.ways} classes")
+            raise ValueError(
+                f"the support set has {ways} classes but this model outputs {self.ways}: it classifies at "
+                f"most task.ways={self.ways} classes"
+            )
         params = detach({k: v for k, v in params.items() if k not in STATE})
         return {**params, **dict(zip(STATE, (s.detach() for s in self.fast_weights(params, x, y))))}
 
@@ -114,5 +117,15 @@ class MetaNet(Algorithm):
         return self.query_logits(params, tuple(adapted[k] for k in STATE), x)
 
 
-register(AlgorithmEntry("metanet", MetaNetConfig, MetaNet.from_section, head="metanet", evaluation="closed-form",
-                        tasks=("classification",), reports_pre=False, fixed_ways=True))
+register(
+    AlgorithmEntry(
+        "metanet",
+        MetaNetConfig,
+        MetaNet.from_section,
+        head="metanet",
+        evaluation="closed-form",
+        tasks=("classification",),
+        reports_pre=False,
+        fixed_ways=True,
+    )
+)

@@ -14,13 +14,14 @@ Nothing here has a fixed number of classes: `ways` sizes the one-hot labels of t
 and `adapt(..., ways=N)` takes a support set of any N classes (prototypes, attention and relation
 scores all come from the support labels).
 """
+
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import grad
-
-from typing import Any
 
 from metaserve.algorithms.base import STATE_PREFIX, Algorithm, Metrics, section_keywords, strip_state
 from metaserve.algorithms.params import Params, detach
@@ -58,12 +59,13 @@ class MetricLearner(Algorithm):
         self.embed = forward_fn(model, "embed")
 
     @classmethod
-    def from_section(cls, cfg: Any, model: nn.Module, task: Any, vectorize: bool) -> "MetricLearner":
+    def from_section(cls, cfg: Any, model: nn.Module, task: Any, vectorize: bool) -> MetricLearner:
         """Built from its config section (the registry's constructor), for `task.ways` classes."""
         return cls(model, "classification", ways=task.ways, vectorize=vectorize, **section_keywords(cfg))
 
-    def compare(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor,
-                norm: str = "transductive") -> Tensor:
+    def compare(
+        self, params: Params, support: Tensor, onehot: Tensor, query: Tensor, norm: str = "transductive"
+    ) -> Tensor:
         """Scores [query, ways] of query embeddings against support embeddings and their one-hot labels.
 
         `norm` says how a comparison module with batch norm (relation) normalises: with the query
@@ -71,7 +73,9 @@ class MetricLearner(Algorithm):
         """
         raise NotImplementedError
 
-    def episode_loss(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor, qy: Tensor) -> tuple[Tensor, Metrics]:
+    def episode_loss(
+        self, params: Params, support: Tensor, onehot: Tensor, query: Tensor, qy: Tensor
+    ) -> tuple[Tensor, Metrics]:
         """The training loss of one embedded episode; by default `score` of the class scores."""
         return self.score(self.compare(params, support, onehot, query, self.norm), qy)
 

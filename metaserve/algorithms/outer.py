@@ -5,12 +5,14 @@ Updates run as multi-tensor (`torch._foreach_*`) kernels, as torch.optim does: o
 arithmetic step for all parameters rather than one per tensor, which is most of the learner's own
 time when a meta-step computes for only milliseconds. The inputs are never modified.
 """
+
 from __future__ import annotations
 
-import torch
-
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
+
+import torch
 
 from metaserve.algorithms.params import Params, scale
 
@@ -45,7 +47,9 @@ def adam_init(params: Params) -> dict:
     return {"step": torch.zeros((), dtype=torch.int64), "m": zeros(), "v": zeros()}
 
 
-def adam_update(params: Params, grad: Params, state: dict, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> tuple[Params, dict]:
+def adam_update(
+    params: Params, grad: Params, state: dict, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+) -> tuple[Params, dict]:
     """One bias-corrected Adam descent step on `grad` (Kingma & Ba 2015, Algorithm 1)."""
     b1, b2 = betas
     t = int(state["step"]) + 1
@@ -58,7 +62,11 @@ def adam_update(params: Params, grad: Params, state: dict, lr: float, betas: tup
     torch._foreach_div_(denom, (1 - b2**t) ** 0.5)
     torch._foreach_add_(denom, eps)
     new = torch._foreach_addcdiv(p, m, denom, value=-lr / (1 - b1**t))
-    return dict(zip(names, new)), {"step": torch.tensor(t, dtype=torch.int64), "m": dict(zip(names, m)), "v": dict(zip(names, v))}
+    return dict(zip(names, new)), {
+        "step": torch.tensor(t, dtype=torch.int64),
+        "m": dict(zip(names, m)),
+        "v": dict(zip(names, v)),
+    }
 
 
 def sgd_update(params: Params, grad: Params, state: dict, lr: float) -> tuple[Params, dict]:

@@ -1,7 +1,8 @@
 """Small pure helpers over parameter dicts, so each meta-update reads like its equation."""
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor

@@ -6,6 +6,7 @@ At meta-test the model is finetuned with `eval_inner_steps` SGD steps of size `i
 support set, like the gradient-based learners. With `task.oracle` (inputs x, amplitude, phase) it
 trains the oracle baseline.
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -33,7 +34,7 @@ class Pretrain(InnerLoopLearner):
     """Contribution = grad L(theta) on the task's support and query examples; adapt = SGD finetuning."""
 
     @classmethod
-    def from_section(cls, cfg: PretrainConfig, model: nn.Module, task: Any, vectorize: bool) -> "Pretrain":
+    def from_section(cls, cfg: PretrainConfig, model: nn.Module, task: Any, vectorize: bool) -> Pretrain:
         # Training takes no inner steps; the meta-test finetunes `eval_inner_steps` of them.
         return cls(model, task_kind(task), inner_lr=cfg.inner_lr, inner_steps=cfg.eval_inner_steps, vectorize=vectorize)
 

@@ -4,6 +4,7 @@ Prototype c_n = mean of the support embeddings of class n (eq. 1); a query is cl
 softmax over negative squared Euclidean distances to the prototypes (eq. 2), trained with the
 query cross-entropy. The episode, contribution and adapt/predict are shared (algorithms/metric.py).
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -30,10 +31,21 @@ class ProtoNetConfig(AlgorithmSection):
 class ProtoNet(MetricLearner):
     """Scores = negative squared distances to the class means of the support embeddings."""
 
-    def compare(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor,
-                norm: str = "transductive") -> Tensor:
+    def compare(
+        self, params: Params, support: Tensor, onehot: Tensor, query: Tensor, norm: str = "transductive"
+    ) -> Tensor:
         return proto_logits(query, class_means(support, onehot))
 
 
-register(AlgorithmEntry("protonet", ProtoNetConfig, ProtoNet.from_section, head="embedding", evaluation="closed-form",
-                        tasks=("classification",), reports_pre=False, fixed_ways=True))
+register(
+    AlgorithmEntry(
+        "protonet",
+        ProtoNetConfig,
+        ProtoNet.from_section,
+        head="embedding",
+        evaluation="closed-form",
+        tasks=("classification",),
+        reports_pre=False,
+        fixed_ways=True,
+    )
+)

@@ -9,6 +9,7 @@ rescaling of the step); the predicted class is the highest score.
 Our relation module is two fully connected layers on the flattened conv4 features (28 px images pool
 to 1x1), where Sung et al. use two conv blocks then two FC layers on 5x5 feature maps.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -44,8 +45,9 @@ class Relation(MetricLearner):
         self.relate = forward_fn(model, "relate")
         self.relate_stats = forward_fn(model, "relate_stats")
 
-    def compare(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor,
-                norm: str = "transductive") -> Tensor:
+    def compare(
+        self, params: Params, support: Tensor, onehot: Tensor, query: Tensor, norm: str = "transductive"
+    ) -> Tensor:
         classes = onehot.T @ support
         # support: the relation module's batch norms use the statistics of the (class, support image) pairs
         stats = self.relate_stats(params, relation_pairs(classes, support)) if norm == "support" else None
@@ -56,5 +58,15 @@ class Relation(MetricLearner):
         return loss, {"loss": loss.detach(), "acc": accuracy(out, y).detach()}
 
 
-register(AlgorithmEntry("relation", RelationConfig, Relation.from_section, head="relation", evaluation="closed-form",
-                        tasks=("classification",), reports_pre=False, fixed_ways=True))
+register(
+    AlgorithmEntry(
+        "relation",
+        RelationConfig,
+        Relation.from_section,
+        head="relation",
+        evaluation="closed-form",
+        tasks=("classification",),
+        reports_pre=False,
+        fixed_ways=True,
+    )
+)

@@ -6,6 +6,7 @@ theta <- theta + epsilon * mean_i (phi_i - theta).
 With `outer.optimizer: adam` the mean displacement is fed to Adam as the negative gradient, the
 variant used in the paper's few-shot experiments.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -32,7 +33,6 @@ class Reptile(InnerLoopLearner):
         # Reptile adapts on the support set; the query set only serves the reported metrics.
         phi = sgd_adapt(self.loss, theta, sx, sy, self.inner_lr, self.inner_steps, first_order=True)
         return detach(subtract(phi, theta)), self.before_after(theta, phi, qx, qy, sx)
-
 
 
 register(AlgorithmEntry("reptile", ReptileConfig, Reptile.from_section, contribution="delta"))

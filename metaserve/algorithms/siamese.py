@@ -6,6 +6,7 @@ different pair, scored with the binary cross-entropy of section 3.1 (without its
 weighted equally as in Koch et al.'s balanced pair sets. One-shot prediction (section 4.3): the
 support class with the highest score; with K > 1 shots a class scores as its best-matching support.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -51,11 +52,14 @@ class Siamese(MetricLearner):
         """Logit of 'same' for every (query, support) pair: [query, support]."""
         return self.verify(params, (query.unsqueeze(1) - support.unsqueeze(0)).abs())
 
-    def compare(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor,
-                norm: str = "transductive") -> Tensor:
+    def compare(
+        self, params: Params, support: Tensor, onehot: Tensor, query: Tensor, norm: str = "transductive"
+    ) -> Tensor:
         return best_per_class(self.pair_logits(params, support, query), onehot)
 
-    def episode_loss(self, params: Params, support: Tensor, onehot: Tensor, query: Tensor, qy: Tensor) -> tuple[Tensor, Metrics]:
+    def episode_loss(
+        self, params: Params, support: Tensor, onehot: Tensor, query: Tensor, qy: Tensor
+    ) -> tuple[Tensor, Metrics]:
         same = one_hot(qy, onehot.shape[1], support.dtype) @ onehot.T  # [query, support]: 1 for a same-class pair
         logits = self.pair_logits(params, support, query)
         loss = balanced_bce(logits, same)
@@ -63,10 +67,21 @@ class Siamese(MetricLearner):
         return loss, {"loss": loss.detach(), "acc": acc.detach()}
 
     def score(self, out: Tensor, y: Tensor) -> tuple[Tensor, Metrics]:
-        """On class scores (`predict`): the balanced BCE of each query's best pair per class (the training loss when K = 1)."""
+        """On class scores (`predict`): the balanced BCE of each query's best pair per class (the training loss
+        when K = 1)."""
         loss = balanced_bce(out, one_hot(y, out.shape[-1], out.dtype))
         return loss, {"loss": loss.detach(), "acc": accuracy(out, y).detach()}
 
 
-register(AlgorithmEntry("siamese", SiameseConfig, Siamese.from_section, head="siamese", evaluation="closed-form",
-                        tasks=("classification",), reports_pre=False, fixed_ways=True))
+register(
+    AlgorithmEntry(
+        "siamese",
+        SiameseConfig,
+        Siamese.from_section,
+        head="siamese",
+        evaluation="closed-form",
+        tasks=("classification",),
+        reports_pre=False,
+        fixed_ways=True,
+    )
+)

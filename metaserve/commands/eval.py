@@ -6,6 +6,7 @@ tested on more classes than it trained with, a classifier head on up to its outp
 that shares classes with the training split is warned about, and recorded in the JSON written with
 `--json` (the fields of test.json).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--query", type=int, help="query images per class (default: task.query)")
     p.add_argument("--sources", help="comma-separated test zips or folders under task.root (task.test.sources)")
     p.add_argument("--alphabets", help="comma-separated omniglot test alphabets, or 'all' (task.test.alphabets)")
-    p.add_argument("--batch-norm", choices=["support", "transductive"],
-                   help="query normalisation: support statistics (default: eval.batch_norm) or the query set's own")
+    p.add_argument(
+        "--batch-norm",
+        choices=["support", "transductive"],
+        help="query normalisation: support statistics (default: eval.batch_norm) or the query set's own",
+    )
     p.add_argument("--json", type=Path, help="also write the result, class overlap and batch-norm modes to this file")
     p.set_defaults(func=run)
 
@@ -56,15 +60,22 @@ def run(args: argparse.Namespace) -> int:
     check_count("--steps", args.steps, low=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = evaluate_checkpoint(args.checkpoint, args.episodes, args.steps, overrides=test_overrides(args),
-                                     norm=args.batch_norm)
+        result = evaluate_checkpoint(
+            args.checkpoint, args.episodes, args.steps, overrides=test_overrides(args), norm=args.batch_norm
+        )
     for w in caught:
         print(f"warning: {w.message}")
     print(f"{result} (batch norm: {result.record['batch_norm']})")
     for row in result.curve:
         print("  " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
     if args.json is not None:
-        record = {"metric": result.metric, "mean": result.mean, "ci95": result.ci95, "episodes": result.episodes,
-                  "curve": result.curve, **result.record}
+        record = {
+            "metric": result.metric,
+            "mean": result.mean,
+            "ci95": result.ci95,
+            "episodes": result.episodes,
+            "curve": result.curve,
+            **result.record,
+        }
         args.json.write_text(json.dumps(record, indent=2))
     return 0

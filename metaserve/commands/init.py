@@ -1,4 +1,5 @@
 """`metaserve init DIR`: copy the shipped configs/ and tuning/ specs into DIR to edit and run from there."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,8 +7,9 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("init", help="copy the shipped configs/ and tuning/ sweep specs into a folder")
-    p.add_argument("dest", nargs="?", default=".",
-                   help="folder to copy into (default: the current one); existing files are kept")
+    p.add_argument(
+        "dest", nargs="?", default=".", help="folder to copy into (default: the current one); existing files are kept"
+    )
     p.set_defaults(func=run)
 
 

@@ -1,4 +1,5 @@
 """`metaserve report RUN_DIR|SWEEP_DIR [--episodes N] [--evaluate]`."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,8 +9,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="PNG plots and a markdown summary of a run or a sweep")
     p.add_argument("path", help="run directory (metrics.parquet) or sweep directory (results.parquet)")
     p.add_argument("--episodes", type=int, default=100, help="test tasks behind the adaptation curves (default 100)")
-    p.add_argument("--evaluate", action="store_true",
-                   help="re-run the meta-test (eval.episodes tasks) for the summary instead of quoting test.json")
+    p.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="re-run the meta-test (eval.episodes tasks) for the summary instead of quoting test.json",
+    )
     p.set_defaults(func=run)
 
 

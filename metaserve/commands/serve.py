@@ -1,5 +1,6 @@
 """`metaserve serve RUN_DIR [RUN_DIR...] [--address] [--host] [--port] [--replicas N] ...`: the few-shot service
 (metaserve/serve/app.py); options are checked before Ray starts."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,8 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", help="Ray cluster address (default: an embedded local Ray)")
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
-    p.add_argument("--replicas", type=int, default=1,
-                   help="replicas of the service (default 1; the least when autoscaling)")
+    p.add_argument(
+        "--replicas", type=int, default=1, help="replicas of the service (default 1; the least when autoscaling)"
+    )
     p.add_argument("--max-replicas", type=int, help="autoscale between --replicas and this many replicas")
     p.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs per replica (default 0: CPU)")
     p.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs per replica (default 1)")
@@ -23,8 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-body-mb", type=float, default=8.0, help="largest request body in MiB")
     p.add_argument("--max-batch", type=int, default=32, help="requests batched into one call (1: no batching)")
     p.add_argument("--batch-wait-ms", type=float, default=2.0, help="how long a batch waits to fill")
-    p.add_argument("--layout", choices=["shared", "per-run"], default="shared",
-                   help="shared: every run in each replica (default); per-run: a router plus one deployment per run")
+    p.add_argument(
+        "--layout",
+        choices=["shared", "per-run"],
+        default="shared",
+        help="shared: every run in each replica (default); per-run: a router plus one deployment per run",
+    )
     p.set_defaults(func=run)
 
 
@@ -34,16 +40,24 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port={args.port} must be in 1..65535")
     try:
-        limits = Limits(max_steps=args.max_steps, max_examples=args.max_examples,
-                        max_body_bytes=int(args.max_body_mb * 1024 * 1024))
+        limits = Limits(
+            max_steps=args.max_steps, max_examples=args.max_examples, max_body_bytes=int(args.max_body_mb * 1024 * 1024)
+        )
     except Exception as err:  # pydantic's message names the field and the bound
         raise ValueError(f"a limit is out of range: {err.errors()[0]['loc'][0]} {err.errors()[0]['msg']}") from None
     from metaserve.serve.app import build
 
-    app = build(args.runs, replicas=args.replicas, gpus_per_replica=args.gpus_per_replica,
-                cpus_per_replica=args.cpus_per_replica, limits=limits, max_batch=args.max_batch,
-                batch_wait_ms=args.batch_wait_ms, layout=args.layout,
-                max_replicas=args.max_replicas)  # checks runs and options, loads nothing
+    app = build(
+        args.runs,
+        replicas=args.replicas,
+        gpus_per_replica=args.gpus_per_replica,
+        cpus_per_replica=args.cpus_per_replica,
+        limits=limits,
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+        layout=args.layout,
+        max_replicas=args.max_replicas,
+    )  # checks runs and options, loads nothing
     import ray
     from ray import serve
 

@@ -7,6 +7,7 @@ stays a URI), `--resume`/checkpoint paths become absolute, and a config file mus
 shipped directory. The command's options and its config are validated here first: a typo fails at
 once, before anything is uploaded.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,26 +24,39 @@ from pathlib import Path
 import yaml
 
 from metaserve import jobs
-from metaserve.config import ConfigError, apply_overrides, config_to_dict, load_config, parse_config
+from metaserve.config import ConfigError, apply_overrides, config_to_dict, is_uri, load_config, parse_config
 from metaserve.jobs import JobsError
-from metaserve.config import is_uri
 
 LOCAL_ONLY = ("submit", "jobs")  # commands that talk to a cluster from here, never run inside a job
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("submit", help="run a metaserve command (train, eval, ...) as a job on a Ray cluster",
-                       description="Run a metaserve command as a Ray job, e.g. "
-                                   "`metaserve submit -- metaserve train configs/sinusoid-maml-ray.yaml`.")
-    p.add_argument("--address", help=f"the cluster's Jobs API (dashboard) URL (default: RAY_API_SERVER_ADDRESS, "
-                                      f"an http RAY_ADDRESS, or {jobs.DEFAULT_ADDRESS})")
+    p = sub.add_parser(
+        "submit",
+        help="run a metaserve command (train, eval, ...) as a job on a Ray cluster",
+        description="Run a metaserve command as a Ray job, e.g. "
+        "`metaserve submit -- metaserve train configs/sinusoid-maml-ray.yaml`.",
+    )
+    p.add_argument(
+        "--address",
+        help=f"the cluster's Jobs API (dashboard) URL (default: RAY_API_SERVER_ADDRESS, "
+        f"an http RAY_ADDRESS, or {jobs.DEFAULT_ADDRESS})",
+    )
     p.add_argument("--no-wait", action="store_true", help="return once submitted instead of following the logs")
-    p.add_argument("--storage", metavar="PATH_OR_URI",
-                   help="where the run directories go: a directory (made absolute) or a pyarrow URI such as "
-                        "s3://bucket/runs (default: the config's output_dir, relative to here)")
+    p.add_argument(
+        "--storage",
+        metavar="PATH_OR_URI",
+        help="where the run directories go: a directory (made absolute) or a pyarrow URI such as "
+        "s3://bucket/runs (default: the config's output_dir, relative to here)",
+    )
     p.add_argument("--working-dir", default=".", help="directory shipped to the job (default: the current one)")
-    p.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
-                   help="a variable for the job: NAME takes its value here, NAME=VALUE sets one (only these are sent)")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="a variable for the job: NAME takes its value here, NAME=VALUE sets one (only these are sent)",
+    )
     p.add_argument("--job-id", help="submission id (default: metaserve-COMMAND-TIME-RANDOM)")
     p.add_argument("--dry-run", action="store_true", help="validate and print the job without contacting a cluster")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- metaserve COMMAND [ARGS ...]")
@@ -75,13 +89,25 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     if args.dry_run:
         shown = {**runtime_env, "env_vars": jobs.shown_env(runtime_env["env_vars"])}
-        print(json.dumps({"entrypoint": plan.entrypoint, "runtime_env": shown, "results": plan.results,
-                          "uploaded_files": jobs.shipped_files(working_dir)}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "entrypoint": plan.entrypoint,
+                    "runtime_env": shown,
+                    "results": plan.results,
+                    "uploaded_files": jobs.shipped_files(working_dir),
+                },
+                indent=2,
+            )
+        )
         return 0
     cluster = jobs.connect(args.address)
     job_id = args.job_id or f"metaserve-{plan.argv[0]}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-    metadata = {"metaserve_command": shlex.join(plan.argv), "metaserve_results": plan.results or "",
-                "metaserve_submitted_from": f"{socket.gethostname()}:{Path.cwd()}"}
+    metadata = {
+        "metaserve_command": shlex.join(plan.argv),
+        "metaserve_results": plan.results or "",
+        "metaserve_submitted_from": f"{socket.gethostname()}:{Path.cwd()}",
+    }
     job_id = cluster.submit(plan.entrypoint, runtime_env, metadata, job_id)
     tail = f"{job_id} --address {cluster.url}"
     print(f"submitted job {job_id} to {cluster.url}")
@@ -116,8 +142,10 @@ def command_argv(command: list[str]) -> list[str]:
     if argv[:1] and Path(argv[0]).name in ("metaserve", "metaserve.cli"):
         argv = argv[1:]
     if not argv:
-        raise JobsError("metaserve submit needs the command to run, e.g. "
-                        "`metaserve submit -- metaserve train configs/sinusoid-maml-ray.yaml`")
+        raise JobsError(
+            "metaserve submit needs the command to run, e.g. "
+            "`metaserve submit -- metaserve train configs/sinusoid-maml-ray.yaml`"
+        )
     if argv[0] in LOCAL_ONLY:
         raise JobsError(f"`metaserve {argv[0]}` runs here, not as a job: submit a command such as train or eval")
     return argv
@@ -184,11 +212,15 @@ def pin_train(plan: Plan, ns: argparse.Namespace, cwd: Path, storage: str | None
         if value and not is_uri(value) and not Path(value).expanduser().is_absolute():
             pinned = str((cwd / value).resolve())
             plan.argv += ["--set", f"task.{key}={yaml_scalar(pinned)}"]
-            plan.notes.append(f"task.{key}={value!r} is read from {pinned}: that path must exist on the node running the job "
-                              f"(on a remote cluster, pass --set task.{key}=<path there>)")
+            plan.notes.append(
+                f"task.{key}={value!r} is read from {pinned}: that path must exist on the node running the job "
+                f"(on a remote cluster, pass --set task.{key}=<path there>)"
+            )
     if config.runtime.backend == "local":
-        plan.notes.append("runtime.backend is 'local': the whole run is one process on the node running the job; add "
-                          "--set runtime.backend=ray to spread its tasks over the cluster's workers")
+        plan.notes.append(
+            "runtime.backend is 'local': the whole run is one process on the node running the job; add "
+            "--set runtime.backend=ray to spread its tasks over the cluster's workers"
+        )
 
 
 def pin_tune(plan: Plan, ns: argparse.Namespace, cwd: Path, storage: str | None) -> None:
@@ -211,8 +243,10 @@ def pin_tune(plan: Plan, ns: argparse.Namespace, cwd: Path, storage: str | None)
     for name, base in sweep.bases.items():
         root = (base.get("task") or {}).get("root")
         if root and not Path(str(root)).expanduser().is_absolute():
-            plan.notes.append(f"base {name!r} reads task.root={root!r} relative to the job's directory; give an absolute "
-                              "task.root in that base (or its set: list) where the data lies on the cluster")
+            plan.notes.append(
+                f"base {name!r} reads task.root={root!r} relative to the job's directory; give an absolute "
+                "task.root in that base (or its set: list) where the data lies on the cluster"
+            )
 
 
 def pinned_output(storage: str | None, overrides: list[str], key: str, configured: str, cwd: Path) -> str:
@@ -250,12 +284,16 @@ def shipped_path(path: str, cwd: Path, working_dir: Path) -> str:
     try:
         rel = full.relative_to(working_dir)
     except ValueError:
-        raise JobsError(f"{path!r} is outside the working directory {str(working_dir)!r} that the job receives: "
-                        "move it there or pass --working-dir") from None
+        raise JobsError(
+            f"{path!r} is outside the working directory {str(working_dir)!r} that the job receives: "
+            "move it there or pass --working-dir"
+        ) from None
     excluded = {e.strip("/").removeprefix("**/") for e in jobs.EXCLUDES if e.endswith("/")}
     if any(part in excluded for part in rel.parts[:-1]):
-        raise JobsError(f"{path!r} is in a directory that is not shipped with the job ({', '.join(sorted(excluded))}); "
-                        "copy it into the working directory")
+        raise JobsError(
+            f"{path!r} is in a directory that is not shipped with the job ({', '.join(sorted(excluded))}); "
+            "copy it into the working directory"
+        )
     return rel.as_posix()
 
 

@@ -1,4 +1,5 @@
 """`metaserve train CONFIG [--set k=v ...] [--address ADDR]` or `metaserve train --resume RUN_DIR [--restart]`."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,28 +12,39 @@ from metaserve.store.resume import SAFE_ON_RESUME
 def register(sub: argparse._SubParsersAction) -> None:
     from metaserve.config_help import sections_help
 
-    p = sub.add_parser("train", help="meta-train from a YAML config (or resume a run)", epilog=sections_help(),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "train",
+        help="meta-train from a YAML config (or resume a run)",
+        epilog=sections_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("config", nargs="?", help="YAML config file (see configs/)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. train.steps=100 (with --resume only "
-                        + ", ".join(SAFE_ON_RESUME) + ")")
-    p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue a run from its latest good checkpoint, with its own config")
-    p.add_argument("--restart", action="store_true",
-                   help="with --resume: start RUN_DIR's config over from step 0 in a new run folder "
-                        "(the old one is kept)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. train.steps=100 (with --resume only " + ", ".join(SAFE_ON_RESUME) + ")",
+    )
+    p.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue a run from its latest good checkpoint, with its own config"
+    )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="with --resume: start RUN_DIR's config over from step 0 in a new run folder (the old one is kept)",
+    )
     p.add_argument("--address", help="Ray cluster address (implies runtime.backend=ray)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from metaserve.api import as_config, resume_plan
-    from metaserve.progress import Progress
     from metaserve.preflight import check_resources
+    from metaserve.progress import Progress
     from metaserve.runtime.loop import train_loop
-    from metaserve.store.rundir import read_run_config
     from metaserve.store.resume import record_resume
+    from metaserve.store.rundir import read_run_config
 
     address = [f"runtime.address={args.address}", "runtime.backend=ray"] if args.address else []
     if args.restart and not args.resume:

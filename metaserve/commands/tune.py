@@ -1,4 +1,5 @@
 """`metaserve tune SWEEP.yaml [--set k=v ...] [--address ADDR]` or `metaserve tune --resume SWEEP_DIR`."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,9 +11,16 @@ from metaserve.config import ConfigError
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tune", help="run a hyperparameter or curriculum sweep on Ray Tune (see tuning/)")
     p.add_argument("spec", nargs="?", help="sweep spec YAML (see tuning/)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a spec key, e.g. num_samples=2 or scheduler.name=fifo")
-    p.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep (errored trials from their checkpoints)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key, e.g. num_samples=2 or scheduler.name=fifo",
+    )
+    p.add_argument(
+        "--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep (errored trials from their checkpoints)"
+    )
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
     p.set_defaults(func=run)
 
@@ -38,4 +46,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     print(f"sweep directory: {result.sweep_dir}")
     return 0
-

@@ -14,11 +14,12 @@ Every teacher update (every `curriculum.every` meta-steps: the teacher update ra
 
 Everything here is a pure function of its arguments; the uniform draws come in as `u` in [-1, 1].
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -55,14 +56,26 @@ class AdaptiveState:
 
     def to_dict(self) -> dict:
         """Plain lists and floats (checkpoints load with weights_only=True)."""
-        return {"mean": list(self.mean), "omega": list(self.omega), "history_omega": [list(o) for o in self.history_omega],
-                "history_loss": list(self.history_loss), "updates": self.updates, "last_grad": list(self.last_grad)}
+        return {
+            "mean": list(self.mean),
+            "omega": list(self.omega),
+            "history_omega": [list(o) for o in self.history_omega],
+            "history_loss": list(self.history_loss),
+            "updates": self.updates,
+            "last_grad": list(self.last_grad),
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "AdaptiveState":
+    def from_dict(cls, d: dict) -> AdaptiveState:
         vec = lambda xs: tuple(float(x) for x in xs)  # noqa: E731
-        return cls(vec(d["mean"]), vec(d["omega"]), tuple(vec(o) for o in d["history_omega"]), vec(d["history_loss"]),
-                   int(d["updates"]), vec(d.get("last_grad", ())))
+        return cls(
+            vec(d["mean"]),
+            vec(d["omega"]),
+            tuple(vec(o) for o in d["history_omega"]),
+            vec(d["history_loss"]),
+            int(d["updates"]),
+            vec(d.get("last_grad", ())),
+        )
 
 
 def difficulty_gradient(omegas: Sequence[Sequence[float]], losses: Sequence[float]) -> list[float]:

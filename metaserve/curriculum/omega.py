@@ -5,17 +5,17 @@ A and phi are drawn from. Few-shot images: `ways`, `shots`, `query` (integers). 
 dict; `apply_omega` turns it into the distribution's frozen space dataclass, which the executor
 forwards to every worker with the meta-step.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Union
 
 from metaserve.config import IMAGE_OMEGA, SINUSOID_OMEGA
 from metaserve.tasks.images import ImageSpace
 from metaserve.tasks.sinusoid import SinusoidSpace
 
-Space = Union[SinusoidSpace, ImageSpace]
+Space = SinusoidSpace | ImageSpace
 Omega = dict[str, float]
 INTEGER = frozenset(IMAGE_OMEGA)  # counts: the teacher rounds them before building a space
 
@@ -28,8 +28,12 @@ def round_half_up(x: float) -> int:
 def omega_of(space: Space) -> Omega:
     """Every teachable parameter of a space, by name."""
     if isinstance(space, SinusoidSpace):
-        return {"amplitude_low": space.amplitude[0], "amplitude_high": space.amplitude[1],
-                "phase_low": space.phase[0], "phase_high": space.phase[1]}
+        return {
+            "amplitude_low": space.amplitude[0],
+            "amplitude_high": space.amplitude[1],
+            "phase_low": space.phase[0],
+            "phase_high": space.phase[1],
+        }
     if isinstance(space, ImageSpace):
         return {name: float(getattr(space, name)) for name in IMAGE_OMEGA}
     raise TypeError(f"no task-space parameters known for {type(space).__name__}")

@@ -3,10 +3,11 @@
 The student trains on stage s until its meta-validation loss has stayed below the stage's threshold
 for `patience` consecutive teacher updates, then moves to stage s + 1; the last stage is kept.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class StaticState:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "StaticState":
+    def from_dict(cls, d: dict) -> StaticState:
         return cls(int(d["stage"]), int(d["streak"]), int(d["updates"]), float(d["last_loss"]))
 
 

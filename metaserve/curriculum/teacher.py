@@ -6,6 +6,7 @@ in every checkpoint; `restore` takes it back. The dict holds only str, int, floa
 checkpoints keep loading with `torch.load(..., weights_only=True)`, and the adaptive teacher's noise
 is a pure function of (seed, update number), so a resumed run continues exactly.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,17 @@ def hyper_from_config(cfg: CurriculumConfig) -> AdaptiveHyper:
     names = tuple(cfg.params)
     steps = tuple(float(p.step if p.step is not None else cfg.step) for p in cfg.params.values())
     noise = tuple(float(p.noise if p.noise is not None else s / 2) for p, s in zip(cfg.params.values(), steps))
-    return AdaptiveHyper(names, tuple(float(p.low) for p in cfg.params.values()), tuple(float(p.high) for p in cfg.params.values()),
-                         steps, noise, tuple(n in INTEGER for n in names), cfg.window, cfg.grad_threshold, float(cfg.target_loss or 0.0))
+    return AdaptiveHyper(
+        names,
+        tuple(float(p.low) for p in cfg.params.values()),
+        tuple(float(p.high) for p in cfg.params.values()),
+        steps,
+        noise,
+        tuple(n in INTEGER for n in names),
+        cfg.window,
+        cfg.grad_threshold,
+        float(cfg.target_loss or 0.0),
+    )
 
 
 class Teacher:
@@ -134,7 +144,11 @@ class AdaptiveTeacher(Teacher):
         self.start = tuple(float(p.start if p.start is not None else p.low) for p in cfg.params.values())
 
     def init(self) -> dict:
-        return {"teacher": "adaptive", "names": list(self.hp.names), **adaptive_init(self.start, self._u(0), self.hp).to_dict()}
+        return {
+            "teacher": "adaptive",
+            "names": list(self.hp.names),
+            **adaptive_init(self.start, self._u(0), self.hp).to_dict(),
+        }
 
     def fits(self, saved: dict) -> bool:
         return list(saved.get("names", [])) == list(self.hp.names)
@@ -148,7 +162,10 @@ class AdaptiveTeacher(Teacher):
         return dict(zip(self.hp.names, state["omega"]))
 
     def columns(self, state: dict) -> dict[str, float]:
-        return {**super().columns(state), **{f"teacher_mean_{n}": float(m) for n, m in zip(self.hp.names, state["mean"])}}
+        return {
+            **super().columns(state),
+            **{f"teacher_mean_{n}": float(m) for n, m in zip(self.hp.names, state["mean"])},
+        }
 
     def last_loss(self, state: dict) -> float:
         return float(state["history_loss"][-1]) if state["history_loss"] else math.nan
@@ -178,5 +195,7 @@ def build_teacher(config: Config, distribution: TaskDistribution) -> Teacher:
             try:
                 check(space)
             except ValueError as err:
-                raise ValueError(f"curriculum.teacher={teacher.kind!r} may pick {space}, which the data cannot supply: {err}") from None
+                raise ValueError(
+                    f"curriculum.teacher={teacher.kind!r} may pick {space}, which the data cannot supply: {err}"
+                ) from None
     return teacher

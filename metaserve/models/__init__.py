@@ -1,4 +1,5 @@
 """Models evaluated functionally: `mlp` for regression, `conv4` for images (+ metric heads, learner wrappers)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -30,11 +31,24 @@ def build_model(cfg: ModelConfig, task: TaskConfig, head: str = "classifier", al
     assert isinstance(task, ImageTaskConfig)
     hidden = cfg.hidden if isinstance(cfg.hidden, int) else (cfg.hidden[0] if cfg.hidden else 64)
     if head == "mann":
-        return MANNModel(task.channels, hidden, task.image_size, task.ways, controller=algorithm.controller,
-                         controller_hidden=algorithm.controller_hidden, memory_size=algorithm.memory_size)
+        return MANNModel(
+            task.channels,
+            hidden,
+            task.image_size,
+            task.ways,
+            controller=algorithm.controller,
+            controller_hidden=algorithm.controller_hidden,
+            memory_size=algorithm.memory_size,
+        )
     if head == "metanet":
-        return MetaNetModel(task.channels, hidden, task.image_size, task.ways, embed_size=algorithm.embed_size,
-                            meta_hidden=algorithm.meta_hidden)
+        return MetaNetModel(
+            task.channels,
+            hidden,
+            task.image_size,
+            task.ways,
+            embed_size=algorithm.embed_size,
+            meta_hidden=algorithm.meta_hidden,
+        )
     if head in METRIC_MODELS:
         return METRIC_MODELS[head](task.channels, hidden, task.image_size)
     return Conv4(task.channels, task.ways if head == "classifier" else 0, hidden, task.image_size)

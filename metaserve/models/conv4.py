@@ -7,6 +7,7 @@ those instead, so a query's output no longer depends on the other queries (TaskN
 statistics). Either way the model is a pure function of its parameters, so it can be vmapped over
 tasks and differentiated through adaptation.
 """
+
 from __future__ import annotations
 
 import torch

@@ -3,9 +3,10 @@
 Meta-parameters are plain `dict[str, Tensor]`; a model is only a structure evaluated with
 `torch.func.functional_call`, so adapted parameters never touch the meta-parameters.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn

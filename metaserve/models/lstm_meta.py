@@ -6,6 +6,7 @@ cell over the preprocessed (gradient, loss) of each coordinate, then the modifie
 parameter itself. Both live in one module so every meta-parameter (the learner's initial parameters
 c_0 and the LSTM's weights) is in the one params dict: checkpointed, averaged and stepped like any other.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,8 +41,9 @@ class CoordinateLSTM(nn.Module):
             self.input_gate.bias.fill_(math.log(init_lr / (1 - init_lr)))
             self.forget_gate.bias.fill_(forget_bias)
 
-    def forward(self, x: Tensor, grad: Tensor, theta: Tensor, h: Tensor, c: Tensor, i: Tensor, f: Tensor
-                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, grad: Tensor, theta: Tensor, h: Tensor, c: Tensor, i: Tensor, f: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """One step for n coordinates: x [n, 4] preprocessed inputs, grad/theta/i/f [n], h/c [n, hidden].
 
         Returns (theta_t, h_t, c_t of the first layer, i_t, f_t).

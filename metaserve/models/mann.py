@@ -5,6 +5,7 @@ pixels), a controller (LSTM or feed-forward) over [encoded x_t, one-hot y_{t-1},
 that turn its output into the memory key k_t and the write gate alpha_t, and the output layer
 o_t = W_o [h_t, r_t] (class logits). The memory itself is state, not a parameter: algorithms/mann.py.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -19,9 +20,17 @@ from metaserve.models.metric_heads import LSTMCell
 class MANNModel(nn.Module):
     """conv4 encoder + controller + key/gate heads + output layer, for `ways` classes and `memory_size` wide slots."""
 
-    def __init__(self, in_channels: int, conv_hidden: int, image_size: int, ways: int, *,
-                 controller: Literal["lstm", "feedforward"] = "lstm", controller_hidden: int = 64,
-                 memory_size: int = 16):
+    def __init__(
+        self,
+        in_channels: int,
+        conv_hidden: int,
+        image_size: int,
+        ways: int,
+        *,
+        controller: Literal["lstm", "feedforward"] = "lstm",
+        controller_hidden: int = 64,
+        memory_size: int = 16,
+    ):
         super().__init__()
         self.encoder = Conv4(in_channels, 0, conv_hidden, image_size)
         width = self.encoder.embedding_dim + ways + memory_size

@@ -6,6 +6,7 @@ that map a preprocessed loss gradient (2 numbers per coordinate) to a fast weigh
 are combined by layer augmentation (their section 3.3): a layer's output is the sum of its slow and its
 fast branch, each with the layer's nonlinearity.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,8 +29,16 @@ class CoordinateMLP(nn.Module):
 class MetaNetModel(nn.Module):
     """conv4 features + representation layer + base output layer (slow) and the generators F_w, G_v (meta)."""
 
-    def __init__(self, in_channels: int, conv_hidden: int, image_size: int, ways: int, *, embed_size: int = 64,
-                 meta_hidden: int = 20):
+    def __init__(
+        self,
+        in_channels: int,
+        conv_hidden: int,
+        image_size: int,
+        ways: int,
+        *,
+        embed_size: int = 64,
+        meta_hidden: int = 20,
+    ):
         super().__init__()
         self.encoder = Conv4(in_channels, 0, conv_hidden, image_size)
         self.represent_layer = nn.Linear(self.encoder.embedding_dim, embed_size)

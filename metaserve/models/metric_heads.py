@@ -10,6 +10,7 @@ module, evaluated functionally like every model (`forward_fn(model, method)`):
 - `MatchingConv4.context_support/context_query`: full-context embeddings g(x_i, S) and f(x, S)
   (Vinyals et al. 2016, appendix A.1-A.2).
 """
+
 from __future__ import annotations
 
 import torch
@@ -45,15 +46,25 @@ class RelationConv4(Conv4):
     def __init__(self, in_channels: int = 1, hidden: int = 64, image_size: int = 28):
         super().__init__(in_channels, 0, hidden, image_size)
         # Same parameters as conv4's blocks; only the max-pools of blocks 3 and 4 go (Sung et al. 2018, Fig. 2).
-        self.features = nn.Sequential(*[_block(in_channels if i == 0 else hidden, hidden) if i < 2 else _block(hidden, hidden)[:3]
-                                        for i in range(4)])
+        self.features = nn.Sequential(
+            *[
+                _block(in_channels if i == 0 else hidden, hidden) if i < 2 else _block(hidden, hidden)[:3]
+                for i in range(4)
+            ]
+        )
         self.side = image_size // 4
         if self.side // 4 < 1:
             raise ValueError(f"image_size={image_size} is too small for the relation network: need at least 16 pixels")
         self.hidden = hidden
         self.embedding_dim = hidden * self.side * self.side
-        self.relation = nn.Sequential(_block(2 * hidden, hidden), _block(hidden, hidden), nn.Flatten(),
-                                      nn.Linear(hidden * (self.side // 4) ** 2, RELATION_HIDDEN), nn.ReLU(), nn.Linear(RELATION_HIDDEN, 1))
+        self.relation = nn.Sequential(
+            _block(2 * hidden, hidden),
+            _block(hidden, hidden),
+            nn.Flatten(),
+            nn.Linear(hidden * (self.side // 4) ** 2, RELATION_HIDDEN),
+            nn.ReLU(),
+            nn.Linear(RELATION_HIDDEN, 1),
+        )
 
     def relate(self, pairs: Tensor, stats: Stats | None = None) -> Tensor:
         """Relation scores in (0, 1) of concatenated flattened pairs: [..., 2 * embedding_dim] -> [...].

@@ -1,4 +1,5 @@
 """The sinusoid regressor of Finn et al. (2017): 1-40-40-1 with ReLU."""
+
 from __future__ import annotations
 
 from torch import nn

@@ -14,9 +14,10 @@ differentiable through adaptation). How it normalises is decided per call:
 A model threads the statistics through its layers with `run_layers`: a flat tuple
 (mu_1, var_1, mu_2, var_2, ...) in layer order, as returned when collecting.
 """
+
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -60,8 +61,9 @@ def leaves(layers: Iterable[nn.Module]) -> Iterator[nn.Module]:
             yield layer
 
 
-def run_layers(layers: Iterable[nn.Module], x: Tensor, stats: Sequence[Tensor] | None = None,
-               collect: list[Tensor] | None = None) -> Tensor:
+def run_layers(
+    layers: Iterable[nn.Module], x: Tensor, stats: Sequence[Tensor] | None = None, collect: list[Tensor] | None = None
+) -> Tensor:
     """Apply `layers` in order; every TaskNorm2d uses the next pair of `stats` (None: the batch's own).
 
     With `collect`, the batch statistics each TaskNorm2d normalised with are appended to it: run the

@@ -1,4 +1,5 @@
 """Reaching Ray: a cluster at an address, or an embedded local instance started for this process."""
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,10 @@ def connect(address: str | None = None, num_cpus: int = 1, quiet: bool = False) 
     # address="local": never attach to a cluster some other `ray start` left on this machine.
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, num_cpus), include_dashboard=False, log_to_driver=True)
     if not quiet:
-        print("Ray: embedded local instance (dashboard off; `ray start --head --dashboard-host 127.0.0.1` then "
-              "--address auto serves it at http://127.0.0.1:8265)")
+        print(
+            "Ray: embedded local instance (dashboard off; `ray start --head --dashboard-host 127.0.0.1` then "
+            "--address auto serves it at http://127.0.0.1:8265)"
+        )
 
 
 def token_mode() -> None:

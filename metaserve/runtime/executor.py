@@ -1,7 +1,9 @@
 """What the learner loop asks of a backend (`Executor`), and the one that `runtime.backend` names."""
+
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from torch import Tensor
 
@@ -15,13 +17,20 @@ from metaserve.tasks.base import TaskDistribution
 class Executor(Protocol):
     """Computes a meta-step's summed update; the local loop and the Ray workers both implement it."""
 
-    def compute(self, params: Params, step: int, indices: Sequence[int], space: object | None = None
-                ) -> tuple[TaskUpdate, dict[str, float]]:
+    def compute(
+        self, params: Params, step: int, indices: Sequence[int], space: object | None = None
+    ) -> tuple[TaskUpdate, dict[str, float]]:
         """The summed update of tasks `indices` of meta-step `step`, and timings (worker_time, comm_time)."""
         ...
 
-    def evaluate(self, params: Params, indices: Sequence[int], steps: int, curve: bool = True,
-                 progress: Callable[[int], None] | None = None) -> Tensor:
+    def evaluate(
+        self,
+        params: Params,
+        indices: Sequence[int],
+        steps: int,
+        curve: bool = True,
+        progress: Callable[[int], None] | None = None,
+    ) -> Tensor:
         """Per-episode query curves [len(indices), rows, 2] of meta-test episodes `indices` (evaluation.py);
         `progress(done)` as episodes finish."""
         ...

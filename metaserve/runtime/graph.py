@@ -7,15 +7,16 @@ core, so it pays off only when the learner and every worker have a core of their
 fault (a worker died, a channel broke) shuts the graph down; the executor then finishes the step
 with ordinary calls and builds a new graph once every worker answers again.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import ray
 from ray.dag import InputNode, MultiOutputNode
 from ray.exceptions import RayTaskError
-
 
 POLL_S = 0.002  # wake this long before the workers are expected to finish: a wake-up costs ~0.5-1 ms here
 
@@ -45,7 +46,7 @@ class StepGraph:
             return ray.get(refs, timeout=timeout_s)
         except RayTaskError:
             raise
-        except Exception as err:  # noqa: BLE001 - actor death, channel errors and timeouts all end the graph
+        except Exception as err:
             self.close()
             raise GraphBroken(f"{type(err).__name__}: {err}") from err
 
@@ -53,7 +54,6 @@ class StepGraph:
         if self._compiled is not None:
             try:
                 self._compiled.teardown()
-            except Exception:  # noqa: BLE001 - already torn down by Ray after a fault
+            except Exception:
                 pass
             self._compiled = None
-

@@ -1,8 +1,9 @@
 """The local backend: the whole meta-batch in this process. The reference the Ray backend must match."""
+
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
@@ -22,7 +23,9 @@ class LocalExecutor:
         self.learner = learner
         self.distribution = distribution
 
-    def compute(self, params: Params, step: int, indices: Sequence[int], space=None) -> tuple[TaskUpdate, dict[str, float]]:
+    def compute(
+        self, params: Params, step: int, indices: Sequence[int], space=None
+    ) -> tuple[TaskUpdate, dict[str, float]]:
         """Summed update of the meta-batch, and timings (worker compute, communication)."""
         start = time.perf_counter()
         tasks = sample_slice(self.learner, self.distribution, step, indices, space)
@@ -32,11 +35,18 @@ class LocalExecutor:
         check_finite(update, "the local process", step, indices)
         return update, {"worker_time": time.perf_counter() - start, "comm_time": 0.0}
 
-    def evaluate(self, params: Params, indices: Sequence[int], steps: int, curve: bool = True,
-                 progress: Callable[[int], None] | None = None) -> Tensor:
+    def evaluate(
+        self,
+        params: Params,
+        indices: Sequence[int],
+        steps: int,
+        curve: bool = True,
+        progress: Callable[[int], None] | None = None,
+    ) -> Tensor:
         """Per-episode query curves of meta-test episodes `indices`, in this process."""
-        return episode_curves(self.learner, params, self.distribution, indices, steps=steps, curve=curve,
-                              progress=progress)
+        return episode_curves(
+            self.learner, params, self.distribution, indices, steps=steps, curve=curve, progress=progress
+        )
 
     def close(self) -> None:
         pass

@@ -5,15 +5,16 @@ them and hands the mean to the outer optimiser (as a gradient, or a negated delt
 algorithm's registry entry says). `metaserve train` calls `train_loop`; the Tune trainable wraps
 it, passing `on_log` to report metrics and checkpoints.
 """
+
 from __future__ import annotations
 
 import json
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -50,19 +51,33 @@ class TrainState:
     teacher: dict = field(default_factory=dict)  # the curriculum teacher's state (plain values; {} without one)
 
     def to_dict(self, config: Config) -> dict:
-        return {"params": self.params, "outer_state": self.outer_state, "step": self.step, "skipped": self.skipped,
-                "rng": torch.get_rng_state(), "config": config_to_dict(config), "teacher": self.teacher}
+        return {
+            "params": self.params,
+            "outer_state": self.outer_state,
+            "step": self.step,
+            "skipped": self.skipped,
+            "rng": torch.get_rng_state(),
+            "config": config_to_dict(config),
+            "teacher": self.teacher,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict, device: torch.device) -> "TrainState":
+    def from_dict(cls, d: dict, device: torch.device) -> TrainState:
         torch.set_rng_state(d["rng"])
 
         def move(t: object) -> object:
             return t.to(device) if isinstance(t, torch.Tensor) and t.dim() > 0 else t
 
-        outer = {k: ({n: move(v) for n, v in s.items()} if isinstance(s, dict) else s) for k, s in d["outer_state"].items()}
-        return cls({k: v.to(device) for k, v in d["params"].items()}, outer, d["step"], d.get("skipped", 0),
-                   dict(d.get("teacher", {})))
+        outer = {
+            k: ({n: move(v) for n, v in s.items()} if isinstance(s, dict) else s) for k, s in d["outer_state"].items()
+        }
+        return cls(
+            {k: v.to(device) for k, v in d["params"].items()},
+            outer,
+            d["step"],
+            d.get("skipped", 0),
+            dict(d.get("teacher", {})),
+        )
 
 
 @dataclass
@@ -78,9 +93,18 @@ class TrainResult:
 class TrainLoop:
     """One run's loop: its pieces, its state and its metric rows in one place."""
 
-    def __init__(self, config: Config, learner: Learner, distribution: TaskDistribution, teacher: Teacher,
-                 run_dir: Path, state: TrainState, rows: list[dict], on_log: LogHook | None = None,
-                 say: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        config: Config,
+        learner: Learner,
+        distribution: TaskDistribution,
+        teacher: Teacher,
+        run_dir: Path,
+        state: TrainState,
+        rows: list[dict],
+        on_log: LogHook | None = None,
+        say: Callable[[str], None] | None = None,
+    ):
         self.config, self.learner, self.distribution, self.teacher = config, learner, distribution, teacher
         self.run_dir, self.state, self.rows = run_dir, state, rows
         self.on_log, self.say = on_log, say or (lambda _msg: None)
@@ -96,12 +120,18 @@ class TrainLoop:
             space = self.teacher.space(self.state.teacher)  # omega of this meta-step
             columns = self.teacher.columns(self.state.teacher)
             self.step(executor, space)
-            if self.teacher.due(self.state.step):  # between meta-steps: the teacher sees the student's val loss on omega
+            if self.teacher.due(
+                self.state.step
+            ):  # between meta-steps: the teacher sees the student's val loss on omega
                 self.state.teacher = self.teacher.update(self.state.teacher, self.teacher_loss(space))
             # A skipped step still counts: its log row (if any step of the window ran) and checkpoint are due.
             if self.state.step % tc.log_every == 0 or self.state.step == tc.steps:
                 if self.window:
-                    extra = {**columns, "teacher_loss": self.teacher.last_loss(self.state.teacher)} if self.teacher.active else {}
+                    extra = (
+                        {**columns, "teacher_loss": self.teacher.last_loss(self.state.teacher)}
+                        if self.teacher.active
+                        else {}
+                    )
                     self.log(extra)
                 elif self.checkpoint_due():
                     self.checkpoint()
@@ -117,13 +147,16 @@ class TrainLoop:
             update, timing = executor.compute(state.params, state.step, range(self.config.train.meta_batch), space)
         except NonFiniteUpdate as err:
             if self.config.runtime.on_nonfinite == "stop":
-                raise NonFiniteUpdate(f"{err}; the run stopped, its last good checkpoint is in "
-                                      f"{self.run_dir / 'checkpoints'}") from None
+                raise NonFiniteUpdate(
+                    f"{err}; the run stopped, its last good checkpoint is in {self.run_dir / 'checkpoints'}"
+                ) from None
             warnings.warn(f"skipping step: {err}", stacklevel=2)
             state.step, state.skipped = state.step + 1, state.skipped + 1
             return
         t1 = time.perf_counter()
-        state.params, state.outer_state = self.learner.outer_step(state.params, update.mean_contribution(), state.outer_state)
+        state.params, state.outer_state = self.learner.outer_step(
+            state.params, update.mean_contribution(), state.outer_state
+        )
         state.step += 1
         t2 = time.perf_counter()
         self.window.append({**update.mean_metrics(), **timing, "learner_time": t2 - t1, "step_time": t2 - t0})
@@ -153,17 +186,25 @@ class TrainLoop:
 
     def validation_columns(self) -> dict[str, float]:
         """val_<metric> after adaptation and, for learners that adapt by steps, val_<metric>_pre before it."""
-        val = evaluate(self.learner, self.state.params, self.distribution, episodes=self.config.train.val_tasks,
-                       stream="val")
+        val = evaluate(
+            self.learner, self.state.params, self.distribution, episodes=self.config.train.val_tasks, stream="val"
+        )
         cols = {f"val_{k}": v for k, v in val.curve[-1].items() if k != "inner_step"}
         if self.config.entry.evaluation != "closed-form":
             cols |= {f"val_{k}_pre": v for k, v in val.curve[0].items() if k != "inner_step"}
         return cols
 
     def teacher_loss(self, space: object | None) -> float:
-        """Post-adaptation query loss on `curriculum.val_tasks` validation tasks of `space` (the same tasks each time)."""
-        val = evaluate(self.learner, self.state.params, self.distribution, episodes=self.config.curriculum.val_tasks,
-                       stream="val", space=space)
+        """Post-adaptation query loss on `curriculum.val_tasks` validation tasks of `space` (the same tasks each
+        time)."""
+        val = evaluate(
+            self.learner,
+            self.state.params,
+            self.distribution,
+            episodes=self.config.curriculum.val_tasks,
+            stream="val",
+            space=space,
+        )
         return val.curve[-1]["loss"]
 
     def meta_test(self, executor: Executor) -> EvalResult:
@@ -171,19 +212,39 @@ class TrainLoop:
         ec = self.config.eval
         steps = protocol_steps(self.learner, ec.inner_steps)
         self.say(f"meta-test: {ec.episodes} held-out episodes")
-        curves = executor.evaluate(self.state.params, range(ec.episodes), steps, ec.curve,
-                                   progress=phase(self.say, "meta-test episode", ec.episodes, "episode"))
+        curves = executor.evaluate(
+            self.state.params,
+            range(ec.episodes),
+            steps,
+            ec.curve,
+            progress=phase(self.say, "meta-test episode", ec.episodes, "episode"),
+        )
         end_phase(self.say)
         test = summarize(curves, self.learner.algorithm.kind, steps)
-        record = {"metric": test.metric, "mean": test.mean, "ci95": test.ci95, "episodes": test.episodes,
-                  "curve": test.curve, **meta_test_record(self.config, self.distribution)}  # batch-norm modes, overlap
+        record = {
+            "metric": test.metric,
+            "mean": test.mean,
+            "ci95": test.ci95,
+            "episodes": test.episodes,
+            "curve": test.curve,
+            **meta_test_record(self.config, self.distribution),
+        }  # batch-norm modes, overlap
         (self.run_dir / "test.json").write_text(json.dumps(record, indent=2))
         return test
 
 
-def train_loop(config: Config, *, run_dir: Path | None = None, resume: bool = False, on_log: LogHook | None = None,
-               progress: Callable[[str], None] | None = None, final_eval: bool = True, executor: Executor | None = None,
-               tensorboard: bool = True, keep_config: bool = False) -> TrainResult:
+def train_loop(
+    config: Config,
+    *,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    on_log: LogHook | None = None,
+    progress: Callable[[str], None] | None = None,
+    final_eval: bool = True,
+    executor: Executor | None = None,
+    tensorboard: bool = True,
+    keep_config: bool = False,
+) -> TrainResult:
     """Meta-train `config` to `train.steps`, writing the run directory; resume from its latest good checkpoint.
 
     `executor` lends an already running executor (the caller keeps and closes it); by default one is
@@ -202,7 +263,10 @@ def train_loop(config: Config, *, run_dir: Path | None = None, resume: bool = Fa
     loop = TrainLoop(config, learner, distribution, teacher, run_dir, state, rows, on_log, progress)
     if resume and state.step >= config.train.steps:
         loop.say(resume_note(state.step, config.train.steps, final_eval))
-    loop.say(f"run directory: {location(run_dir, config.output_dir)}" + (f" (resumed at step {state.step})" if state.step else ""))
+    loop.say(
+        f"run directory: {location(run_dir, config.output_dir)}"
+        + (f" (resumed at step {state.step})" if state.step else "")
+    )
     owned = executor is None
     with TensorBoardLog(run_dir, state.step) if tensorboard else nullcontext() as board:
         if board is not None:
@@ -236,7 +300,9 @@ def _also_to(board: TensorBoardLog, on_log: LogHook | None) -> LogHook:
     return log
 
 
-def initial_state(config: Config, learner: Learner, resume_dir: Path | None, teacher: Teacher) -> tuple[TrainState, list[dict]]:
+def initial_state(
+    config: Config, learner: Learner, resume_dir: Path | None, teacher: Teacher
+) -> tuple[TrainState, list[dict]]:
     """The latest good checkpoint of `resume_dir` with the metric rows up to it, or a fresh start."""
     if resume_dir is not None:
         saved = latest_good_state(resume_dir, learner.device)

@@ -5,13 +5,14 @@ its slice of task indices) and returns the sum of its slice's contributions. Sli
 slice order, so the result does not depend on which worker computed which slice; a slice whose
 worker died is re-sent to another (or the restarted) worker, giving exactly the fault-free result.
 """
+
 from __future__ import annotations
 
+import itertools
 import time
 import warnings
-import itertools
 from collections import deque
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import ray
@@ -28,8 +29,8 @@ from metaserve.models.functional import Params
 from metaserve.runtime.cluster import connect
 from metaserve.runtime.executor import worker_bundle
 from metaserve.runtime.graph import GraphBroken, StepGraph
-from metaserve.runtime.work import check_finite, fold, task_blocks
 from metaserve.runtime.wire import Layout, flatten, layout_of, unflatten
+from metaserve.runtime.work import check_finite, fold, task_blocks
 from metaserve.runtime.workers import AdaptationWorker
 
 INLINE_BYTES = 100 * 1024  # Ray passes arguments up to 100 KiB inline with the call
@@ -63,8 +64,9 @@ def worker_slices(blocks: Sequence[Sequence[int]], n: int) -> list[list[list[int
     return [blocks[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
-def combine(results: list[tuple[int, tuple]], layout: Layout, device: torch.device, step: int,
-            slices: list[list[list[int]]]) -> TaskUpdate:
+def combine(
+    results: list[tuple[int, tuple]], layout: Layout, device: torch.device, step: int, slices: list[list[list[int]]]
+) -> TaskUpdate:
     """One update from the block rows of every slice, folded in block order (so the sum never depends on
     which worker ran what, or how many there are); a NaN/inf block names its worker and tasks."""
     updates = []
@@ -82,8 +84,13 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, config: Config, group: PlacementGroup | None = None, bundle_offset: int = 0,
-                 worker_class: type = AdaptationWorker):
+    def __init__(
+        self,
+        config: Config,
+        group: PlacementGroup | None = None,
+        bundle_offset: int = 0,
+        worker_class: type = AdaptationWorker,
+    ):
         rc = config.runtime
         connect(rc.address, int(np.ceil(rc.num_workers * rc.cpus_per_worker)))
         self.config = config
@@ -102,15 +109,23 @@ class RayExecutor:
         remote = ray.remote(worker_class).options
         cfg = config_to_dict(config)
         self.workers = [
-            remote(num_cpus=rc.cpus_per_worker, num_gpus=rc.gpus_per_worker, max_restarts=-1, max_task_retries=0,
-                   scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=bundle_offset + i)
-                   ).remote(cfg, i, max(1, int(rc.cpus_per_worker)))
+            remote(
+                num_cpus=rc.cpus_per_worker,
+                num_gpus=rc.gpus_per_worker,
+                max_restarts=-1,
+                max_task_retries=0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    self.group, placement_group_bundle_index=bundle_offset + i
+                ),
+            ).remote(cfg, i, max(1, int(rc.cpus_per_worker)))
             for i in range(rc.num_workers)
         ]
         self._graph: StepGraph | None = None
         self._down: dict[int, ray.ObjectRef | None] = {}  # workers found dead -> their pending liveness probe
         self._recent: deque[float] = deque(maxlen=5)  # the last steps' worker compute times
-        self._graph_retry: tuple[int, int] | None = None  # (step of the next build attempt, steps to wait after a failed one)
+        self._graph_retry: tuple[int, int] | None = (
+            None  # (step of the next build attempt, steps to wait after a failed one)
+        )
         try:
             self.worker_info()  # wait until every worker has built its learner and loaded its data
             self._want_graph()
@@ -125,7 +140,9 @@ class RayExecutor:
         if wanted:
             self._graph_ready(0)
 
-    def compute(self, params: Params, step: int, indices: Sequence[int], space=None) -> tuple[TaskUpdate, dict[str, float]]:
+    def compute(
+        self, params: Params, step: int, indices: Sequence[int], space=None
+    ) -> tuple[TaskUpdate, dict[str, float]]:
         """Summed update of the meta-batch, and timings (max worker compute, communication overhead)."""
         start = time.perf_counter()
         flat = flatten(params)
@@ -164,7 +181,9 @@ class RayExecutor:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             if not done:
-                raise WorkersUnavailable(f"no adaptation worker answered for runtime.worker_wait_s={self.wait_s}s at step {step}")
+                raise WorkersUnavailable(
+                    f"no adaptation worker answered for runtime.worker_wait_s={self.wait_s}s at step {step}"
+                )
             s, attempt, worker = pending.pop(done[0])
             try:
                 result = ray.get(next(done[0]))
@@ -178,8 +197,14 @@ class RayExecutor:
             deadline = time.monotonic() + self.wait_s
         return [results[s] for s in range(len(slices))]
 
-    def evaluate(self, params: Params, indices: Sequence[int], steps: int, curve: bool = True,
-                 progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    def evaluate(
+        self,
+        params: Params,
+        indices: Sequence[int],
+        steps: int,
+        curve: bool = True,
+        progress: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
         """Per-episode query curves of meta-test episodes `indices`, spread over the workers in contiguous
         slices; a slice whose worker fails is computed here instead (episodes are pure functions of their index)."""
         flat = flatten(params)
@@ -191,7 +216,9 @@ class RayExecutor:
         out = []
         for call, sl in zip(calls, slices):
             try:
-                out.append(torch.from_numpy(np.require(ray.get(call, timeout=self.wait_s), requirements="W")).to(device))
+                out.append(
+                    torch.from_numpy(np.require(ray.get(call, timeout=self.wait_s), requirements="W")).to(device)
+                )
             except (RayActorError, GetTimeoutError):
                 out.append(self._evaluate_here(params, sl, steps, curve))
             if progress is not None:
@@ -261,7 +288,7 @@ class RayExecutor:
             self._graph_retry = None
         except RayActorError:
             self._graph_retry = (step + 2 * wait, 2 * wait)
-        except Exception as err:  # noqa: BLE001 - this cluster cannot compile the graph: calls from now on
+        except Exception as err:
             warnings.warn(f"no compiled graph ({type(err).__name__}: {err}); using actor calls", stacklevel=3)
             self._graph_retry = None
         return self._graph is not None
@@ -280,11 +307,15 @@ class RayExecutor:
                 return ray.get(worker.info.remote(), timeout=max(0.0, deadline - time.monotonic()))
             except RayActorError:  # restarting (or died again): Ray brings it back while time remains
                 if time.monotonic() >= deadline:
-                    raise WorkersUnavailable(f"a worker stayed unavailable for runtime.worker_wait_s={self.wait_s}s") from None
+                    raise WorkersUnavailable(
+                        f"a worker stayed unavailable for runtime.worker_wait_s={self.wait_s}s"
+                    ) from None
                 time.sleep(min(2.0, 0.05 * 2**attempt))
                 attempt += 1
             except GetTimeoutError:
-                raise WorkersUnavailable(f"a worker did not answer within runtime.worker_wait_s={self.wait_s}s") from None
+                raise WorkersUnavailable(
+                    f"a worker did not answer within runtime.worker_wait_s={self.wait_s}s"
+                ) from None
 
     def _close_graph(self) -> None:
         if getattr(self, "_graph", None) is not None:

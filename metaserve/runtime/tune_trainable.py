@@ -6,6 +6,7 @@ and a sweep scales across a cluster. Metrics and checkpoints go through `ray.tun
 restored by Tune continues from `ray.tune.get_checkpoint()` through the same resume path as
 `metaserve train --resume`.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -29,8 +30,9 @@ def trial_resources(config: Config) -> tune.PlacementGroupFactory:
     rc = config.runtime
     if rc.backend == "local":
         return tune.PlacementGroupFactory([LEARNER_BUNDLE])
-    return tune.PlacementGroupFactory([LEARNER_BUNDLE] + [worker_bundle(rc)] * rc.num_workers,
-                                      strategy=rc.placement_strategy)
+    return tune.PlacementGroupFactory(
+        [LEARNER_BUNDLE] + [worker_bundle(rc)] * rc.num_workers, strategy=rc.placement_strategy
+    )
 
 
 def run_trial(config: Config) -> None:
@@ -49,9 +51,13 @@ def run_trial(config: Config) -> None:
             return
         tune.report({**row, "start_step": float(start), TIMESTEPS_TOTAL: row["step"]}, checkpoint=_as_checkpoint(ckpt))
 
-    result = train_loop(config, run_dir=run_dir, resume=True, on_log=on_log, tensorboard=False)  # Tune's logger writes it
-    tune.report({**result.metrics, "start_step": float(start), "done_training": 1.0, TIMESTEPS_TOTAL: config.train.steps},
-                checkpoint=_as_checkpoint(last.get("ckpt")))
+    result = train_loop(
+        config, run_dir=run_dir, resume=True, on_log=on_log, tensorboard=False
+    )  # Tune's logger writes it
+    tune.report(
+        {**result.metrics, "start_step": float(start), "done_training": 1.0, TIMESTEPS_TOTAL: config.train.steps},
+        checkpoint=_as_checkpoint(last.get("ckpt")),
+    )
 
 
 def metaserve_trainable(params: dict[str, Any]) -> None:

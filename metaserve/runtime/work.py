@@ -8,9 +8,10 @@ and the block sums are added left to right in block order (`fold`). A worker com
 and returns each block's sum, so local, 1, 2 or 3 Ray workers, and a slice re-sent after a fault,
 all give the same bits.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from metaserve.algorithms.base import TaskUpdate
 from metaserve.algorithms.params import all_finite
@@ -30,10 +31,12 @@ def task_blocks(indices: Sequence[int], size: int | None) -> list[list[int]]:
     for callers that regroup them)."""
     idx = [int(i) for i in indices]
     size = size or 1
-    return [idx[a:a + size] for a in range(0, len(idx), size)]
+    return [idx[a : a + size] for a in range(0, len(idx), size)]
 
 
-def compute_blocks(learner: Learner, params: Params, blocks: Sequence[Sequence[int]], tasks: list[Task]) -> list[TaskUpdate]:
+def compute_blocks(
+    learner: Learner, params: Params, blocks: Sequence[Sequence[int]], tasks: list[Task]
+) -> list[TaskUpdate]:
     """The summed update of each block; `tasks` are the blocks' tasks in order."""
     return learner.algorithm.block_updates(params, tasks, [len(b) for b in blocks])
 

@@ -5,11 +5,13 @@ its device from its Ray resources (a GPU when Ray assigned one), and answers one
 Calls are idempotent: the same (step, indices) always yields the same update, so the learner may
 re-send a slice after a fault and keep one result per slice.
 """
+
 from __future__ import annotations
 
 import os
 import time
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import ray
@@ -18,8 +20,8 @@ import torch
 from metaserve.config import parse_config
 from metaserve.evaluation import episode_curves
 from metaserve.experiment import build_distribution, build_learner
-from metaserve.runtime.work import compute_blocks, sample_slice
 from metaserve.runtime.wire import flatten, layout_of, unflatten
+from metaserve.runtime.work import compute_blocks, sample_slice
 
 
 def worker_device() -> torch.device:
@@ -54,7 +56,10 @@ class AdaptationWorker:
         """
         yield self._compute(flat_params, step, blocks, space)
         indices = [i for b in blocks for i in b]
-        self._next = (_slice_key(step + 1, indices, space), sample_slice(self.learner, self.distribution, step + 1, indices, space))
+        self._next = (
+            _slice_key(step + 1, indices, space),
+            sample_slice(self.learner, self.distribution, step + 1, indices, space),
+        )
 
     def graph_step(self, payload: tuple) -> tuple | None:
         """`compute` as a node of the executor's compiled graph: every worker reads the same payload
@@ -69,8 +74,11 @@ class AdaptationWorker:
         params = unflatten(flat_params, self.layout, self.device, self.learner.dtype)
         ready, self._next = self._next, None
         # Tasks are pure functions of (seed, step, index, space): a slice sampled ahead is the same slice.
-        tasks = ready[1] if ready and ready[0] == _slice_key(step, indices, space) else \
-            sample_slice(self.learner, self.distribution, step, indices, space)
+        tasks = (
+            ready[1]
+            if ready and ready[0] == _slice_key(step, indices, space)
+            else sample_slice(self.learner, self.distribution, step, indices, space)
+        )
         updates = compute_blocks(self.learner, params, blocks, tasks)
         rows = np.stack([flatten(u.contribution) for u in updates])
         return rows, [u.metrics for u in updates], [u.count for u in updates], time.perf_counter() - start
@@ -83,4 +91,9 @@ class AdaptationWorker:
 
     def info(self) -> dict[str, Any]:
         """Where this worker runs: node id, device, process id."""
-        return {"index": self.index, "node_id": ray.get_runtime_context().get_node_id(), "device": str(self.device), "pid": os.getpid()}
+        return {
+            "index": self.index,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "device": str(self.device),
+            "pid": os.getpid(),
+        }

@@ -51,24 +51,35 @@ def decode_json(body: bytes) -> Any:
     try:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RequestError(400, f"the body is not valid JSON ({err.__class__.__name__} at byte "
-                                f"{getattr(err, 'pos', 0)}); send a JSON object") from None
+        raise RequestError(
+            400,
+            f"the body is not valid JSON ({err.__class__.__name__} at byte "
+            f"{getattr(err, 'pos', 0)}); send a JSON object",
+        ) from None
 
 
 class RunService:
     """Loads runs and answers decoded few-shot requests, batching concurrent ones (no HTTP: the
     `per-run` layout deploys it behind the `Router`; `FewShotService` adds the HTTP routes)."""
 
-    def __init__(self, runs: dict[str, str], limits: dict[str, int], max_batch: int = 32,
-                 batch_wait_ms: float = 2.0, threads: int = 1):
+    def __init__(
+        self,
+        runs: dict[str, str],
+        limits: dict[str, int],
+        max_batch: int = 32,
+        batch_wait_ms: float = 2.0,
+        threads: int = 1,
+    ):
         from metaserve.api import load
 
         torch.set_num_threads(threads)
         device = "cuda" if ray.is_initialized() and ray.get_gpu_ids() else "cpu"
         self.limits = Limits(**limits)
         self.models = {mid: Served(load(path, device)) for mid, path in runs.items()}
-        self.infos = {mid: model_info(mid, s.model.config, s.model.learner.algorithm, s.model.step)
-                      for mid, s in self.models.items()}
+        self.infos = {
+            mid: model_info(mid, s.model.config, s.model.learner.algorithm, s.model.step)
+            for mid, s in self.models.items()
+        }
         self.device = device
         self.vectorize = max_batch > 1
         self.compute.set_max_batch_size(max_batch)
@@ -92,8 +103,9 @@ class RunService:
         except RequestError as err:
             return err.status, {"error": err.message}
         result = await self.compute(job)
-        return 200, response(info, result.output, result.steps, result.group_size, result.compute_ms,
-                             (time.perf_counter() - t0) * 1e3)
+        return 200, response(
+            info, result.output, result.steps, result.group_size, result.compute_ms, (time.perf_counter() - t0) * 1e3
+        )
 
     def pick(self, model: str | None) -> ModelInfo:
         """The served model a request names (or the only one)."""
@@ -184,9 +196,18 @@ class Router:
         return JSONResponse(body, status_code=status)
 
 
-def build(run_dirs: list[str], *, replicas: int = 1, gpus_per_replica: float = 0.0, cpus_per_replica: float = 1.0,
-          limits: Limits | None = None, max_batch: int = 32, batch_wait_ms: float = 2.0,
-          layout: str = "shared", max_replicas: int | None = None) -> serve.Application:
+def build(
+    run_dirs: list[str],
+    *,
+    replicas: int = 1,
+    gpus_per_replica: float = 0.0,
+    cpus_per_replica: float = 1.0,
+    limits: Limits | None = None,
+    max_batch: int = 32,
+    batch_wait_ms: float = 2.0,
+    layout: str = "shared",
+    max_replicas: int | None = None,
+) -> serve.Application:
     """The Serve application for some runs (`metaserve serve` and `app_builder` call this).
 
     layout='shared': one deployment, every run in each replica (the default, see the module docstring);
@@ -205,15 +226,20 @@ def build(run_dirs: list[str], *, replicas: int = 1, gpus_per_replica: float = 0
     limits = limits or Limits()
     scale: dict[str, Any] = {"num_replicas": replicas}
     if max_replicas is not None:
-        scale = {"autoscaling_config": {"min_replicas": replicas, "max_replicas": max_replicas,
-                                        "target_ongoing_requests": max_batch}}
+        scale = {
+            "autoscaling_config": {
+                "min_replicas": replicas,
+                "max_replicas": max_replicas,
+                "target_ongoing_requests": max_batch,
+            }
+        }
     options = {"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica}
     threads = max(1, int(cpus_per_replica))
 
     def service(cls: Any, name: str, part: dict[str, str]) -> serve.Application:
-        return cls.options(name=name, **scale, ray_actor_options=options,
-                           max_ongoing_requests=max(256, 4 * max_batch)).bind(
-            part, limits.model_dump(), max_batch, batch_wait_ms, threads)
+        return cls.options(
+            name=name, **scale, ray_actor_options=options, max_ongoing_requests=max(256, 4 * max_batch)
+        ).bind(part, limits.model_dump(), max_batch, batch_wait_ms, threads)
 
     if layout == "shared":
         return service(FewShotService, "FewShotService", runs)

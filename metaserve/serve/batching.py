@@ -8,6 +8,7 @@ equals `metaserve.load(run).adapt(sx, sy, k).predict(qx)` for the request alone 
 rounding of the batched kernels; a group of one runs exactly that code). Groups whose algorithm
 cannot be vmapped fall back to a loop, remembered per model.
 """
+
 from __future__ import annotations
 
 import time
@@ -18,8 +19,8 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from metaserve.evaluation import adapt_to, predict_with
 from metaserve.api import MetaModel
+from metaserve.evaluation import adapt_to, predict_with
 from metaserve.serve.schema import Job
 
 
@@ -44,8 +45,14 @@ class Result:
 
 def group_key(job: Job) -> tuple[Any, ...]:
     """Requests with equal keys can be stacked into one vmapped call."""
-    return (job.model, job.steps, tuple(job.support_x.shape), tuple(job.support_y.shape),
-            tuple(job.query_x.shape), job.support_y.dtype)
+    return (
+        job.model,
+        job.steps,
+        tuple(job.support_x.shape),
+        tuple(job.support_y.shape),
+        tuple(job.query_x.shape),
+        job.support_y.dtype,
+    )
 
 
 def run_batch(models: dict[str, Served], jobs: list[Job], vectorize: bool = True) -> list[Result]:
@@ -93,7 +100,9 @@ def vmapped(model: MetaModel, jobs: list[Job]) -> Tensor:
     qx = torch.stack([j.query_x for j in jobs]).to(dev, dt)
 
     ways = None
-    if algo.kind == "classification" and sy.dim() == 2:  # one task's labels per request: 0..N-1, as MetaModel.adapt checks
+    if (
+        algo.kind == "classification" and sy.dim() == 2
+    ):  # one task's labels per request: 0..N-1, as MetaModel.adapt checks
         counts = {int(y.max()) + 1 for y in sy}
         if len(counts) > 1:
             return torch.stack([single(model, j) for j in jobs])  # different class counts: not one vmapped call

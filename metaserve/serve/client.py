@@ -1,4 +1,5 @@
 """A small Python client for `metaserve serve` (standard library only)."""
+
 from __future__ import annotations
 
 import json
@@ -23,11 +24,15 @@ class Client:
         self.url = url.rstrip("/")
         self.timeout = timeout
 
-    def predict(self, support_x: Any, support_y: Any, query_x: Any, *, steps: int | None = None,
-                model: str | None = None) -> dict[str, Any]:
+    def predict(
+        self, support_x: Any, support_y: Any, query_x: Any, *, steps: int | None = None, model: str | None = None
+    ) -> dict[str, Any]:
         """Adapt the served model to the support set and predict the queries (nested lists, arrays or tensors)."""
-        body: dict[str, Any] = {"support_x": _plain(support_x), "support_y": _plain(support_y),
-                                "query_x": _plain(query_x)}
+        body: dict[str, Any] = {
+            "support_x": _plain(support_x),
+            "support_y": _plain(support_y),
+            "query_x": _plain(query_x),
+        }
         if steps is not None:
             body["steps"] = steps
         if model is not None:
@@ -42,8 +47,9 @@ class Client:
 
     def request(self, method: str, path: str, data: bytes | None = None) -> dict[str, Any]:
         """One HTTP call; a 4xx/5xx becomes a ServeError carrying the service's message."""
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return json.loads(resp.read())

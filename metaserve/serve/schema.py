@@ -1,6 +1,7 @@
 """Requests, responses and limits of the few-shot service, and the checks that turn a JSON body
 into tensors for one served model (every failure is a `RequestError`: an HTTP status plus one
 sentence naming the field and what is allowed)."""
+
 from __future__ import annotations
 
 import base64
@@ -71,9 +72,19 @@ def model_info(model_id: str, config: Config, algorithm: Any, step: int) -> Mode
     shape = [task.channels, task.image_size, task.image_size] if image else [3 if getattr(task, "oracle", False) else 1]
     entry = config.entry
     steps = None if entry.evaluation == "closed-form" else _default_steps(algorithm)
-    return ModelInfo(id=model_id, algorithm=entry.name, evaluation=entry.evaluation, task=task.name,
-                     kind=task_kind(task), input_shape=shape, ways=task.ways if image else None, shots=task.shots,
-                     default_steps=steps, step=step, dtype=config.train.dtype)
+    return ModelInfo(
+        id=model_id,
+        algorithm=entry.name,
+        evaluation=entry.evaluation,
+        task=task.name,
+        kind=task_kind(task),
+        input_shape=shape,
+        ways=task.ways if image else None,
+        shots=task.shots,
+        default_steps=steps,
+        step=step,
+        dtype=config.train.dtype,
+    )
 
 
 def _default_steps(algorithm: Any) -> int | None:
@@ -86,16 +97,19 @@ def _default_steps(algorithm: Any) -> int | None:
 def parse_request(data: Any) -> PredictRequest:
     """The request model of a decoded JSON body; a 422 naming the first bad field otherwise."""
     if not isinstance(data, dict):
-        raise RequestError(422, f"the body must be a JSON object with support_x, support_y and query_x, "
-                                f"got a JSON {type(data).__name__}")
+        raise RequestError(
+            422,
+            f"the body must be a JSON object with support_x, support_y and query_x, got a JSON {type(data).__name__}",
+        )
     try:
         return PredictRequest.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "body"
         if first["type"] == "extra_forbidden":
-            raise RequestError(422, f"{field} is not a request field; allowed: support_x, support_y, query_x, "
-                                    "steps, model") from None
+            raise RequestError(
+                422, f"{field} is not a request field; allowed: support_x, support_y, query_x, steps, model"
+            ) from None
         raise RequestError(422, f"{field}: {first['msg'].lower()}") from None
 
 
@@ -117,21 +131,24 @@ def to_job(req: PredictRequest, info: ModelInfo, limits: Limits, dtype: torch.dt
         if count == 0:
             raise RequestError(422, f"{field} is empty; give at least one example")
     if n + q > limits.max_examples:
-        raise RequestError(413, f"support_x and query_x hold {n + q} examples; at most {limits.max_examples} "
-                                "are allowed per request")
+        raise RequestError(
+            413, f"support_x and query_x hold {n + q} examples; at most {limits.max_examples} are allowed per request"
+        )
     sx, qx = inputs("support_x", req.support_x, info), inputs("query_x", req.query_x, info)
     sy = labels(req.support_y, n, info)
     y = torch.from_numpy(sy).to(dtype) if info.kind == "regression" else torch.from_numpy(sy)
-    return Job(info.id, check_steps(req.steps, info, limits), torch.from_numpy(sx).to(dtype), y,
-               torch.from_numpy(qx).to(dtype))
+    return Job(
+        info.id, check_steps(req.steps, info, limits), torch.from_numpy(sx).to(dtype), y, torch.from_numpy(qx).to(dtype)
+    )
 
 
 def check_steps(steps: int | None, info: ModelInfo, limits: Limits) -> int | None:
     """The adaptation steps to run: the run's default, or the request's within [0, max_steps]."""
     if info.default_steps is None:
         if steps is not None:
-            raise RequestError(422, f"steps={steps} is not allowed: {info.algorithm} adapts in closed form "
-                                    "(leave steps out)")
+            raise RequestError(
+                422, f"steps={steps} is not allowed: {info.algorithm} adapts in closed form (leave steps out)"
+            )
         return None
     if steps is None:
         return info.default_steps
@@ -144,15 +161,20 @@ def inputs(field: str, rows: list[Any], info: ModelInfo) -> np.ndarray:
     """[n, *input_shape] float64 from nested numbers or base64 PNGs (image models), all finite."""
     if all(isinstance(r, str) for r in rows):
         if len(info.input_shape) != 3:
-            raise RequestError(422, f"{field} holds strings, but model {info.id!r} takes numbers of shape "
-                                    f"{info.input_shape}, not images")
+            raise RequestError(
+                422,
+                f"{field} holds strings, but model {info.id!r} takes numbers of shape {info.input_shape}, not images",
+            )
         x = np.stack([decode_png(field, i, r, info.input_shape) for i, r in enumerate(rows)])
     else:
         x = numeric(field, rows)
     want = [len(rows), *info.input_shape]
     if list(x.shape) != want:
-        raise RequestError(422, f"{field} has shape {list(x.shape)}, but model {info.id!r} takes [n, "
-                                f"{', '.join(map(str, info.input_shape))}] ({want} here)")
+        raise RequestError(
+            422,
+            f"{field} has shape {list(x.shape)}, but model {info.id!r} takes [n, "
+            f"{', '.join(map(str, info.input_shape))}] ({want} here)",
+        )
     if not np.isfinite(x).all():
         raise RequestError(422, f"{field} holds NaN or infinite values; only finite numbers are allowed")
     return x
@@ -165,8 +187,9 @@ def numeric(field: str, rows: list[Any]) -> np.ndarray:
     except ValueError:
         x = None
     if x is None or x.dtype.kind not in "iuf":
-        raise RequestError(422, f"{field} must be a rectangular nested array of numbers (or base64 PNG strings "
-                                "for image models)")
+        raise RequestError(
+            422, f"{field} must be a rectangular nested array of numbers (or base64 PNG strings for image models)"
+        )
     return x.astype(np.float64)
 
 
@@ -181,8 +204,7 @@ def decode_png(field: str, i: int, text: str, shape: list[int]) -> np.ndarray:
     except (binascii.Error, OSError, ValueError):
         raise RequestError(422, f"{field}[{i}] is not a base64-encoded PNG image") from None
     if image.size != (w, h):
-        raise RequestError(422, f"{field}[{i}] is {image.size[0]}x{image.size[1]} pixels; the model takes "
-                                f"{w}x{h}")
+        raise RequestError(422, f"{field}[{i}] is {image.size[0]}x{image.size[1]} pixels; the model takes {w}x{h}")
     pixels = np.asarray(image.convert("L" if c == 1 else "RGB"), dtype=np.float64) / 255.0
     return pixels[None] if c == 1 else pixels.transpose(2, 0, 1)
 
@@ -205,20 +227,28 @@ def labels(rows: list[Any], n: int, info: ModelInfo) -> np.ndarray:
     y = np.asarray(rows, dtype=np.int64)
     bad = y[(y < 0) | (y >= ways)]
     if bad.size:
-        raise RequestError(422, f"support_y holds label {int(bad[0])}; model {info.id!r} serves {ways} ways, "
-                                f"labels 0..{ways - 1}")
+        raise RequestError(
+            422, f"support_y holds label {int(bad[0])}; model {info.id!r} serves {ways} ways, labels 0..{ways - 1}"
+        )
     if info.evaluation == "closed-form" and len(set(y.tolist())) < ways:
         missing = sorted(set(range(ways)) - set(y.tolist()))
-        raise RequestError(422, f"support_y lacks class {missing[0]}; {info.algorithm} needs every class "
-                                f"0..{ways - 1} in the support set")
+        raise RequestError(
+            422,
+            f"support_y lacks class {missing[0]}; {info.algorithm} needs every class 0..{ways - 1} in the support set",
+        )
     return y
 
 
-def response(info: ModelInfo, out: torch.Tensor, steps: int | None, batch: int, compute_ms: float,
-             total_ms: float) -> dict[str, Any]:
+def response(
+    info: ModelInfo, out: torch.Tensor, steps: int | None, batch: int, compute_ms: float, total_ms: float
+) -> dict[str, Any]:
     """The JSON answer: regression values, or class indices and probabilities; steps and timing."""
-    body: dict[str, Any] = {"model": info.id, "steps": steps, "batch_size": batch,
-                            "timing_ms": {"compute": round(compute_ms, 3), "total": round(total_ms, 3)}}
+    body: dict[str, Any] = {
+        "model": info.id,
+        "steps": steps,
+        "batch_size": batch,
+        "timing_ms": {"compute": round(compute_ms, 3), "total": round(total_ms, 3)},
+    }
     if info.kind == "regression":
         body["predictions"] = out.reshape(len(out), -1)[:, 0].tolist()
     else:

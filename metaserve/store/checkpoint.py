@@ -5,6 +5,7 @@ loads with `torch.load(..., weights_only=True)`. It is written into a temporary 
 into place, so a crash mid-write never leaves a checkpoint that loads wrong; a damaged one found
 later is skipped, with a warning, for the previous good one.
 """
+
 from __future__ import annotations
 
 import os
@@ -61,8 +62,10 @@ def load_state(path: Path, map_location: str | torch.device = "cpu") -> dict[str
     try:
         state = torch.load(file, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:  # PyTorch's message advises weights_only=False, which could run code
-        raise ValueError(f"checkpoint {str(file)!r} is damaged or holds more than tensors and plain values "
-                         "(refused: loading such objects could run code)") from err
+        raise ValueError(
+            f"checkpoint {str(file)!r} is damaged or holds more than tensors and plain values "
+            "(refused: loading such objects could run code)"
+        ) from err
     except Exception as err:  # truncated or corrupt files raise a variety of errors
         raise ValueError(f"checkpoint {str(file)!r} is damaged or truncated ({type(err).__name__})") from err
     if not isinstance(state, dict):
@@ -93,8 +96,10 @@ def require_state(run_dir: Path, map_location: str | torch.device = "cpu") -> di
             problems.append(f"{path.name} ({str(err).split(' is ', 1)[-1].split(' has ', 1)[-1]})")
     none = f"found no {checkpoint_dir(run_dir).name}/<step>/{STATE_FILE}"
     what = "found " + ", ".join(problems) if problems else none
-    raise ValueError(f"run {str(run_dir)!r} has no loadable checkpoint to resume from: {what}; "
-                     "--restart starts it over in a new run folder")
+    raise ValueError(
+        f"run {str(run_dir)!r} has no loadable checkpoint to resume from: {what}; "
+        "--restart starts it over in a new run folder"
+    )
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -104,6 +109,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         return load_state(path, map_location)
     state = latest_good_state(path, map_location)
     if state is None:
-        raise FileNotFoundError(f"no loadable checkpoint at {str(path)!r}: give a run directory, a checkpoints/<step> "
-                                "directory or a state.pt file")
+        raise FileNotFoundError(
+            f"no loadable checkpoint at {str(path)!r}: give a run directory, a checkpoints/<step> "
+            "directory or a state.pt file"
+        )
     return state

@@ -1,4 +1,5 @@
 """metrics.parquet: one row per logged step, rewritten atomically so readers never see half a file."""
+
 from __future__ import annotations
 
 import os
@@ -28,4 +29,7 @@ def read_rows(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    return [{k: v for k, v in row.items() if not (isinstance(v, float) and v != v)} for row in read_metrics(run_dir).to_dict("records")]
+    return [
+        {k: v for k, v in row.items() if not (isinstance(v, float) and v != v)}
+        for row in read_metrics(run_dir).to_dict("records")
+    ]

@@ -8,6 +8,7 @@ Each resume that changes one appends a line to `resume.jsonl` ({"time", "step", 
 config is always config.yaml plus its recorded train.steps and eval.episodes (runtime.* changes are
 recorded too, but hold for that resume only: where the next one runs is its own choice).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,9 +19,18 @@ from typing import Any
 from metaserve.config import Config, ConfigError, apply_overrides, config_to_dict, parse_config, set_dotted
 
 RESUME_LOG = "resume.jsonl"
-SAFE_ON_RESUME = ("train.steps", "eval.episodes", "runtime.backend", "runtime.address", "runtime.num_workers",
-                  "runtime.cpus_per_worker", "runtime.gpus_per_worker", "runtime.placement_strategy",
-                  "runtime.worker_wait_s", "runtime.transport")
+SAFE_ON_RESUME = (
+    "train.steps",
+    "eval.episodes",
+    "runtime.backend",
+    "runtime.address",
+    "runtime.num_workers",
+    "runtime.cpus_per_worker",
+    "runtime.gpus_per_worker",
+    "runtime.placement_strategy",
+    "runtime.worker_wait_s",
+    "runtime.transport",
+)
 REPLAYED = ("train.steps", "eval.episodes")  # kept by later resumes; runtime.* changes hold for that resume only
 
 
@@ -46,10 +56,12 @@ def check_safe(run_dir: Path, changes: dict[str, list]) -> None:
     unsafe = [k for k in changes if k not in SAFE_ON_RESUME]
     if unsafe:
         key = unsafe[0]
-        raise ConfigError(f"{key}={changes[key][1]!r} cannot be changed on resume (run {str(run_dir)!r} has "
-                          f"{key}={changes[key][0]!r}): a resumed run keeps its config; only "
-                          f"{', '.join(SAFE_ON_RESUME)} "
-                          "may change, or use --restart for a new run with a new config")
+        raise ConfigError(
+            f"{key}={changes[key][1]!r} cannot be changed on resume (run {str(run_dir)!r} has "
+            f"{key}={changes[key][0]!r}): a resumed run keeps its config; only "
+            f"{', '.join(SAFE_ON_RESUME)} "
+            "may change, or use --restart for a new run with a new config"
+        )
 
 
 def resume_config(run_dir: Path, base: Config, overrides: list[str]) -> tuple[Config, dict[str, list]]:
@@ -57,8 +69,10 @@ def resume_config(run_dir: Path, base: Config, overrides: list[str]) -> tuple[Co
     for item in overrides:
         key = item.partition("=")[0]
         if key not in SAFE_ON_RESUME:
-            raise ConfigError(f"--set {item!r} is refused on resume: a resumed run keeps its config; only "
-                              f"{', '.join(SAFE_ON_RESUME)} may change (or use --restart for a new run)")
+            raise ConfigError(
+                f"--set {item!r} is refused on resume: a resumed run keeps its config; only "
+                f"{', '.join(SAFE_ON_RESUME)} may change (or use --restart for a new run)"
+            )
     new = parse_config(apply_overrides(config_to_dict(base), overrides))
     changes = changed_keys(base, new)
     check_safe(run_dir, changes)
@@ -81,8 +95,9 @@ def replay_changes(run_dir: Path, data: dict[str, Any]) -> dict[str, Any]:
         try:
             changes = json.loads(text)["changes"]
         except (ValueError, KeyError, TypeError):
-            raise ConfigError(f"{str(path)!r} line {n} is not a resume record; "
-                              "it was not written by metaserve") from None
+            raise ConfigError(
+                f"{str(path)!r} line {n} is not a resume record; it was not written by metaserve"
+            ) from None
         for key, (_old, new) in changes.items():
             if key not in SAFE_ON_RESUME:
                 raise ConfigError(f"{str(path)!r} line {n} changes {key!r}, which a resume may not change")

@@ -1,4 +1,5 @@
 """Creating and reading run directories."""
+
 from __future__ import annotations
 
 import time

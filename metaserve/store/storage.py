@@ -7,6 +7,7 @@ so results from a cluster land where the user can read them. Checkpoint files ar
 metrics that mention them, and object stores replace whole objects, so a reader never sees half a
 file. A local `output_dir` is used exactly as before: nothing is staged or copied.
 """
+
 from __future__ import annotations
 
 import re
@@ -83,7 +84,7 @@ def _mirror(run_dir: Path, target: str) -> None:
     remote = {}
     for info in filesystem.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True)):
         if info.type == pafs.FileType.File:
-            remote[info.path[len(base) + 1:]] = info.size
+            remote[info.path[len(base) + 1 :]] = info.size
     sent = _SENT.setdefault(target, {})
     # Checkpoints first: metrics.parquet never names a step whose checkpoint is not there yet.
     for rel in sorted(local, key=lambda r: (not r.startswith("checkpoints/"), r)):

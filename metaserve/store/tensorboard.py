@@ -3,6 +3,7 @@
 `tensorboard --logdir <output_dir>` then shows every run (and a sweep's trials, which Tune's own
 TensorBoard logger writes from the same rows). metrics.parquet stays the record; the events are a view.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,12 @@ class TensorBoardLog:
         # drops the earlier events from start_step + 1 on (purge_step), so each step shows once.
         # Event files are named by the second they were opened: the suffix keeps a resume within the
         # same second from overwriting the previous file, and sorts after it.
-        self._writer = SummaryWriter(str(Path(run_dir) / TENSORBOARD_DIR), purge_step=start_step + 1 if start_step else None,
-                                     flush_secs=10, filename_suffix=f".step{start_step:08d}.{uuid.uuid4().hex[:8]}")
+        self._writer = SummaryWriter(
+            str(Path(run_dir) / TENSORBOARD_DIR),
+            purge_step=start_step + 1 if start_step else None,
+            flush_secs=10,
+            filename_suffix=f".step{start_step:08d}.{uuid.uuid4().hex[:8]}",
+        )
 
     def write(self, row: dict) -> None:
         step = int(row["step"])
@@ -36,7 +41,7 @@ class TensorBoardLog:
     def close(self) -> None:
         self._writer.close()
 
-    def __enter__(self) -> "TensorBoardLog":
+    def __enter__(self) -> TensorBoardLog:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -1,4 +1,5 @@
 """Task distributions: sinusoid regression and few-shot image classification, built from a config."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,8 +30,16 @@ def make_distribution(cfg: SinusoidTaskConfig | ImageTaskConfig) -> TaskDistribu
 def _sinusoid(cfg: SinusoidTaskConfig) -> Sinusoid:
     space = SinusoidSpace(amplitude=tuple(cfg.amplitude), phase=tuple(cfg.phase))
     if cfg.name == "sinusoid-families":
-        return SinusoidFamilies(cfg.shots, cfg.query, tuple(cfg.x_range), space, oracle=cfg.oracle,
-                                tasks_per_family=cfg.tasks_per_family, goal_tasks=cfg.goal_tasks, unit=cfg.unit)
+        return SinusoidFamilies(
+            cfg.shots,
+            cfg.query,
+            tuple(cfg.x_range),
+            space,
+            oracle=cfg.oracle,
+            tasks_per_family=cfg.tasks_per_family,
+            goal_tasks=cfg.goal_tasks,
+            unit=cfg.unit,
+        )
     return Sinusoid(cfg.shots, cfg.query, tuple(cfg.x_range), space, oracle=cfg.oracle)
 
 
@@ -42,8 +51,10 @@ def resolve_root(root: str) -> Path:
         if candidate.is_dir():
             return candidate.resolve()
     tried = " or ".join(repr(str(c)) for c in candidates)
-    raise FileNotFoundError(f"task.root={root!r} is not a folder: looked for {tried}; for Omniglot, "
-                            f"`metaserve data omniglot --dest DIR` downloads it, then --set task.root=DIR")
+    raise FileNotFoundError(
+        f"task.root={root!r} is not a folder: looked for {tried}; for Omniglot, "
+        f"`metaserve data omniglot --dest DIR` downloads it, then --set task.root=DIR"
+    )
 
 
 def _images(cfg: ImageTaskConfig) -> FewShotImages | AlphabetFamilies:

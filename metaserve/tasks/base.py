@@ -3,6 +3,7 @@
 A task is a pure function of (seed, stream, step, index, task space): the learner never ships data to
 workers, each worker rebuilds its slice of the meta-batch from these numbers alone.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ class Task:
     query_x: Tensor
     query_y: Tensor
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Task":
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Task:
         """Move to a device; floating inputs take `dtype`, integer labels keep theirs."""
 
         def move(t: Tensor) -> Tensor:
@@ -37,7 +38,9 @@ class Task:
 
 def stack_tasks(tasks: list[Task]) -> Task:
     """Stack same-shaped tasks along a new leading batch dimension (for `torch.func.vmap`)."""
-    return Task(*(torch.stack([getattr(t, f) for t in tasks]) for f in ("support_x", "support_y", "query_x", "query_y")))
+    return Task(
+        *(torch.stack([getattr(t, f) for t in tasks]) for f in ("support_x", "support_y", "query_x", "query_y"))
+    )
 
 
 def task_rng(seed: int, stream: Stream, step: int, index: int) -> np.random.Generator:

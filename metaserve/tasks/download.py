@@ -11,19 +11,24 @@ A download goes to `<name>.part` and is renamed only once it checks out: a file 
 never replaced or lost. `base_url` is overridable (METASERVE_OMNIGLOT_URL, `--base-url`) for mirrors
 and for the tests' loopback server.
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 BASE_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
-FILES = ("images_background.zip", "images_evaluation.zip",
-         "images_background_small1.zip", "images_background_small2.zip")
+FILES = (
+    "images_background.zip",
+    "images_evaluation.zip",
+    "images_background_small1.zip",
+    "images_background_small2.zip",
+)
 MD5 = {  # published by torchvision.datasets.Omniglot for these two files
     "images_background.zip": "68d2efa1b9178cc56df9314c21c6e718",
     "images_evaluation.zip": "6b91aef0f799c5bb55b94e3f2daec811",
@@ -77,13 +82,20 @@ def _download(url: str, target: Path, say: Callable[[str], None], timeout: float
                     say(f"  {target.name.removesuffix('.part')}: {done / 1e6:.1f} of {total / 1e6:.1f} MB")
     except (urllib.error.URLError, OSError) as err:
         target.unlink(missing_ok=True)
-        raise DownloadError(f"could not fetch {url} ({err}); check the network or pass --base-url of a mirror") \
-            from None
+        raise DownloadError(
+            f"could not fetch {url} ({err}); check the network or pass --base-url of a mirror"
+        ) from None
 
 
-def fetch_omniglot(dest: str | Path, *, base_url: str | None = None, files: tuple[str, ...] = FILES,
-                   md5: dict[str, str] | None = None, say: Callable[[str], None] = print,
-                   timeout: float = 60.0) -> list[Fetched]:
+def fetch_omniglot(
+    dest: str | Path,
+    *,
+    base_url: str | None = None,
+    files: tuple[str, ...] = FILES,
+    md5: dict[str, str] | None = None,
+    say: Callable[[str], None] = print,
+    timeout: float = 60.0,
+) -> list[Fetched]:
     """Download `files` into `dest` (skipping verified ones already there) and check their digests."""
     unknown = [f for f in files if f not in FILES]
     if unknown:

@@ -8,14 +8,17 @@ Layout. Each task's K task-step (support) and Q meta-step (query) examples are c
 example axis; `split` (K, or N*K for N-way images) separates them again:
 
     support_x [L, split + rest, ...]   the family's L tasks: [:, :split] task step (alpha), [:, split:] meta step (beta)
-    query_x   [G, split + rest, ...]   its goal tasks:       [:, :split] finetuning set (gamma), [:, split:] evaluation set
+    query_x   [G, split + rest, ...]   its goal tasks:       [:, :split] finetuning set (gamma),
+                                                             [:, split:] evaluation set
 
 so `Task.support_*` is everything a family learner adapts on and `Task.query_*` the goal tasks it is
 judged on. `stack_tasks` and `vmap` over a meta-batch of families work unchanged.
 """
+
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -62,7 +65,9 @@ def alphabet_classes(pool: ClassPool) -> dict[str, list[int]]:
     for i, name in enumerate(pool.class_names):
         alphabet, sep, _ = name.partition("/")
         if not sep:
-            raise ValueError(f"class {name!r} is not named '<alphabet>/<character>': omniglot-families needs Omniglot classes")
+            raise ValueError(
+                f"class {name!r} is not named '<alphabet>/<character>': omniglot-families needs Omniglot classes"
+            )
         groups.setdefault(alphabet, []).append(i)
     return groups
 
@@ -87,7 +92,10 @@ class AlphabetFamilies:
     def alphabets(self, stream: Stream) -> dict[str, list[int]]:
         """Class ids (as `FewShotImages.episode` takes them, rotations included) of each alphabet of a stream."""
         per = ROTATIONS if self.images.rotations else 1
-        return {a: [c * per + r for c in cs for r in range(per)] for a, cs in alphabet_classes(self.images.pool(stream)).items()}
+        return {
+            a: [c * per + r for c in cs for r in range(per)]
+            for a, cs in alphabet_classes(self.images.pool(stream)).items()
+        }
 
     def check_space(self, space: ImageSpace) -> None:
         """Raise ValueError naming an alphabet too small for `space.ways` (a family needs N classes of one alphabet)."""
@@ -95,11 +103,16 @@ class AlphabetFamilies:
         for stream in self.images.pools:
             for alphabet, classes in self.alphabets(stream).items():  # type: ignore[arg-type]
                 if len(classes) < space.ways:
-                    raise ValueError(f"ways={space.ways} but alphabet {alphabet!r} of split {stream!r} has only "
-                                     f"{len(classes)} classes: omniglot-families draws every task from one alphabet")
+                    raise ValueError(
+                        f"ways={space.ways} but alphabet {alphabet!r} of split {stream!r} has only "
+                        f"{len(classes)} classes: omniglot-families draws every task from one alphabet"
+                    )
 
-    def sample(self, seed: int, step: int, index: int, space: ImageSpace | None = None, stream: Stream = "train") -> Task:
-        """Family draw `index` of meta-step `step` (or one task of it with unit='task'); a pure function of the arguments."""
+    def sample(
+        self, seed: int, step: int, index: int, space: ImageSpace | None = None, stream: Stream = "train"
+    ) -> Task:
+        """Family draw `index` of meta-step `step` (or one task of it with unit='task'); a pure function of the
+        arguments."""
         if space is not None and space != self.space:
             self.check_space(space)
         space = space or self.space

@@ -6,6 +6,7 @@ offsets, a checksum). The key hashes the sources (resolved paths, sizes, mtimes)
 option, so a changed file or option never reads a stale pool. Files are written to a temporary name
 and renamed, so a crash leaves either no cache or a whole one; an unreadable cache is rebuilt.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,8 +17,9 @@ import re
 import uuid
 import warnings
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -120,8 +122,11 @@ def _read(cache_dir: Path, key: str) -> ClassPool | None:
 def _write(cache_dir: Path, key: str, pool: ClassPool) -> None:
     """Store the pool atomically; a cache that cannot be written only costs a warning."""
     meta = {
-        "key": key, "shape": list(pool.images.shape), "crc32": _checksum(pool.images),
-        "offsets": pool.offsets.tolist(), "class_names": pool.class_names,
+        "key": key,
+        "shape": list(pool.images.shape),
+        "crc32": _checksum(pool.images),
+        "offsets": pool.offsets.tolist(),
+        "class_names": pool.class_names,
     }
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)

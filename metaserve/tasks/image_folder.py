@@ -4,6 +4,7 @@ Each split source is a folder of class folders. An optional CSV (the mini-ImageN
 columns `filename,label`) names the split's classes in its `label` column and, when it has a
 `filename` column, the only files to keep.
 """
+
 from __future__ import annotations
 
 import csv
@@ -13,7 +14,14 @@ import numpy as np
 from PIL import Image
 
 from metaserve.config import SplitConfig
-from metaserve.tasks.image_cache import cache_key, decode_image, default_cache_dir, fingerprint, load_or_build, resolve_source
+from metaserve.tasks.image_cache import (
+    cache_key,
+    decode_image,
+    default_cache_dir,
+    fingerprint,
+    load_or_build,
+    resolve_source,
+)
 from metaserve.tasks.images import ClassPool
 
 _MODES = {1: "L", 3: "RGB"}
@@ -32,8 +40,11 @@ def load_image_folder(
             raise ValueError(f"image-folder source {str(path)!r} is not a folder: it must hold one folder per class")
     table = resolve_source(root, split.csv, "image-folder split CSV") if split.csv else None
     key = cache_key(
-        kind="image-folder", sources=[fingerprint(s) for s in sources],
-        csv=fingerprint(table) if table else None, image_size=image_size, channels=channels,
+        kind="image-folder",
+        sources=[fingerprint(s) for s in sources],
+        csv=fingerprint(table) if table else None,
+        image_size=image_size,
+        channels=channels,
     )
     build = lambda: _build(sources, table, image_size, _MODES[channels])  # noqa: E731
     return load_or_build(cache_dir or default_cache_dir("image-folder"), key, build)
@@ -45,7 +56,9 @@ def _read_csv(path: Path) -> tuple[set[str], set[str] | None]:
         rows = list(csv.DictReader(f))
     columns = set(rows[0]) if rows else set()
     if "label" not in columns:
-        raise ValueError(f"split CSV {str(path)!r} has no 'label' column (columns: {sorted(columns)}); expected filename,label")
+        raise ValueError(
+            f"split CSV {str(path)!r} has no 'label' column (columns: {sorted(columns)}); expected filename,label"
+        )
     files = {Path(r["filename"]).name for r in rows} if "filename" in columns else None
     return {r["label"] for r in rows}, files
 
@@ -69,8 +82,12 @@ def _image_files(folder: Path, files: set[str] | None) -> list[Path]:
     """The sorted image files of one class folder (any extension PIL registers)."""
     extensions = Image.registered_extensions()
     chosen = sorted(
-        p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in extensions and (files is None or p.name in files)
+        p
+        for p in folder.iterdir()
+        if p.is_file()
+        and not p.name.startswith(".")
+        and p.suffix.lower() in extensions
+        and (files is None or p.name in files)
     )
     if not chosen:
         raise ValueError(f"class folder {str(folder)!r} holds no image files this split keeps")

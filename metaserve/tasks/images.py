@@ -6,10 +6,11 @@ index)`, so any process holding the same decoded pool regenerates the same tenso
 With `rotations=True` (the Omniglot protocol of Santoro et al. 2016 / Finn et al. 2017) every class
 also appears rotated by 90, 180 and 270 degrees, each rotation counting as a new class.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -54,7 +55,7 @@ class ClassPool:
         self.class_names = list(class_names)
 
     @classmethod
-    def from_classes(cls, class_names: list[str], per_class: list[np.ndarray]) -> "ClassPool":
+    def from_classes(cls, class_names: list[str], per_class: list[np.ndarray]) -> ClassPool:
         """Concatenate per-class arrays [n_i, H, W, C] into one pool."""
         if not per_class:
             raise ValueError("cannot build an image pool with no classes")
@@ -82,7 +83,7 @@ class ClassPool:
 
     def class_images(self, i: int) -> np.ndarray:
         """The images of class i, uint8 [n_i, H, W, C] (a view, not a copy)."""
-        return self.images[self.offsets[i]:self.offsets[i + 1]]
+        return self.images[self.offsets[i] : self.offsets[i + 1]]
 
 
 class FewShotImages:
@@ -96,7 +97,9 @@ class FewShotImages:
     def __init__(self, pools: dict[str, ClassPool], space: ImageSpace, rotations: bool):
         unknown = sorted(set(pools) - set(STREAM_IDS))
         if unknown or "train" not in pools:
-            raise ValueError(f"pools must include 'train' and only name streams {sorted(STREAM_IDS)}, got {sorted(pools)}")
+            raise ValueError(
+                f"pools must include 'train' and only name streams {sorted(STREAM_IDS)}, got {sorted(pools)}"
+            )
         self.pools = dict(pools)
         self.rotations = bool(rotations)
         self.check_space(space)
@@ -136,7 +139,9 @@ class FewShotImages:
                     f"has only {have} images in its smallest class {smallest!r}"
                 )
 
-    def sample(self, seed: int, step: int, index: int, space: ImageSpace | None = None, stream: Stream = "train") -> Task:
+    def sample(
+        self, seed: int, step: int, index: int, space: ImageSpace | None = None, stream: Stream = "train"
+    ) -> Task:
         """Regenerate task `index` of meta-step `step`; a pure function of the arguments."""
         if space is not None and space != self.space:
             self.check_space(space)
@@ -145,13 +150,15 @@ class FewShotImages:
         classes = rng.choice(self.num_classes(stream), size=space.ways, replace=False)
         return self.episode(rng, stream, classes, space)
 
-    def episode(self, rng: np.random.Generator, stream: Stream, classes: Sequence[int] | np.ndarray, space: ImageSpace) -> Task:
+    def episode(
+        self, rng: np.random.Generator, stream: Stream, classes: Sequence[int] | np.ndarray, space: ImageSpace
+    ) -> Task:
         """The task over `classes` (ids < num_classes(stream); label i is classes[i]), its images drawn with `rng`."""
         pool = self.pool(stream)
         per_class = [self._draw(rng, pool, int(c), space.shots + space.query) for c in classes]
         images = np.stack(per_class)  # [ways, shots + query, H, W, C]
-        support = to_tensor(images[:, :space.shots])
-        query = to_tensor(images[:, space.shots:])
+        support = to_tensor(images[:, : space.shots])
+        query = to_tensor(images[:, space.shots :])
         labels = torch.arange(space.ways, dtype=torch.int64)
         return Task(support, labels.repeat_interleave(space.shots), query, labels.repeat_interleave(space.query))
 

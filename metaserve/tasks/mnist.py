@@ -11,6 +11,7 @@ of the teacher paper (Shevchuk, "Teaching Your MAML"), whose task space omega is
 IDX format: a 4-byte magic (0, 0, type 0x08 = unsigned byte, number of dimensions), one big-endian
 uint32 size per dimension, then the data in C order. Images are [n, 28, 28], labels [n].
 """
+
 from __future__ import annotations
 
 import gzip
@@ -20,8 +21,10 @@ import numpy as np
 
 from metaserve.tasks.images import ClassPool
 
-FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 UBYTE = 0x08
 
 
@@ -32,8 +35,10 @@ def read_idx(path: Path) -> np.ndarray:
     except (OSError, EOFError, gzip.BadGzipFile) as err:
         raise ValueError(f"cannot read the IDX file {str(path)!r} ({err})") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != UBYTE or raw[3] == 0:
-        raise ValueError(f"{str(path)!r} is not an unsigned-byte IDX file: its header is {raw[:4].hex() or 'empty'}, "
-                         "expected 0000 08 <ndim>")
+        raise ValueError(
+            f"{str(path)!r} is not an unsigned-byte IDX file: its header is {raw[:4].hex() or 'empty'}, "
+            "expected 0000 08 <ndim>"
+        )
     ndim = raw[3]
     header = 4 + 4 * ndim
     shape = tuple(int(d) for d in np.frombuffer(raw[4:header], dtype=">u4"))
@@ -47,8 +52,9 @@ def find_file(root: Path, stem: str) -> Path:
     for name in (f"{stem}.gz", stem):
         if (root / name).is_file():
             return root / name
-    raise FileNotFoundError(f"task.root={str(root)!r} has no {stem}.gz (or {stem}): "
-                            "put the official MNIST IDX files there")
+    raise FileNotFoundError(
+        f"task.root={str(root)!r} has no {stem}.gz (or {stem}): put the official MNIST IDX files there"
+    )
 
 
 def load_mnist(root: str | Path, split: str) -> ClassPool:
@@ -57,8 +63,10 @@ def load_mnist(root: str | Path, split: str) -> ClassPool:
     images_path, labels_path = (find_file(root, stem) for stem in FILES[split])
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise ValueError(f"{str(images_path)!r} {list(images.shape)} and {str(labels_path)!r} {list(labels.shape)} "
-                         "do not pair up: need images [n, H, W] and labels [n]")
+        raise ValueError(
+            f"{str(images_path)!r} {list(images.shape)} and {str(labels_path)!r} {list(labels.shape)} "
+            "do not pair up: need images [n, H, W] and labels [n]"
+        )
     if labels.size and labels.max() > 9:
         raise ValueError(f"{str(labels_path)!r} holds label {int(labels.max())}: MNIST labels are digits 0..9")
     digits = sorted(int(d) for d in np.unique(labels))

@@ -4,31 +4,45 @@ Layout: `[<top>/]<Alphabet>/<character>/<drawer>_<NN>.png`, 105x105 one-bit draw
 on white. A class is an (alphabet, character) pair; images are resized and inverted so strokes are
 bright (255) on a dark background (0), the convention of Finn et al.'s MAML data pipeline.
 """
+
 from __future__ import annotations
 
 import zipfile
 import zlib
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
 from metaserve.config import SplitConfig
-from metaserve.tasks.image_cache import cache_key, decode_image, default_cache_dir, fingerprint, load_or_build, resolve_source
+from metaserve.tasks.image_cache import (
+    cache_key,
+    decode_image,
+    default_cache_dir,
+    fingerprint,
+    load_or_build,
+    resolve_source,
+)
 from metaserve.tasks.images import ClassPool
 
 ClassKey = tuple[str, str]  # (alphabet, character)
 
 
-def load_omniglot(root: str | Path, split: SplitConfig, image_size: int = 28, cache_dir: str | Path | None = None) -> ClassPool:
+def load_omniglot(
+    root: str | Path, split: SplitConfig, image_size: int = 28, cache_dir: str | Path | None = None
+) -> ClassPool:
     """The decoded pool of one split: sources under `root`, filtered to `split.alphabets` (None: all)."""
     root = Path(root).expanduser()
     sources = [resolve_source(root, s, "omniglot") for s in split.sources]
     alphabets = sorted(split.alphabets) if split.alphabets is not None else None
-    key = cache_key(kind="omniglot", sources=[fingerprint(s) for s in sources], alphabets=alphabets, image_size=image_size)
-    return load_or_build(cache_dir or default_cache_dir("omniglot"), key, lambda: _build(sources, split.alphabets, image_size))
+    key = cache_key(
+        kind="omniglot", sources=[fingerprint(s) for s in sources], alphabets=alphabets, image_size=image_size
+    )
+    return load_or_build(
+        cache_dir or default_cache_dir("omniglot"), key, lambda: _build(sources, split.alphabets, image_size)
+    )
 
 
 @dataclass
@@ -83,7 +97,9 @@ def _select(classes: dict[ClassKey, object], alphabets: list[str] | None) -> lis
     if alphabets is not None:
         missing = [a for a in alphabets if a not in present]
         if missing:
-            raise ValueError(f"omniglot alphabets {missing} are not in the split's sources; alphabets present: {present}")
+            raise ValueError(
+                f"omniglot alphabets {missing} are not in the split's sources; alphabets present: {present}"
+            )
     chosen = sorted(k for k in classes if alphabets is None or k[0] in alphabets)
     if not chosen:
         raise ValueError(f"omniglot split selects no classes: alphabets={alphabets} (present: {present})")

@@ -4,6 +4,7 @@ y = A sin(x - phi), A ~ U[amplitude], phi ~ U[phase], x ~ U[x_range]; K support 
 In `sinusoid-families` a family fixes phi and its tasks vary A only (the MALTML paper's toy problem).
 With `oracle=True` every input is (x, A, phi): the oracle baseline that is told the task.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,9 +33,13 @@ class SinusoidSpace:
                 raise ValueError(f"task space {name}={[lo, hi]} is empty: need low <= high")
 
 
-def _points(rng: np.random.Generator, amp: float, phase: float, n: int, x_range: Range, oracle: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def _points(
+    rng: np.random.Generator, amp: float, phase: float, n: int, x_range: Range, oracle: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     x = rng.uniform(x_range[0], x_range[1], size=(n, 1))
-    inputs = np.concatenate([x, np.full((n, 1), amp), np.full((n, 1), phase)], axis=1) if oracle else x  # [n, 3] or [n, 1]
+    inputs = (
+        np.concatenate([x, np.full((n, 1), amp), np.full((n, 1), phase)], axis=1) if oracle else x
+    )  # [n, 3] or [n, 1]
     return torch.from_numpy(inputs).float(), torch.from_numpy(amp * np.sin(x - phase)).float()
 
 
@@ -49,7 +54,9 @@ class Sinusoid:
     kind: str = "regression"
     oracle: bool = False  # inputs (x, A, phi) instead of x
 
-    def sample(self, seed: int, step: int, index: int, space: SinusoidSpace | None = None, stream: Stream = "train") -> Task:
+    def sample(
+        self, seed: int, step: int, index: int, space: SinusoidSpace | None = None, stream: Stream = "train"
+    ) -> Task:
         space = space or self.space
         rng = task_rng(seed, stream, step, index)
         amp = rng.uniform(*space.amplitude)
@@ -76,7 +83,9 @@ class SinusoidFamilies(Sinusoid):
     goal_tasks: int = 1
     unit: Unit = "family"
 
-    def sample(self, seed: int, step: int, index: int, space: SinusoidSpace | None = None, stream: Stream = "train") -> Task:
+    def sample(
+        self, seed: int, step: int, index: int, space: SinusoidSpace | None = None, stream: Stream = "train"
+    ) -> Task:
         space = space or self.space
         rng = task_rng(seed, stream, step, index)
         phase = rng.uniform(*space.phase)

@@ -5,11 +5,13 @@ when it is decoded and cached, then `to_tensor` (uint8 HWC -> float32 CHW in [0,
 drawn. `ImageTransform` is those two steps for one run's config, so an image file given to a
 trained model is transformed exactly as its training images were.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,9 +35,13 @@ class ImageTransform:
 
     def describe(self) -> dict[str, Any]:
         """The transform in words and numbers, and how to undo it (to look at a model input as an image)."""
-        return {**asdict(self), "resample": "lanczos", "layout": "[n, C, H, W] float32", "scale": "v / 255",
-                "inverse": f"uint8 = round(x * 255){'; v = 255 - uint8' if self.invert else ''}; "
-                           "HWC = x.permute(1, 2, 0)"}
+        return {
+            **asdict(self),
+            "resample": "lanczos",
+            "layout": "[n, C, H, W] float32",
+            "scale": "v / 255",
+            "inverse": f"uint8 = round(x * 255){'; v = 255 - uint8' if self.invert else ''}; HWC = x.permute(1, 2, 0)",
+        }
 
     def __call__(self, images: Any) -> torch.Tensor:
         """[n, C, size, size] float32 from one image or a list of them: paths, PIL images or uint8 arrays.
@@ -63,10 +69,16 @@ class ImageTransform:
             return prepare_image(image, self.size, self.mode, self.invert)
         if isinstance(image, np.ndarray):
             if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (1, 3, 4))):
-                raise ValueError(f"an image array must be uint8 [H, W] or [H, W, C] with C in 1, 3, 4 (raw pixels), "
-                                 f"got {image.dtype} of shape {list(image.shape)}")
-            return prepare_image(Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image),
-                                 self.size, self.mode, self.invert)
+                raise ValueError(
+                    f"an image array must be uint8 [H, W] or [H, W, C] with C in 1, 3, 4 (raw pixels), "
+                    f"got {image.dtype} of shape {list(image.shape)}"
+                )
+            return prepare_image(
+                Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image),
+                self.size,
+                self.mode,
+                self.invert,
+            )
         raise TypeError(f"cannot preprocess a {type(image).__name__}: give image paths, PIL images or uint8 arrays")
 
 

@@ -4,6 +4,7 @@ spec.py (parse and validate a sweep spec) -> search.py (Tune domains, param spac
 -> trainable.py (one trial: compose its config, run the learner) -> run.py (run or resume; writes
 results.py's results.parquet, best_config.yaml and table).
 """
+
 from metaserve.tuning.spec import Sweep, load_sweep, parse_sweep, reported_metrics
 
 _RUN = ("run_sweep", "resume_sweep", "load_sweep_dir", "SweepResult")

@@ -12,6 +12,7 @@ the resume is refused. Trusted: this user's key file and the metaserve code. Not
 in the sweep folder. A file's last `KEEP` signed versions are accepted, because Tune copies its
 state into the folder in the background and a kill may land between a copy and the next signing.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -49,11 +50,14 @@ def signing_key(create: bool = True) -> bytes:
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_hex(32))
     if not path.is_file():
-        raise ConfigError(f"no signing key at {str(path)!r}: only sweeps started by this user (whose key signed "
-                          "their manifest) can be resumed")
+        raise ConfigError(
+            f"no signing key at {str(path)!r}: only sweeps started by this user (whose key signed "
+            "their manifest) can be resumed"
+        )
     if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"signing key {str(path)!r} can be read by other users: chmod 600 it "
-                          "(it vouches for sweep folders)")
+        raise ConfigError(
+            f"signing key {str(path)!r} can be read by other users: chmod 600 it (it vouches for sweep folders)"
+        )
     return bytes.fromhex(path.read_text().strip())
 
 
@@ -90,8 +94,10 @@ def _read(sweep_dir: Path) -> dict[str, list[str]]:
     except (ValueError, KeyError, TypeError):
         raise ConfigError(f"{str(path)!r} is not a metaserve manifest: refusing to resume this sweep") from None
     if not hmac.compare_digest(_mac(signing_key(), files), str(mac)):
-        raise ConfigError(f"{str(path)!r} is not signed with this user's key ({key_path()}): the sweep folder was "
-                          "written by someone else or changed, so its pickles are not loaded (they could run code)")
+        raise ConfigError(
+            f"{str(path)!r} is not signed with this user's key ({key_path()}): the sweep folder was "
+            "written by someone else or changed, so its pickles are not loaded (they could run code)"
+        )
     return files
 
 
@@ -113,17 +119,23 @@ def verify(sweep_dir: Path) -> None:
     """ConfigError unless every file Tune would unpickle carries a digest signed with this user's key."""
     sweep_dir = Path(sweep_dir)
     if not (sweep_dir / MANIFEST).is_file():
-        raise ConfigError(f"{str(sweep_dir)!r} has no {MANIFEST}: it was not started by `metaserve tune` as this user, "
-                          "so its pickles are not loaded (they could run code)")
+        raise ConfigError(
+            f"{str(sweep_dir)!r} has no {MANIFEST}: it was not started by `metaserve tune` as this user, "
+            "so its pickles are not loaded (they could run code)"
+        )
     files = _read(sweep_dir)
     for path in pickle_files(sweep_dir):
         rel = path.relative_to(sweep_dir).as_posix()
         if rel not in files:
-            raise ConfigError(f"{rel!r} in {str(sweep_dir)!r} is not in the signed manifest: refusing to resume "
-                              "(a pickle this user's sweep did not write could run code)")
+            raise ConfigError(
+                f"{rel!r} in {str(sweep_dir)!r} is not in the signed manifest: refusing to resume "
+                "(a pickle this user's sweep did not write could run code)"
+            )
         if _digest(path) not in files[rel]:
-            raise ConfigError(f"{rel!r} in {str(sweep_dir)!r} changed after it was signed: refusing to resume "
-                              "(a pickle this user's sweep did not write could run code)")
+            raise ConfigError(
+                f"{rel!r} in {str(sweep_dir)!r} changed after it was signed: refusing to resume "
+                "(a pickle this user's sweep did not write could run code)"
+            )
 
 
 class ManifestSigner(Callback):

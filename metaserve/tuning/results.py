@@ -1,4 +1,5 @@
 """What a sweep leaves: results.parquet (one row per trial), best_config.yaml, and a printed table."""
+
 from __future__ import annotations
 
 import math
@@ -20,21 +21,33 @@ def collect(grid, sweep: Sweep) -> pd.DataFrame:
     keys = ["base", *sweep.space, *(k for k in sweep.mutations if k not in sweep.space)]
     for result in grid:
         history = result.metrics_dataframe
-        series = history[sweep.metric].dropna() if history is not None and sweep.metric in history else pd.Series(dtype=float)
+        series = (
+            history[sweep.metric].dropna()
+            if history is not None and sweep.metric in history
+            else pd.Series(dtype=float)
+        )
         best = (series.min() if sweep.mode == "min" else series.max()) if len(series) else math.nan
         metrics = result.metrics or {}
         trial_dir = Path(result.path)
-        row = {"trial_id": metrics.get("trial_id", trial_dir.name), "status": "ERROR" if result.error else "TERMINATED",
-               **{k: result.config.get(k) for k in keys},
-               f"{sweep.metric}_last": float(series.iloc[-1]) if len(series) else math.nan, f"{sweep.metric}_best": float(best),
-               "training_iteration": metrics.get("training_iteration", 0), "step": metrics.get("step", 0),
-               "completed": bool(metrics.get("done_training", 0.0)),
-               **{k: v for k, v in metrics.items() if k.startswith("test_")},
-               "run_dir": str(trial_dir / "run"), "error": str(result.error).splitlines()[0] if result.error else ""}
+        row = {
+            "trial_id": metrics.get("trial_id", trial_dir.name),
+            "status": "ERROR" if result.error else "TERMINATED",
+            **{k: result.config.get(k) for k in keys},
+            f"{sweep.metric}_last": float(series.iloc[-1]) if len(series) else math.nan,
+            f"{sweep.metric}_best": float(best),
+            "training_iteration": metrics.get("training_iteration", 0),
+            "step": metrics.get("step", 0),
+            "completed": bool(metrics.get("done_training", 0.0)),
+            **{k: v for k, v in metrics.items() if k.startswith("test_")},
+            "run_dir": str(trial_dir / "run"),
+            "error": str(result.error).splitlines()[0] if result.error else "",
+        }
         rows.append(row)
     df = pd.DataFrame(rows)
     ascending = sweep.mode == "min"
-    return df.sort_values(["base", f"{sweep.metric}_last"], ascending=[True, ascending], na_position="last").reset_index(drop=True)
+    return df.sort_values(
+        ["base", f"{sweep.metric}_last"], ascending=[True, ascending], na_position="last"
+    ).reset_index(drop=True)
 
 
 def best_rows(df: pd.DataFrame, sweep: Sweep) -> dict[str, pd.Series]:
@@ -55,7 +68,10 @@ def write_results(df: pd.DataFrame, sweep: Sweep, sweep_dir: Path) -> list[Path]
         params = {k: _plain(row[k]) for k in df.columns if k == "base" or k in sweep.space or k in sweep.mutations}
         config = config_to_dict(trial_config(sweep.bases, params))
         path = sweep_dir / ("best_config.yaml" if len(sweep.bases) == 1 else f"best_config-{base}.yaml")
-        header = f"# best of sweep {sweep.name!r} by {sweep.metric} ({sweep.mode}): trial {row['trial_id']}, {sweep.metric}={row[f'{sweep.metric}_last']:.6g}\n"
+        header = (
+            f"# best of sweep {sweep.name!r} by {sweep.metric} ({sweep.mode}): trial {row['trial_id']}, "
+            f"{sweep.metric}={row[f'{sweep.metric}_last']:.6g}\n"
+        )
         path.write_text(header + yaml.safe_dump(config, sort_keys=False))
         written.append(path)
     return written

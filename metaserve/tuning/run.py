@@ -4,6 +4,7 @@ A sweep directory `<storage>/<name>-<time>/` holds `sweep.yaml` (the resolved sp
 all a resume needs), `tune/` (Tune's experiment: trials, their run directories and checkpoints),
 `results.parquet` and `best_config.yaml`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,7 +40,9 @@ def new_sweep_dir(sweep: Sweep) -> Path:
     return unique_dir(Path(sweep.storage), sweep.name).resolve()
 
 
-def run_sweep(sweep: Sweep, *, sweep_dir: Path | None = None, verbose: int = 1, trainable=sweep_trainable) -> SweepResult:
+def run_sweep(
+    sweep: Sweep, *, sweep_dir: Path | None = None, verbose: int = 1, trainable=sweep_trainable
+) -> SweepResult:
     """Start every trial of `sweep` and write its results; `trainable(params, bases)` runs one trial."""
     sweep_dir = new_sweep_dir(sweep) if sweep_dir is None else Path(sweep_dir).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -50,10 +53,16 @@ def run_sweep(sweep: Sweep, *, sweep_dir: Path | None = None, verbose: int = 1, 
     tuner = tune.Tuner(
         make_trainable(sweep.bases, trainable),
         param_space=param_space(sweep),
-        tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, scheduler=make_scheduler(sweep),
-                                    num_samples=sweep.num_samples, max_concurrent_trials=sweep.max_concurrent),
-        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(sweep_dir), verbose=verbose,
-                                  callbacks=[ManifestSigner(str(sweep_dir))]),
+        tune_config=tune.TuneConfig(
+            metric=sweep.metric,
+            mode=sweep.mode,
+            scheduler=make_scheduler(sweep),
+            num_samples=sweep.num_samples,
+            max_concurrent_trials=sweep.max_concurrent,
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR, storage_path=str(sweep_dir), verbose=verbose, callbacks=[ManifestSigner(str(sweep_dir))]
+        ),
     )
     grid = tuner.fit()
     sign(sweep_dir)
@@ -69,12 +78,15 @@ def load_sweep_dir(sweep_dir: Path) -> Sweep:
 
 
 def resume_sweep(sweep_dir: Path, *, verbose: int = 1) -> SweepResult:
-    """Continue an interrupted sweep (Tuner.restore): unfinished trials go on, errored ones resume from their checkpoints."""
+    """Continue an interrupted sweep (Tuner.restore): unfinished trials go on, errored ones resume from their
+    checkpoints."""
     sweep_dir = Path(sweep_dir).resolve()
     sweep = check_resumable(sweep_dir)
     if not tune.Tuner.can_restore(str(sweep_dir / TUNE_DIR)):
         raise ConfigError(f"{str(sweep_dir)!r} has no Tune experiment state to resume (no {TUNE_DIR}/ written yet)")
-    tuner = tune.Tuner.restore(str(sweep_dir / TUNE_DIR), make_trainable(sweep.bases), resume_unfinished=True, resume_errored=True)
+    tuner = tune.Tuner.restore(
+        str(sweep_dir / TUNE_DIR), make_trainable(sweep.bases), resume_unfinished=True, resume_errored=True
+    )
     grid = tuner.fit()
     sign(sweep_dir)
     return _finish(sweep, sweep_dir, grid)
@@ -89,8 +101,9 @@ def check_resumable(sweep_dir: Path) -> Sweep:
     sweep = load_sweep_dir(sweep_dir)
     verify(sweep_dir)
     if not (sweep_dir / TUNE_DIR / "tuner.pkl").is_file():
-        raise ConfigError(f"{str(sweep_dir)!r} has no Tune experiment state to resume "
-                          f"(no {TUNE_DIR}/tuner.pkl written yet)")
+        raise ConfigError(
+            f"{str(sweep_dir)!r} has no Tune experiment state to resume (no {TUNE_DIR}/tuner.pkl written yet)"
+        )
     return sweep
 
 

@@ -3,6 +3,7 @@
 A trial's config is flat: {"base": name, "<dotted key>": value, ...}; `spec.compose` turns it into
 the full metaserve config inside the trial. Flat keys keep results tables and PBT mutations simple.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,7 +38,9 @@ def param_space(sweep: Sweep) -> dict[str, Any]:
     space: dict[str, Any] = {"base": tune.grid_search(names) if len(names) > 1 else names[0]}
     space |= {k: to_tune(d) for k, d in sweep.space.items()}
     for key, domain in sweep.mutations.items():  # PBT mutates only keys a trial has: start them in their domain
-        space.setdefault(key, tune.choice(list(domain.values)) if domain.kind in ("grid", "choice") else to_tune(domain))
+        space.setdefault(
+            key, tune.choice(list(domain.values)) if domain.kind in ("grid", "choice") else to_tune(domain)
+        )
     return space
 
 
@@ -50,11 +53,19 @@ def make_scheduler(sweep: Sweep) -> TrialScheduler:
     """fifo, ASHA (Li et al. 2020) or PBT (Jaderberg et al. 2017) over `training_iteration` (reports)."""
     sc = sweep.scheduler
     if sc.name == "asha":
-        return ASHAScheduler(time_attr="training_iteration", max_t=sc.max_t or reports_per_trial(sweep),
-                             grace_period=sc.grace_period, reduction_factor=sc.reduction_factor)
+        return ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=sc.max_t or reports_per_trial(sweep),
+            grace_period=sc.grace_period,
+            reduction_factor=sc.reduction_factor,
+        )
     if sc.name == "pbt":
         return PopulationBasedTraining(
-            time_attr="training_iteration", perturbation_interval=sc.perturbation_interval,
+            time_attr="training_iteration",
+            perturbation_interval=sc.perturbation_interval,
             hyperparam_mutations={k: to_mutation(d) for k, d in sweep.mutations.items()},
-            quantile_fraction=sc.quantile_fraction, resample_probability=sc.resample_probability, synch=sc.synch)
+            quantile_fraction=sc.quantile_fraction,
+            resample_probability=sc.resample_probability,
+            synch=sc.synch,
+        )
     return FIFOScheduler()

@@ -7,6 +7,7 @@ checks: unknown spec keys, an empty space or domain, config keys or values no tr
 (every candidate value is validated as a config), a metric the trials never report, and PBT
 perturbations that fall between checkpoints. The resolved `Sweep` is what a sweep directory stores.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -17,8 +18,18 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from metaserve.config import (NAME, Config, ConfigError, ImageTaskConfig, apply_overrides, parse_config, parse_value,
-                              read_yaml, set_dotted, task_kind)
+from metaserve.config import (
+    NAME,
+    Config,
+    ConfigError,
+    ImageTaskConfig,
+    apply_overrides,
+    parse_config,
+    parse_value,
+    read_yaml,
+    set_dotted,
+    task_kind,
+)
 from metaserve.curriculum.teacher import make_teacher
 from metaserve.tasks.images import ImageSpace
 from metaserve.tasks.sinusoid import SinusoidSpace
@@ -101,17 +112,26 @@ class Sweep:
 
     def to_dict(self) -> dict:
         """The self-contained spec a sweep directory stores (bases inlined): `load_sweep` reads it back."""
-        return {"name": self.name, "base": {n: {"inline": b} for n, b in self.bases.items()},
-                "space": {k: d.to_dict() for k, d in self.space.items()}, "metric": self.metric, "mode": self.mode,
-                "scheduler": self.scheduler.model_dump(mode="json", exclude_unset=True), "num_samples": self.num_samples,
-                "max_concurrent": self.max_concurrent, "storage": self.storage}
+        return {
+            "name": self.name,
+            "base": {n: {"inline": b} for n, b in self.bases.items()},
+            "space": {k: d.to_dict() for k, d in self.space.items()},
+            "metric": self.metric,
+            "mode": self.mode,
+            "scheduler": self.scheduler.model_dump(mode="json", exclude_unset=True),
+            "num_samples": self.num_samples,
+            "max_concurrent": self.max_concurrent,
+            "storage": self.storage,
+        }
 
 
 def parse_domain(key: str, raw: Any) -> Domain:
     """{grid: [..]} | {choice: [..]} | {uniform: [low, high]} | {loguniform: [low, high]}."""
     if not isinstance(raw, dict) or len(raw) != 1 or next(iter(raw)) not in DOMAINS:
-        raise ConfigError(f"space key {key!r}: {raw!r} is not a domain; write one of "
-                          f"{{grid: [v1, v2]}}, {{choice: [v1, v2]}}, {{uniform: [low, high]}}, {{loguniform: [low, high]}}")
+        raise ConfigError(
+            f"space key {key!r}: {raw!r} is not a domain; write one of "
+            f"{{grid: [v1, v2]}}, {{choice: [v1, v2]}}, {{uniform: [low, high]}}, {{loguniform: [low, high]}}"
+        )
     kind, value = next(iter(raw.items()))
     if kind in ("grid", "choice"):
         if not isinstance(value, list) or not value:
@@ -139,8 +159,16 @@ def reported_metrics(config: Config) -> set[str]:
     """Every metric a trial of `config` reports to Tune (the learner's log rows, the final test result)."""
     image = isinstance(config.task, ImageTaskConfig)
     spec, kind = config.entry, task_kind(config.task)
-    names = spec.metrics(kind) | {"step", "worker_time", "comm_time", "learner_time", "step_time", "tasks_per_s",
-                                  "done_training", "start_step"}
+    names = spec.metrics(kind) | {
+        "step",
+        "worker_time",
+        "comm_time",
+        "learner_time",
+        "step_time",
+        "tasks_per_s",
+        "done_training",
+        "start_step",
+    }
     if config.train.val_tasks:
         names |= {f"val_{m}" for m in spec.eval_metrics(kind)}
     test = "acc" if image else "mse"
@@ -181,7 +209,7 @@ def _set_dotted_map(raw: dict, item: str) -> dict:
     section = prefix.rstrip(".")
     data = set_dotted(raw, section, {}) if not isinstance(_get_dotted(raw, section), dict) else dict(raw)
     mapping = dict(_get_dotted(data, section))
-    mapping[key[len(prefix):]] = parse_value(item, value)
+    mapping[key[len(prefix) :]] = parse_value(item, value)
     return set_dotted(data, section, mapping)
 
 
@@ -203,8 +231,10 @@ def parse_sweep(raw: dict, root: Path) -> Sweep:
         raise ConfigError(_format(err)) from None
     bases = {n: v["inline"] for n, v in base.items()} if inline else _resolve_bases(spec, root)
     if not spec.space:
-        raise ConfigError("space is empty: give at least one dotted config key with a domain, e.g. "
-                          "algorithm.inner_lr: {loguniform: [0.001, 0.1]}")
+        raise ConfigError(
+            "space is empty: give at least one dotted config key with a domain, e.g. "
+            "algorithm.inner_lr: {loguniform: [0.001, 0.1]}"
+        )
     space = {k: parse_domain(k, v) for k, v in spec.space.items()}
     mutations = {k: parse_domain(k, v) for k, v in spec.scheduler.mutations.items()}
     _check_scheduler(spec.scheduler)
@@ -212,13 +242,25 @@ def parse_sweep(raw: dict, root: Path) -> Sweep:
     for name, config in configs.items():
         reported = reported_metrics(config)
         if spec.metric not in reported:
-            raise ConfigError(f"metric {spec.metric!r} is never reported by trials of base {name!r}; "
-                              f"reported metrics: {', '.join(sorted(reported))}")
+            raise ConfigError(
+                f"metric {spec.metric!r} is never reported by trials of base {name!r}; "
+                f"reported metrics: {', '.join(sorted(reported))}"
+            )
     check_metric_mode(spec.metric, spec.mode, spec.scheduler.name)
     for name, data in bases.items():
         check_schedule(spec.scheduler, name, data, space)
-    return Sweep(spec.name, bases, space, spec.metric, spec.mode, spec.scheduler, spec.num_samples, spec.max_concurrent,
-                 spec.storage, mutations)
+    return Sweep(
+        spec.name,
+        bases,
+        space,
+        spec.metric,
+        spec.mode,
+        spec.scheduler,
+        spec.num_samples,
+        spec.max_concurrent,
+        spec.storage,
+        mutations,
+    )
 
 
 FINAL_ONLY = ("test_", "done_training")  # metrics only the last report of a trial carries
@@ -239,12 +281,15 @@ def check_metric_mode(metric: str, mode: str, scheduler: str) -> None:
     want = metric_direction(metric)
     if want is not None and mode != want:
         kind = "an accuracy (higher is better)" if want == "max" else "a loss (lower is better)"
-        raise ConfigError(f"mode={mode!r} with metric {metric!r} would select the worst trial: it is {kind}, "
-                          f"so set mode: {want}")
+        raise ConfigError(
+            f"mode={mode!r} with metric {metric!r} would select the worst trial: it is {kind}, so set mode: {want}"
+        )
     if scheduler != "fifo" and metric.startswith(FINAL_ONLY):
-        raise ConfigError(f"metric {metric!r} is reported only by a trial's last report, but "
-                          f"scheduler.name={scheduler!r} compares trials at every report; use a per-row metric "
-                          "such as val_loss, or scheduler.name=fifo")
+        raise ConfigError(
+            f"metric {metric!r} is reported only by a trial's last report, but "
+            f"scheduler.name={scheduler!r} compares trials at every report; use a per-row metric "
+            "such as val_loss, or scheduler.name=fifo"
+        )
 
 
 def trial_reports(data: dict, space: dict[str, Domain]) -> tuple[int, int]:
@@ -268,42 +313,61 @@ def check_schedule(sc: SchedulerSpec, name: str, data: dict, space: dict[str, Do
     """
     train = parse_config(data).train
     fewest, most = trial_reports(data, space)
-    rows = (f"train.steps={train.steps} with train.log_every={train.log_every} gives {fewest} report(s) per trial "
-            f"of base {name!r}")
+    rows = (
+        f"train.steps={train.steps} with train.log_every={train.log_every} gives {fewest} report(s) per trial "
+        f"of base {name!r}"
+    )
     if sc.name == "asha":
         max_t = sc.max_t or most
         if sc.grace_period > min(max_t, fewest):
-            raise ConfigError(f"scheduler.grace_period={sc.grace_period} exceeds the reports a trial makes: {rows}"
-                              f"{f' (scheduler.max_t={sc.max_t})' if sc.max_t else ''}; lower grace_period to at most "
-                              f"{min(max_t, fewest)}, or raise train.steps / lower train.log_every")
+            raise ConfigError(
+                f"scheduler.grace_period={sc.grace_period} exceeds the reports a trial makes: {rows}"
+                f"{f' (scheduler.max_t={sc.max_t})' if sc.max_t else ''}; lower grace_period to at most "
+                f"{min(max_t, fewest)}, or raise train.steps / lower train.log_every"
+            )
         if sc.max_t is not None and sc.max_t > most:
-            raise ConfigError(f"scheduler.max_t={sc.max_t} exceeds the reports a trial makes: {rows}, so ASHA's "
-                              "top rungs are never reached; drop max_t (default: a full run's reports) or set it "
-                              f"to at most {most}")
+            raise ConfigError(
+                f"scheduler.max_t={sc.max_t} exceeds the reports a trial makes: {rows}, so ASHA's "
+                "top rungs are never reached; drop max_t (default: a full run's reports) or set it "
+                f"to at most {most}"
+            )
     if sc.name == "pbt":
         if sc.perturbation_interval >= fewest:
-            raise ConfigError(f"scheduler.perturbation_interval={sc.perturbation_interval} reports is not below the "
-                              f"reports a trial makes: {rows}, so PBT would never exploit or explore; "
-                              f"set it below {fewest}")
+            raise ConfigError(
+                f"scheduler.perturbation_interval={sc.perturbation_interval} reports is not below the "
+                f"reports a trial makes: {rows}, so PBT would never exploit or explore; "
+                f"set it below {fewest}"
+            )
         span = sc.perturbation_interval * train.log_every
         if span % train.checkpoint_every:
-            raise ConfigError(f"scheduler.perturbation_interval={sc.perturbation_interval} reports of base "
-                              f"{name!r} are {span} steps, not a multiple of "
-                              f"train.checkpoint_every={train.checkpoint_every}: PBT "
-                              "exploits checkpoints, so set checkpoint_every to log_every or align the interval")
+            raise ConfigError(
+                f"scheduler.perturbation_interval={sc.perturbation_interval} reports of base "
+                f"{name!r} are {span} steps, not a multiple of "
+                f"train.checkpoint_every={train.checkpoint_every}: PBT "
+                "exploits checkpoints, so set checkpoint_every to log_every or align the interval"
+            )
 
 
 def _resolve_bases(spec: SweepSpec, root: Path) -> dict[str, dict]:
-    entries = {Path(spec.base).stem: BaseEntry(config=spec.base)} if isinstance(spec.base, str) else {
-        n: (BaseEntry(config=e) if isinstance(e, str) else e) for n, e in spec.base.items()}
+    entries = (
+        {Path(spec.base).stem: BaseEntry(config=spec.base)}
+        if isinstance(spec.base, str)
+        else {n: (BaseEntry(config=e) if isinstance(e, str) else e) for n, e in spec.base.items()}
+    )
     if not entries:
         raise ConfigError("base is empty: give a config path, or named bases {name: path}")
     out = {}
     for name, entry in entries.items():
-        candidates = [Path(entry.config)] if Path(entry.config).is_absolute() else [root / entry.config, Path.cwd() / entry.config]
+        candidates = (
+            [Path(entry.config)]
+            if Path(entry.config).is_absolute()
+            else [root / entry.config, Path.cwd() / entry.config]
+        )
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
-            raise ConfigError(f"base {name!r}: config {entry.config!r} not found (looked for {', '.join(map(str, candidates))})")
+            raise ConfigError(
+                f"base {name!r}: config {entry.config!r} not found (looked for {', '.join(map(str, candidates))})"
+            )
         data = apply_overrides(read_yaml(found) or {}, entry.set + spec.set)
         try:
             parse_config(data)
@@ -317,8 +381,11 @@ def _probe(name: str, base: dict, space: dict[str, Domain]) -> Config:
     """Validate every candidate value of every key as a config of this base (all combinations when few)."""
     keys = list(space)
     choices = [space[k].candidates() for k in keys]
-    combos = list(itertools.product(*choices)) if _product_size(choices) <= 512 else [
-        tuple(c[0] if j != i else v for j, c in enumerate(choices)) for i in range(len(keys)) for v in choices[i]]
+    combos = (
+        list(itertools.product(*choices))
+        if _product_size(choices) <= 512
+        else [tuple(c[0] if j != i else v for j, c in enumerate(choices)) for i in range(len(keys)) for v in choices[i]]
+    )
     for combo in combos:
         data = base
         for key, value in zip(keys, combo):
@@ -340,17 +407,23 @@ def _product_size(choices: list[list]) -> int:
 
 def _check_scheduler(sc: SchedulerSpec) -> None:
     given = sc.model_fields_set
-    only = {"asha": {"max_t", "grace_period", "reduction_factor"},
-            "pbt": {"perturbation_interval", "mutations", "quantile_fraction", "resample_probability", "synch"}}
+    only = {
+        "asha": {"max_t", "grace_period", "reduction_factor"},
+        "pbt": {"perturbation_interval", "mutations", "quantile_fraction", "resample_probability", "synch"},
+    }
     for name, keys in only.items():
         stray = sorted((given & keys) - (keys if sc.name == name else set()))
         if stray:
             raise ConfigError(f"scheduler.{stray[0]} applies to scheduler.name={name!r}, not {sc.name!r}")
     if sc.name == "pbt":
         if sc.perturbation_interval is None:
-            raise ConfigError("scheduler.name='pbt' needs scheduler.perturbation_interval (reports between exploit/explore)")
+            raise ConfigError(
+                "scheduler.name='pbt' needs scheduler.perturbation_interval (reports between exploit/explore)"
+            )
         if not sc.mutations:
-            raise ConfigError("scheduler.name='pbt' needs scheduler.mutations: dotted config keys with the domains PBT explores")
+            raise ConfigError(
+                "scheduler.name='pbt' needs scheduler.mutations: dotted config keys with the domains PBT explores"
+            )
 
 
 def _format(err: ValidationError) -> str:
@@ -361,7 +434,10 @@ def _format(err: ValidationError) -> str:
             parent = SchedulerSpec if e["loc"][0] == "scheduler" else SweepSpec
             lines.append(f"unknown sweep key {where!r}; known keys here: {', '.join(sorted(parent.model_fields))}")
         elif e["loc"][:1] == ("base",) and e["type"] in ("string_type", "dict_type"):
-            lines.append(f"base={e.get('input')!r}: give a config path, or named bases {{name: path | {{config: path, set: [...]}}}}")
+            lines.append(
+                f"base={e.get('input')!r}: give a config path, "
+                "or named bases {name: path | {config: path, set: [...]}}"
+            )
         elif e["type"] == "missing":
             lines.append(f"sweep key {where!r} is required")
         else:

@@ -2,9 +2,11 @@
 
 The trial itself is `runtime.tune_trainable.run_trial`, the same code path as `metaserve_trainable`.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ray import tune
 
@@ -24,6 +26,7 @@ def sweep_trainable(params: dict[str, Any], bases: dict[str, dict]) -> None:
 
 
 def make_trainable(bases: dict[str, dict], fn: Callable[[dict[str, Any], dict[str, dict]], None] = sweep_trainable):
-    """`fn` (by default `sweep_trainable`) with the bases shipped through the object store and per-trial placement groups."""
+    """`fn` (by default `sweep_trainable`) with the bases shipped through the object store and per-trial
+    placement groups."""
     trainable = tune.with_parameters(fn, bases=bases)
     return tune.with_resources(trainable, lambda params: trial_resources(trial_config(bases, params)))

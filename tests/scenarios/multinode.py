@@ -14,6 +14,7 @@ driver's node, never removed) and 3 one-CPU worker nodes, each with its own cust
 
 Usage: python multinode.py [OUTPUT_DIR]. Prints one line `RESULT:<json>` that the test asserts on.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,16 +30,27 @@ NODES = ("node_a", "node_b", "node_c")
 def tiny(output_dir: str, **runtime) -> object:
     from metaserve.api import as_config
 
-    return as_config({
-        "name": "multinode", "seed": 5, "output_dir": output_dir,
-        "task": {"name": "sinusoid", "shots": 5, "query": 5},
-        "model": {"name": "mlp", "hidden": [16, 16]},
-        "algorithm": {"name": "maml", "inner_lr": 0.02, "inner_steps": 2},
-        "train": {"steps": 8, "meta_batch": 6, "log_every": 2, "checkpoint_every": 2, "val_tasks": 0,
-                  "dtype": "float64", "device": "cpu"},
-        "eval": {"episodes": 10},
-        "runtime": {"cpus_per_worker": 1, "worker_wait_s": 30, **runtime},
-    })
+    return as_config(
+        {
+            "name": "multinode",
+            "seed": 5,
+            "output_dir": output_dir,
+            "task": {"name": "sinusoid", "shots": 5, "query": 5},
+            "model": {"name": "mlp", "hidden": [16, 16]},
+            "algorithm": {"name": "maml", "inner_lr": 0.02, "inner_steps": 2},
+            "train": {
+                "steps": 8,
+                "meta_batch": 6,
+                "log_every": 2,
+                "checkpoint_every": 2,
+                "val_tasks": 0,
+                "dtype": "float64",
+                "device": "cpu",
+            },
+            "eval": {"episodes": 10},
+            "runtime": {"cpus_per_worker": 1, "worker_wait_s": 30, **runtime},
+        }
+    )
 
 
 def close(a, b, rtol: float = 1e-10) -> bool:
@@ -53,16 +65,17 @@ def main(output_dir: str) -> dict:
     from ray.cluster_utils import Cluster
 
     from metaserve.experiment import build_distribution, build_learner
-    from metaserve.runtime.loop import train_loop
     from metaserve.runtime.local import LocalExecutor
+    from metaserve.runtime.loop import train_loop
     from metaserve.runtime.ray_executor import RayExecutor, WorkersUnavailable
 
     out: dict = {"events": []}
     t0 = time.monotonic()
     mark = lambda what: out["events"].append([round(time.monotonic() - t0, 2), what])  # noqa: E731
     tmp = output_dir
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "object_store_memory": 80 * MB, "include_dashboard": False})
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 80 * MB, "include_dashboard": False}
+    )
     reset_ray_address()  # don't advertise this cluster to `ray.init()` calls elsewhere
     executor = None
     try:
@@ -159,5 +172,9 @@ def main(output_dir: str) -> dict:
 
 
 if __name__ == "__main__":
-    print("RESULT:" + json.dumps(main(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="metaserve-multinode-"))), flush=True)
+    print(
+        "RESULT:"
+        + json.dumps(main(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="metaserve-multinode-"))),
+        flush=True,
+    )
     os._exit(0)  # don't wait on Ray's exit hooks: every node is already down
