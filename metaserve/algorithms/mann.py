@@ -162,12 +162,12 @@ class MANN(Algorithm):
     def contribute(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Params, Metrics]:
         return grad(self.sequence_loss, has_aux=True)(params, sx, sy, qx, qy)
 
-    def adapt(self, params: Params, x: Tensor, y: Tensor, steps: int | None = None, ways: int | None = None) -> Params:
-        if ways is not None and ways > self.ways:
-            raise ValueError(
-                f"the support set has {ways} classes but this model outputs {self.ways}: it classifies at "
-                f"most task.ways={self.ways} classes"
-            )
+    @property
+    def head_classes(self) -> int:
+        """Its output layer is sized for task.ways: the most classes `adapt` can take (checked by the callers)."""
+        return self.ways
+
+    def adapt(self, params: Params, x: Tensor, y: Tensor, steps: int | None = None) -> Params:
         params = detach({k: v for k, v in params.items() if k not in STATE})
         _, _, state = self.read_support(params, x, y)
         return {**params, **dict(zip(STATE, (s.detach() for s in state)))}
