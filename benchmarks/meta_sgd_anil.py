@@ -3,7 +3,7 @@
 Every learner trains the same number of meta-steps from the same seed and config (only the algorithm
 section differs), then meta-tests on held-out tasks: query MSE (sinusoid) or accuracy (Omniglot)
 +- 95% CI after 1 and after `--eval-steps` inner steps. The numbers are a budget comparison, not a
-reproduction: the papers train for tens of thousands of meta-steps (BENCHMARKS-survey-a.md says how
+reproduction: the papers train for tens of thousands of meta-steps (BENCHMARKS.md says how
 this protocol differs).
 
   nice -n 10 .venv/bin/python -m benchmarks.meta_sgd_anil --sinusoid-steps 3000 --omniglot-steps 150

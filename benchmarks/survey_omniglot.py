@@ -24,7 +24,7 @@ from metaserve.experiment import build_distribution, build_learner
 
 RUNS = RESULTS / "runs" / "survey-omniglot"
 
-# Published figures (%), each paper's own protocol (see BENCHMARKS-survey-b.md for the differences):
+# Published figures (%), each paper's own protocol (see BENCHMARKS.md for the differences):
 # lstm-meta: Ravi & Larochelle 2017 Table 1, mini-ImageNet 5-way 1-shot (no Omniglot figure);
 # mann: Santoro et al. 2016 Table 1, Omniglot 5-way episodes of 10 instances per class, accuracy on the 2nd instance;
 # metanet: Munkhdalai & Yu 2017 Table 1, Omniglot 5-way 1-shot.

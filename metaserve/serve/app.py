@@ -4,7 +4,7 @@
 each) and run one `@serve.batch` queue; batching groups the queued requests by model, steps and
 shapes (batching.py). A request takes one hop (HTTP proxy -> replica). `per-run`: a `Router` ingress
 forwards each request to its run's own deployment: two hops, but each run scales on its own. Measured
-(BENCHMARKS-serve.md, 2 runs, 32 clients, 2 cores): shared 114 req/s, per-run 73. Serve model
+(BENCHMARKS.md, serve section, 2 runs, 32 clients, 2 cores): shared 114 req/s, per-run 73. Serve model
 multiplexing was not chosen: it also takes two hops and reloads a run on a replica's cache miss.
 
 Endpoints: POST /predict (a few-shot task as JSON, schema.py), GET /models, GET /health.
