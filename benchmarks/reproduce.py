@@ -51,6 +51,7 @@ COLUMNS = [
     "stopped_short",
     "stopped",
     "wall_s",
+    "cpu_s",
     "eval_s",
     "metric",
     "result",
@@ -192,7 +193,9 @@ def run_entry(
         budget_s=budget_s,
         early_stop=early_stop,
     )
+    cpu0 = time.process_time()  # CPU seconds beside wall seconds: the cores are shared, the budget is wall-clock
     run_dir, _, _, wall_s, metrics, status = train_for(config, math.inf, progress=progress, with_status=True)
+    cpu_s = time.process_time() - cpu0
     model = metaserve.load(run_dir)  # best.pt with early stopping, else the last checkpoint: the public API's choice
     steps = int(metrics["step"].iloc[-1]) if len(metrics) else model.step
     stopped = status.removeprefix("stopped early: ") if status.startswith("stopped early") else ""
@@ -206,6 +209,7 @@ def run_entry(
         "stopped_short": steps < paper_steps,
         "stopped": stopped,
         "wall_s": round(wall_s, 1),
+        "cpu_s": round(cpu_s, 1),
         "episodes": episodes,
         "status": "ok" if stopped else status,
         "run_dir": relative(run_dir),
@@ -260,6 +264,7 @@ def append_row(row: dict[str, Any], table: Path) -> None:
         "paper_steps",
         "stopped",
         "wall_s",
+        "cpu_s",
         "metric",
         "result",
         "ci95",

@@ -75,7 +75,7 @@ class TrainState:
             "outer_state": {},
             "step": self.best["step"],
             "config": config_to_dict(config),
-            "best": self.best,
+            "best": {"metric": config.train.early_stop.metric, "value": self.best["value"]},
         }
 
     @classmethod
