@@ -216,8 +216,8 @@ class TrainLoop:
         ckpt = self.checkpoint() if self.checkpoint_due() else None
         publish(self.run_dir, self.config.output_dir)  # a URI output_dir: mirror the new rows and checkpoint
         self.say(progress_line(row, tc.steps))
-        if self.on_log is not None:
-            self.on_log(row, ckpt)
+        if self.on_log is not None:  # the last row of a run that stops early says so (a Tune trial's last report)
+            self.on_log(row | ({"stopped": 1.0} if self.stopped else {}), ckpt)
 
     def track_best(self, value: float) -> None:
         """Patience on the early-stopping column: a new best row writes best.pt; patience used up stops."""
