@@ -246,14 +246,15 @@ def val_curve(metrics) -> str:
 def append_row(row: dict[str, Any], table: Path) -> None:
     """Append `row` to the CSV `table` (header written once) and rewrite the markdown table beside it."""
     table.parent.mkdir(parents=True, exist_ok=True)
-    new = not table.exists()
-    with table.open("a", newline="") as f:
+    rows = []
+    if table.exists():
+        with table.open(newline="") as f:
+            rows = list(csv.DictReader(f))  # a table written with other columns is rewritten under these
+    rows.append({c: _cell(row.get(c)) for c in COLUMNS})
+    with table.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow({c: _cell(row.get(c)) for c in COLUMNS})
-    with table.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+        writer.writeheader()
+        writer.writerows(rows)
     shown = [
         "entry",
         "method",
