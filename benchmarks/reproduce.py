@@ -71,6 +71,28 @@ COLUMNS = [
     "val_curve",
 ]
 
+SHOWN = [  # the markdown table's columns
+    "entry",
+    "method",
+    "benchmark",
+    "protocol",
+    "steps",
+    "best_step",
+    "paper_steps",
+    "stopped",
+    "wall_s",
+    "cpu_s",
+    "metric",
+    "result",
+    "ci95",
+    "result_1_step",
+    "result_10_steps",
+    "published",
+    "source",
+    "bn_mode",
+    "status",
+]
+
 # Published figures: (value, what it measures, source). Sinusoid: MSE after 1 step; Omniglot: 1-shot accuracy %.
 _OMNIGLOT = {  # method: ((5-way, 20-way), source), full Omniglot, each paper's protocol
     "maml": ((98.7, 95.8), "Finn et al. 2017 Table 1"),
@@ -244,7 +266,7 @@ def val_curve(metrics) -> str:
 
 
 def append_row(row: dict[str, Any], table: Path) -> None:
-    """Append `row` to the CSV `table` (header written once) and rewrite the markdown table beside it."""
+    """Append `row` to the CSV `table` (rewritten whole, under COLUMNS) and rewrite the markdown table beside it."""
     table.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     if table.exists():
@@ -255,28 +277,7 @@ def append_row(row: dict[str, Any], table: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    shown = [
-        "entry",
-        "method",
-        "benchmark",
-        "protocol",
-        "steps",
-        "best_step",
-        "paper_steps",
-        "stopped",
-        "wall_s",
-        "cpu_s",
-        "metric",
-        "result",
-        "ci95",
-        "result_1_step",
-        "result_10_steps",
-        "published",
-        "source",
-        "bn_mode",
-        "status",
-    ]
-    table.with_suffix(".md").write_text(markdown_table(rows, shown) + "\n")
+    table.with_suffix(".md").write_text(markdown_table(rows, SHOWN) + "\n")
 
 
 def _cell(value: Any) -> Any:
