@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import platform
 import subprocess
@@ -117,49 +118,43 @@ def save(
     return csv_path, json_path
 
 
-class _BudgetSpent(Exception):
-    """Raised from train_loop's on_log hook to stop a time-budgeted run at a checkpointed log row."""
-
-
 def train_for(config, budget_s: float, progress=None, with_status: bool = False):
-    """Run `train_loop` until `train.steps` or until `budget_s` seconds have passed, whichever is first.
+    """Run `train_loop` until `train.steps`, its early-stopping rule, or `budget_s` seconds, whichever is first.
 
-    The budget is checked at log rows (every `train.log_every` steps), where `checkpoint_every` must
-    equal `log_every` so the stopping row is checkpointed. Returns (run_dir, params, step, seconds, rows);
-    with `with_status=True` also a status string, and a run that stops on a non-finite update is then
-    reported, not raised: its last good checkpoint is returned with status "diverged: ...".
+    The budget is the config's own `train.time_budget_s` (checked after every step; the run writes its
+    checkpoint where it stops), so a benchmark stops as a user's budgeted run does. Returns (run_dir,
+    params, step, seconds, rows), params and step those `metaserve.load` gives (the best validation row
+    with early stopping); with `with_status=True` also a status string: "ok", why training stopped
+    early, or, for a run that stops on a non-finite update (then reported, not raised), "diverged: ..."
+    with its last good checkpoint returned.
     """
-    from metaserve.api import load
+    from metaserve.api import as_config, load
     from metaserve.runtime.loop import train_loop
     from metaserve.runtime.work import NonFiniteUpdate
     from metaserve.store.metrics import read_metrics
+    from metaserve.store.rundir import new_run_dir
 
-    if config.train.checkpoint_every != config.train.log_every:
-        raise ValueError("train_for needs train.checkpoint_every == train.log_every")
+    if math.isfinite(budget_s):
+        config = as_config(config, [f"train.time_budget_s={budget_s}"])
+    run_dir = new_run_dir(config)
     t0 = time.perf_counter()
-    where: dict = {}
 
-    def on_log(row, ckpt):
-        where["run_dir"] = Path(ckpt).parents[1] if ckpt is not None else where.get("run_dir")
+    def on_log(row, _ckpt):
         if progress is not None:
             progress(
                 f"step {row['step']}: loss {row['loss']:.4f}"
                 + (f", acc {100 * row['acc']:.1f}%" if "acc" in row else "")
+                + (f", val acc {100 * row['val_acc']:.1f}%" if "val_acc" in row else "")
                 + f", {row['tasks_per_s']:.1f} tasks/s, {time.perf_counter() - t0:.0f} s"
             )
-        if time.perf_counter() - t0 > budget_s:
-            raise _BudgetSpent
 
     status = "ok"
     try:
-        result = train_loop(config, final_eval=False, on_log=on_log)
-        run_dir = result.run_dir
-    except _BudgetSpent:
-        run_dir = where["run_dir"]
+        result = train_loop(config, run_dir=run_dir, final_eval=False, on_log=on_log)
+        status = f"stopped early: {result.stopped}" if result.stopped else status
     except NonFiniteUpdate as err:
-        if not with_status or "run_dir" not in where:
+        if not with_status or not any((run_dir / "checkpoints").glob("0*")):
             raise
-        run_dir = where["run_dir"]
         status = "diverged: " + str(err).split(" from ")[0]
         if progress is not None:
             progress(status)

@@ -5,14 +5,19 @@ result +- 95% CI over the test episodes, and the published figure with its sourc
 Rows are appended to benchmarks/results/reproduce.csv and the whole table is rewritten as
 benchmarks/results/reproduce.md. Sinusoid entries report the query MSE after 1 and 10 SGD steps (and
 after the config's own eval_inner_steps); Omniglot entries the accuracy after the config's test-time
-adaptation, on 15 query images per class. Every Omniglot figure uses transductive batch norm (conv4
-normalises with the statistics of the batch it is given).
+adaptation, on 15 query images per class. The batch-norm modes are the config's (`model.batch_norm` in
+training, `eval.batch_norm` at meta-test) and are written in each row's "bn_mode".
 
   .venv/bin/python -m benchmarks.reproduce sinusoid-maml-k10                     # one entry, the paper's step count
   .venv/bin/python -m benchmarks.reproduce --cpu-set --budget-s 120              # sinusoid first, then minimal Omniglot
-  .venv/bin/python -m benchmarks.reproduce omniglot-minimal-protonet-5w1s --max-steps 2000 --episodes 600
+  .venv/bin/python -m benchmarks.reproduce omniglot-minimal-protonet-5w1s --budget-s 1200 \
+      --early-stop val_acc --patience 10 --log-every 250                         # to convergence, at most 20 minutes
 
-A cap (`--max-steps`, `--budget-s`) stops a run short of the paper's step count; the row says so.
+A cap (`--max-steps`, `--budget-s`) stops a run short of the paper's step count; the row says so. The
+budget is the run's own `train.time_budget_s` (checked after every step; the run checkpoints where it
+stops). `--early-stop METRIC --patience N` sets `train.early_stop`: training stops when METRIC has not
+improved for N log rows, and the row is the meta-test of the best validation row's checkpoint
+(checkpoints/best.pt, what `metaserve.load` gives), with the step it came from in "best_step".
 """
 
 from __future__ import annotations
@@ -41,9 +46,12 @@ COLUMNS = [
     "benchmark",
     "protocol",
     "steps",
+    "best_step",
     "paper_steps",
     "stopped_short",
+    "stopped",
     "wall_s",
+    "cpu_s",
     "eval_s",
     "metric",
     "result",
@@ -60,6 +68,29 @@ COLUMNS = [
     "machine",
     "command",
     "run_dir",
+    "val_curve",
+]
+
+SHOWN = [  # the markdown table's columns
+    "entry",
+    "method",
+    "benchmark",
+    "protocol",
+    "steps",
+    "best_step",
+    "paper_steps",
+    "stopped",
+    "wall_s",
+    "cpu_s",
+    "metric",
+    "result",
+    "ci95",
+    "result_1_step",
+    "result_10_steps",
+    "published",
+    "source",
+    "bn_mode",
+    "status",
 ]
 
 # Published figures: (value, what it measures, source). Sinusoid: MSE after 1 step; Omniglot: 1-shot accuracy %.
@@ -117,12 +148,17 @@ def paper_config(
     log_every: int | None = None,
     output_dir: Path = RUNS,
     overrides: Sequence[str] = (),
+    budget_s: float | None = None,
+    early_stop: tuple[str, int] | None = None,
 ) -> Config:
-    """The entry's config, its steps capped at `max_steps`, checkpointed at every log row (so a budget stops
-    cleanly)."""
+    """The entry's config: steps capped at `max_steps`, checkpointed at every log row, with the run's own
+    time budget (`train.time_budget_s`) and early-stopping rule ((metric, patience) -> `train.early_stop`)."""
     base = as_config(str(PAPER / f"{name}.yaml"))
     steps = min(base.train.steps, max_steps) if max_steps else base.train.steps
     every = log_every or min(base.train.log_every, max(1, steps // 10))
+    stopping = [f"train.time_budget_s={budget_s}"] if budget_s else []
+    if early_stop is not None:
+        stopping.append(f"train.early_stop={{metric: {early_stop[0]}, patience: {early_stop[1]}}}")
     return as_config(
         base,
         [
@@ -130,6 +166,7 @@ def paper_config(
             f"train.log_every={every}",
             f"train.checkpoint_every={every}",
             f"output_dir={output_dir}",
+            *stopping,
             *overrides,
         ],
     )
@@ -150,7 +187,7 @@ def describe(name: str, config: Config) -> dict[str, str]:
         "method": config.algorithm.name,
         "benchmark": f"omniglot {task.ways}-way {task.shots}-shot",
         "protocol": form,
-        "bn_mode": "transductive (batch statistics of each support/query set)",
+        "bn_mode": f"train {config.model.batch_norm}, meta-test {config.eval.batch_norm}",
     }
 
 
@@ -163,30 +200,42 @@ def run_entry(
     log_every: int | None = None,
     output_dir: Path = RUNS,
     overrides: Sequence[str] = (),
+    early_stop: tuple[str, int] | None = None,
     progress=None,
 ) -> dict[str, Any]:
-    """Train entry `name` (capped), meta-test it, and return its table row (not yet written).
-
-    The budget is checked at log rows, so `log_every` sets how far past `budget_s` a run may go.
-    """
+    """Train entry `name` (capped by steps, `budget_s` and `early_stop`), meta-test it, return its table row."""
     check_names([name])
     paper_steps = as_config(str(PAPER / f"{name}.yaml")).train.steps
-    config = paper_config(name, max_steps=max_steps, log_every=log_every, output_dir=output_dir, overrides=overrides)
-    run_dir, _, steps, wall_s, metrics, status = train_for(
-        config, budget_s or math.inf, progress=progress, with_status=True
+    config = paper_config(
+        name,
+        max_steps=max_steps,
+        log_every=log_every,
+        output_dir=output_dir,
+        overrides=overrides,
+        budget_s=budget_s,
+        early_stop=early_stop,
     )
-    model = metaserve.load(run_dir)  # the checkpoint the run ended on, through the public API
+    cpu0 = time.process_time()  # CPU seconds beside wall seconds: the cores are shared, the budget is wall-clock
+    run_dir, _, _, wall_s, metrics, status = train_for(config, math.inf, progress=progress, with_status=True)
+    cpu_s = time.process_time() - cpu0
+    model = metaserve.load(run_dir)  # best.pt with early stopping, else the last checkpoint: the public API's choice
+    steps = int(metrics["step"].iloc[-1]) if len(metrics) else model.step
+    stopped = status.removeprefix("stopped early: ") if status.startswith("stopped early") else ""
     row: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "entry": name,
         **describe(name, config),
         "steps": steps,
+        "best_step": model.step if config.train.early_stop is not None else "",
         "paper_steps": paper_steps,
         "stopped_short": steps < paper_steps,
+        "stopped": stopped,
         "wall_s": round(wall_s, 1),
+        "cpu_s": round(cpu_s, 1),
         "episodes": episodes,
-        "status": status,
+        "status": "ok" if stopped else status,
         "run_dir": relative(run_dir),
+        "val_curve": val_curve(metrics),
     }
     t0 = time.perf_counter()
     if config.task.name == "sinusoid":
@@ -208,36 +257,27 @@ def run_entry(
     return row
 
 
+def val_curve(metrics) -> str:
+    """The meta-validation curve of a run's metric rows, "step:value" pairs (val_acc, else val_loss)."""
+    column = next((c for c in ("val_acc", "val_loss") if c in metrics), None)
+    if column is None:
+        return ""
+    return f"{column} " + " ".join(f"{int(r.step)}:{getattr(r, column):.4g}" for r in metrics.itertuples())
+
+
 def append_row(row: dict[str, Any], table: Path) -> None:
-    """Append `row` to the CSV `table` (header written once) and rewrite the markdown table beside it."""
+    """Append `row` to the CSV `table` (rewritten whole, under COLUMNS) and rewrite the markdown table beside it."""
     table.parent.mkdir(parents=True, exist_ok=True)
-    new = not table.exists()
-    with table.open("a", newline="") as f:
+    rows = []
+    if table.exists():
+        with table.open(newline="") as f:
+            rows = list(csv.DictReader(f))  # a table written with other columns is rewritten under these
+    rows.append({c: _cell(row.get(c)) for c in COLUMNS})
+    with table.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow({c: _cell(row.get(c)) for c in COLUMNS})
-    with table.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    shown = [
-        "entry",
-        "method",
-        "benchmark",
-        "protocol",
-        "steps",
-        "paper_steps",
-        "wall_s",
-        "metric",
-        "result",
-        "ci95",
-        "result_1_step",
-        "result_10_steps",
-        "published",
-        "source",
-        "bn_mode",
-        "status",
-    ]
-    table.with_suffix(".md").write_text(markdown_table(rows, shown) + "\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    table.with_suffix(".md").write_text(markdown_table(rows, SHOWN) + "\n")
 
 
 def _cell(value: Any) -> Any:
@@ -249,13 +289,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("names", nargs="*", help="configs/paper entries (file stems), e.g. sinusoid-maml-k10")
     p.add_argument("--cpu-set", action="store_true", help="every sinusoid entry, then every minimal Omniglot entry")
     p.add_argument("--max-steps", type=int, default=None, help="cap train.steps (default: the paper's count)")
-    p.add_argument("--budget-s", type=float, default=None, help="training seconds per entry (stops at a log row)")
+    p.add_argument(
+        "--budget-s", type=float, default=None, help="training seconds per entry: the run's train.time_budget_s"
+    )
+    p.add_argument(
+        "--early-stop", metavar="METRIC", default=None, help="train.early_stop.metric, e.g. val_acc (with --patience)"
+    )
+    p.add_argument("--patience", type=int, default=5, help="train.early_stop.patience: log rows without improvement")
     p.add_argument("--episodes", type=int, default=600, help="meta-test episodes")
     p.add_argument(
         "--log-every",
         type=int,
         default=None,
-        help="steps between log rows and checkpoints, where the budget is checked (default: the config's)",
+        help="steps between log rows, validation and checkpoints (default: the config's, at most steps // 10)",
     )
     p.add_argument("--set", action="append", default=[], help="extra config override for every entry")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads of this process")
@@ -269,13 +315,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         ("--budget-s", a.budget_s),
         ("--episodes", a.episodes),
         ("--log-every", a.log_every),
+        ("--patience", a.patience),
     ):
         if value is not None and value <= 0:
             p.error(f"{flag}={value} must be positive")
+    early_stop = (a.early_stop, a.patience) if a.early_stop else None
+    kw = dict(max_steps=a.max_steps, log_every=a.log_every, overrides=a.set, budget_s=a.budget_s, early_stop=early_stop)
     try:
         check_names(names)
         for name in names:  # every config validated before the first run starts
-            paper_config(name, max_steps=a.max_steps, log_every=a.log_every, overrides=a.set)
+            paper_config(name, **kw)
     except ValueError as err:
         p.error(str(err))
     torch.set_num_threads(a.threads)
@@ -283,15 +332,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     where = f"{info['nproc']} CPU ({info['cpu']}), GPU {info['gpu']}"
     for name in names:
         print(f"{name}:", flush=True)
-        row = run_entry(
-            name,
-            max_steps=a.max_steps,
-            budget_s=a.budget_s,
-            episodes=a.episodes,
-            log_every=a.log_every,
-            overrides=a.set,
-            progress=lambda m: print(f"    {m}", flush=True),
-        )
+        row = run_entry(name, episodes=a.episodes, progress=lambda m: print(f"    {m}", flush=True), **kw)
         row |= {"machine": where, "command": command_line()}
         append_row(row, a.table)
         print(

@@ -222,6 +222,25 @@ class AlgorithmSection(_Section):
     outer: OuterSection = OuterSection()
 
 
+class EarlyStopConfig(_Section):
+    """Stop when meta-validation has not improved for `patience` log rows; keep the best row's parameters.
+
+    `metric` is a validation column of the algorithm's registry entry (val_acc is maximised, every
+    other column, a loss, minimised); a row improves on the best when it beats it by more than
+    `min_delta`. With early stopping on, the run's best checkpoint (checkpoints/best.pt) is what the
+    final meta-test and `metaserve.load` use.
+    """
+
+    metric: str = "val_loss"
+    patience: PositiveInt = 5  # log rows without an improvement before the run stops
+    min_delta: Annotated[float, Number, Field(ge=0)] = 0.0  # how much a row must beat the best by
+
+    @property
+    def maximise(self) -> bool:
+        """Accuracy columns are maximised, losses (and MSE) minimised."""
+        return self.metric.removesuffix("_pre").endswith("acc")
+
+
 class TrainConfig(_Section):
     """The meta-training loop."""
 
@@ -239,6 +258,10 @@ class TrainConfig(_Section):
     # whole blocks. None: 4 for conv4 (free there), one block per worker for mlp, where a batched call's
     # fixed cost dominates (a block of 4 costs 5x; BENCHMARKS.md) and bits match only at equal worker counts.
     task_block: PositiveInt | None = None
+    # Wall-clock seconds of meta-training per invocation (a resume has its own); checked after every step:
+    # when spent, the run logs a row, writes its checkpoint and goes on to the meta-test. None: no budget.
+    time_budget_s: PositiveFloat | None = None
+    early_stop: EarlyStopConfig | None = None  # patience on meta-validation, best checkpoint kept (None: off)
 
     def block_size(self, model: str) -> int | None:
         """Tasks per block (None: one block per worker's slice)."""
@@ -481,8 +504,24 @@ class Config(_Section):
                 f"algorithm.name={spec.name!r} needs a {' or '.join(spec.tasks)} task, not task.name={self.task.name!r}"
             )
         _check_families(self.task, spec)
+        _check_early_stop(self.train, kind, spec)
         _check_curriculum(self.curriculum, self.task, spec)
         return self
+
+
+def _check_early_stop(train: TrainConfig, kind: str, spec: AlgorithmEntry) -> None:
+    """The stopping metric must be a validation column this algorithm reports, and validation must run."""
+    stop = train.early_stop
+    if stop is None:
+        return
+    allowed = sorted(f"val_{m}" for m in spec.eval_metrics(kind))
+    if stop.metric not in allowed:
+        raise ValueError(
+            f"train.early_stop.metric={stop.metric!r} is not a validation column of algorithm.name={spec.name!r} "
+            f"on a {kind} task: use one of {', '.join(allowed)}"
+        )
+    if train.val_tasks == 0:
+        raise ValueError("train.early_stop needs meta-validation at log rows: set train.val_tasks >= 1, not 0")
 
 
 def _check_families(task: Any, spec: AlgorithmEntry) -> None:
@@ -616,7 +655,9 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
     node = out
     parts = key.split(".")
     for part in parts[:-1]:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # a section left out, or an optional one that is off (train.early_stop: null)
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise ConfigError(f"key {key!r}: {part!r} is a value, not a section")
     node[parts[-1]] = value

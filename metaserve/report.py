@@ -317,7 +317,7 @@ def _run_report(run_dir: Path, episodes: int, evaluate_test: bool, say) -> list[
             say, "adaptation before meta-training", learner, learner.initial_params(), distribution, **kw
         )
         after = _evaluate(say, "adaptation after meta-training", learner, params, distribution, **kw)
-        files.append(save(adaptation_curves(before, after, int(state["step"])), out / "adaptation.png"))
+        files.append(save(adaptation_curves(before, after, model.step), out / "adaptation.png"))
         keys = ["loss"] + (["acc"] if "acc" in after.curve[0] else [])
         lines += [
             f"## Adaptation on {episodes} test tasks (full task space)",
@@ -333,7 +333,7 @@ def _run_report(run_dir: Path, episodes: int, evaluate_test: bool, say) -> list[
         if evaluate_test:
             kw["episodes"] = config.eval.episodes
             test_now = _evaluate(say, "meta-test (re-evaluated)", learner, params, distribution, **kw)
-            lines.append(meta_test_line(test_now, f"re-evaluated at step {int(state['step'])}"))
+            lines.append(meta_test_line(test_now, f"re-evaluated at step {model.step}"))
         fit = _sinusoid_fit(config, learner, distribution, params)
         if fit is not None:
             files.append(save(fit, out / "sinusoid_fit.png"))

@@ -229,6 +229,15 @@ CASES = [
     (S + "train.dtype=float16", "float16"),
     (S + "train.vectorize=maybe", "maybe"),
     (S + "train.val_tasks=-1", "-1"),
+    (S + "train.time_budget_s=0", "time_budget_s=0"),
+    (S + "train.time_budget_s=-30", "-30"),
+    (S + "train.time_budget_s=soon", "soon"),
+    (S + "train.early_stop.metric=val_acc --set train.val_tasks=5", "val_acc"),  # a regression task has no accuracy
+    (S + "train.early_stop.metric=loss --set train.val_tasks=5", "'loss'"),  # a training column, not validation
+    (S + "train.early_stop.metric=val_loss", "val_tasks"),  # validation is off (val_tasks 0)
+    (S + "train.early_stop.patience=0 --set train.val_tasks=5", "patience=0"),
+    (S + "train.early_stop.min_delta=-0.1 --set train.val_tasks=5", "-0.1"),
+    (S + "train.early_stop.mode=max --set train.val_tasks=5", "mode"),
     (S + "eval.episodes=0", "eval.episodes=0"),
     (S + "eval.episodes=-5", "-5"),
     (S + "eval.inner_steps=0", "inner_steps=0"),

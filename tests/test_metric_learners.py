@@ -90,12 +90,13 @@ def test_protonet_scores_are_negative_squared_distances_to_prototypes():
     check(ProtoNet(model, "classification", ways=WAYS, vectorize=False), theta, task, reference)
 
 
-def cosine_attention(eq, es):
-    """a(x_hat, x_i) = softmax_i cos(f(x_hat), g(x_i)) with F.cosine_similarity, pair by pair (Vinyals et al. eq. 2)."""
+def cosine_attention(eq, es, scale=1.0):
+    """a(x_hat, x_i) = softmax_i s cos(f(x_hat), g(x_i)) with F.cosine_similarity, pair by pair (Vinyals et al.
+    eq. 2, with the inverse temperature s)."""
     cos = torch.stack(
         [torch.stack([F.cosine_similarity(eq[q], es[i], dim=0) for i in range(len(es))]) for q in range(len(eq))]
     )
-    return torch.softmax(cos, dim=1)
+    return torch.softmax(scale * cos, dim=1)
 
 
 def label_mixture(a, sy):
@@ -105,23 +106,24 @@ def label_mixture(a, sy):
     )
 
 
-def test_matching_scores_are_log_cosine_attention_over_support_labels():
+@pytest.mark.parametrize("scale", [1.0, 10.0])
+def test_matching_scores_are_log_cosine_attention_over_support_labels(scale):
     model, theta = model_and_params(MatchingConv4)
     task = episode(2)
     attention = {}
 
     def reference(p, t):
         es, eq = embed(model, p, t.support_x), embed(model, p, t.query_x)
-        attention["a"] = cosine_attention(eq, es)
+        attention["a"] = cosine_attention(eq, es, scale)
         probs = label_mixture(attention["a"], t.support_y)
         return torch.log(probs), -torch.log(probs[torch.arange(len(eq)), t.query_y]).mean()
 
-    algo = Matching(model, "classification", ways=WAYS, vectorize=False)
+    algo = Matching(model, "classification", ways=WAYS, scale=scale, vectorize=False)
     got = check(algo, theta, task, reference)
     from metaserve.algorithms.matching import attention as attention_weights
 
     torch.testing.assert_close(
-        attention_weights(embed(model, theta, task.query_x), embed(model, theta, task.support_x)),
+        attention_weights(embed(model, theta, task.query_x), embed(model, theta, task.support_x), scale),
         attention["a"].detach(),
         rtol=1e-10,
         atol=1e-12,
@@ -129,6 +131,41 @@ def test_matching_scores_are_log_cosine_attention_over_support_labels():
     # without full-context embeddings the FCE LSTMs are unused: zero gradient, every other parameter moves
     for k, g in got.contribution.items():
         assert (float(g.norm()) == 0.0) == k.startswith(("support_", "query_att")), k
+
+
+def test_scaled_matching_kernel_is_a_softmax_over_scaled_cosines_in_one_shot():
+    """1-shot, closed form: log y_hat[c] = s cos_c - log sum_j exp(s cos_j); its gradient by finite differences;
+    at a scale where the probabilities underflow the log-space mixture stays finite and exact."""
+    from metaserve.algorithms.matching import attention_logits, log_label_mixture
+
+    gen = torch.Generator().manual_seed(5)
+    query, support = torch.randn(4, 6, generator=gen, dtype=DT), torch.randn(WAYS, 6, generator=gen, dtype=DT)
+    onehot = torch.eye(WAYS, dtype=DT)  # support i is class i
+    for s in (1.0, 10.0, 500.0):
+        cos = torch.tensor([[float(q @ k / (q.norm() * k.norm())) for k in support] for q in query], dtype=DT)
+        m = (s * cos).max(1, keepdim=True).values  # log sum exp written out, shifted so that exp never overflows
+        want = s * cos - (m + torch.log(torch.exp(s * cos - m).sum(1, keepdim=True)))
+        got = log_label_mixture(attention_logits(query, support, s), onehot)
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-10)
+
+    def loss(q, k):
+        return log_label_mixture(attention_logits(q, k, 10.0), onehot)[torch.arange(4), torch.arange(4) % WAYS].sum()
+
+    assert torch.autograd.gradcheck(loss, (query.requires_grad_(), support.requires_grad_()), eps=1e-6, atol=1e-6)
+
+
+def test_unscaled_matching_loss_is_bounded_below_at_twenty_ways():
+    """The stall the scale removes: at s = 1 even the ideal cosines (1 to the right support, -1 to the other 19)
+    leave a loss of log(1 + 19 e^-2) = 1.27; at s = 10 it is log(1 + 19 e^-20) ~ 4e-8."""
+    from metaserve.algorithms.matching import log_label_mixture
+
+    ways = 20
+    cos = torch.full((1, ways), -1.0, dtype=DT)
+    cos[0, 0] = 1.0
+    onehot = torch.eye(ways, dtype=DT)
+    for s, bound in ((1.0, 1.27295), (10.0, 3.9163e-8)):  # log(1 + 19 e^-2s), by hand
+        assert float(-log_label_mixture(s * cos, onehot)[0, 0]) == pytest.approx(bound, rel=1e-4)
 
 
 def lstm_cell(weight_ih, weight_hh, bias):
@@ -167,12 +204,11 @@ def test_matching_full_context_embeddings_follow_appendix_a():
             h_hat, c = att(torch.cat([f0, h, r], dim=1), torch.zeros_like(f0), c)
             h = h_hat + f0
             r = torch.softmax(h @ g.T, dim=1) @ g
-        probs = label_mixture(cosine_attention(h, g), t.support_y)
+        probs = label_mixture(cosine_attention(h, g, 10.0), t.support_y)
         return torch.log(probs), -torch.log(probs[torch.arange(len(f0)), t.query_y]).mean()
 
-    got = check(
-        Matching(model, "classification", ways=WAYS, fce=True, fce_steps=steps, vectorize=False), theta, task, reference
-    )
+    algo = Matching(model, "classification", ways=WAYS, fce=True, fce_steps=steps, scale=10.0, vectorize=False)
+    got = check(algo, theta, task, reference)
     assert all(float(g.norm()) > 0 for g in got.contribution.values())
 
 

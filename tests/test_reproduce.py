@@ -146,11 +146,37 @@ def test_runner_row_holds_the_fields_and_the_hand_computed_mse(tmp_path: Path) -
     assert len(markdown) == 4 and "| sinusoid-maml-k5 | maml | sinusoid K=5 |" in markdown[2]
 
 
+def test_runner_with_early_stopping_tests_the_best_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hand-made validation curve: best at step 2, two rows without improvement, so training stops at step 4
+    and the row is the meta-test of the step-2 checkpoint."""
+    from metaserve.runtime.loop import TrainLoop
+
+    curve = [3.0, 2.0, 2.5, 2.6, 1.0]
+    monkeypatch.setattr(TrainLoop, "validation_columns", lambda self: {"val_loss": curve[self.state.step - 1]})
+    row = reproduce.run_entry(
+        "sinusoid-maml-k5",
+        max_steps=20,
+        log_every=1,
+        episodes=8,
+        output_dir=tmp_path / "runs",
+        budget_s=600,
+        early_stop=("val_loss", 2),
+    )
+    assert (row["steps"], row["best_step"], row["status"]) == (4, 2, "ok")
+    assert "val_loss has not improved" in row["stopped"] and row["val_curve"] == "val_loss 1:3 2:2 3:2.5 4:2.6"
+    at_best = load(Path(row["run_dir"]) / "checkpoints" / "00000002")
+    config = reproduce.paper_config("sinusoid-maml-k5", max_steps=20, log_every=1, output_dir=tmp_path / "x")
+    want, _ = reproduce.meta_test(config, at_best.params, episodes=8, steps=1)
+    assert row["result_1_step"] == pytest.approx(want.mean, rel=1e-9)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["no-such-entry"], "unknown configs/paper entry 'no-such-entry'; choose from: sinusoid-fomaml-k10"),
         (["sinusoid-maml-k5", "--max-steps", "0"], "--max-steps=0 must be positive"),
+        (["sinusoid-maml-k5", "--budget-s", "-1"], "--budget-s=-1.0 must be positive"),
+        (["sinusoid-maml-k5", "--early-stop", "val_acc"], "early_stop.metric='val_acc' is not a validation"),
         ([], "name at least one configs/paper entry or pass --cpu-set"),
     ],
 )

@@ -3,7 +3,9 @@
 Per meta-step the executor returns the summed contributions of the meta-batch; the loop averages
 them and hands the mean to the outer optimiser (as a gradient, or a negated delta, as the
 algorithm's registry entry says). `metaserve train` calls `train_loop`; the Tune trainable wraps
-it, passing `on_log` to report metrics and checkpoints.
+it, passing `on_log` to report metrics and checkpoints. A run ends at `train.steps`, or earlier when
+`train.time_budget_s` is spent or `train.early_stop` runs out of patience (runtime/stopping.py);
+either way it writes its checkpoint and goes on to the meta-test, so a budgeted run is never killed.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from metaserve.experiment import Learner, build_distribution, build_learner
 from metaserve.models.functional import Params
 from metaserve.progress import end_phase, phase, resume_note
 from metaserve.runtime.executor import Executor, make_executor
+from metaserve.runtime.stopping import Budget, after_row, exhausted
 from metaserve.runtime.work import NonFiniteUpdate
-from metaserve.store.checkpoint import latest_good_state, save_checkpoint
+from metaserve.store.checkpoint import best_path, latest_good_state, save_best, save_checkpoint
 from metaserve.store.metrics import read_rows, write_metrics
 from metaserve.store.rundir import init_run_dir, new_run_dir
 from metaserve.store.storage import location, publish
@@ -49,6 +52,8 @@ class TrainState:
     step: int = 0
     skipped: int = 0
     teacher: dict = field(default_factory=dict)  # the curriculum teacher's state (plain values; {} without one)
+    best: dict = field(default_factory=dict)  # early stopping: {"value", "step", "since"} of the best val row
+    best_params: Params | None = None  # early stopping: the parameters at that row
 
     def to_dict(self, config: Config) -> dict:
         return {
@@ -59,6 +64,18 @@ class TrainState:
             "rng": torch.get_rng_state(),
             "config": config_to_dict(config),
             "teacher": self.teacher,
+            "best": self.best,
+            "best_params": self.best_params,
+        }
+
+    def best_dict(self, config: Config) -> dict:
+        """The best.pt checkpoint: the best row's parameters and step (for loading and testing, not resuming)."""
+        return {
+            "params": self.best_params,
+            "outer_state": {},
+            "step": self.best["step"],
+            "config": config_to_dict(config),
+            "best": {"metric": config.train.early_stop.metric, "value": self.best["value"]},
         }
 
     @classmethod
@@ -71,23 +88,29 @@ class TrainState:
         outer = {
             k: ({n: move(v) for n, v in s.items()} if isinstance(s, dict) else s) for k, s in d["outer_state"].items()
         }
+        best_params = d.get("best_params")
         return cls(
             {k: v.to(device) for k, v in d["params"].items()},
             outer,
             d["step"],
             d.get("skipped", 0),
             dict(d.get("teacher", {})),
+            dict(d.get("best", {})),
+            {k: v.to(device) for k, v in best_params.items()} if best_params is not None else None,
         )
 
 
 @dataclass
 class TrainResult:
-    """What a finished run leaves: where it is, its final parameters and its final metrics."""
+    """What a finished run leaves: where it is, the parameters it hands on (with early stopping the best
+    validation row's, as best.pt and `metaserve.load` give; otherwise the last step's), its final
+    metrics, and why it stopped before `train.steps` (None: it did not)."""
 
     run_dir: Path
     params: Params
     metrics: dict[str, float]
     test: EvalResult | None = None
+    stopped: str | None = None
 
 
 class TrainLoop:
@@ -109,14 +132,19 @@ class TrainLoop:
         self.run_dir, self.state, self.rows = run_dir, state, rows
         self.on_log, self.say = on_log, say or (lambda _msg: None)
         self.window: list[dict] = []  # per-step metrics and timings since the last log row
+        self.stopped: str | None = None  # why the run stops before train.steps (budget, patience)
+        stop = config.train.early_stop
+        if stop is not None and exhausted(state.best, stop):  # resumed after it stopped early
+            self.stopped = self.patience_note()
 
     def run(self, executor: Executor) -> None:
-        """Meta-train until `train.steps`, logging and checkpointing on the way."""
+        """Meta-train until `train.steps` (or the budget or patience runs out), logging and checkpointing."""
         tc = self.config.train
+        budget = Budget(tc.time_budget_s)
         tick = phase(self.say, "meta-train", tc.steps, "step", done=self.state.step)
-        if self.state.step < tc.steps:
+        if self.state.step < tc.steps and self.stopped is None:
             self.say(f"first step: {tc.meta_batch} tasks per meta-batch, a line per {tc.log_every} steps")
-        while self.state.step < tc.steps:
+        while self.state.step < tc.steps and self.stopped is None:
             space = self.teacher.space(self.state.teacher)  # omega of this meta-step
             columns = self.teacher.columns(self.state.teacher)
             self.step(executor, space)
@@ -124,20 +152,24 @@ class TrainLoop:
                 self.state.step
             ):  # between meta-steps: the teacher sees the student's val loss on omega
                 self.state.teacher = self.teacher.update(self.state.teacher, self.teacher_loss(space))
-            # A skipped step still counts: its log row (if any step of the window ran) and checkpoint are due.
-            if self.state.step % tc.log_every == 0 or self.state.step == tc.steps:
-                if self.window:
-                    extra = (
-                        {**columns, "teacher_loss": self.teacher.last_loss(self.state.teacher)}
-                        if self.teacher.active
-                        else {}
-                    )
-                    self.log(extra)
-                elif self.checkpoint_due():
-                    self.checkpoint()
-                self.window = []
+            if budget.spent() and self.state.step < tc.steps:  # this step's row and checkpoint end the training
+                self.stopped = f"train.time_budget_s={tc.time_budget_s:g} spent at step {self.state.step}"
+            if self.state.step % tc.log_every == 0 or self.state.step == tc.steps or self.stopped:
+                self.end_window(columns)
             tick(self.state.step)
         end_phase(self.say)
+        if self.stopped is not None:
+            self.say(f"stopped before train.steps={tc.steps}: {self.stopped}")
+
+    def end_window(self, columns: dict) -> None:
+        """The log row of the steps since the last one, or only the checkpoint when every one was skipped
+        (a skipped step still counts: its checkpoint is due)."""
+        if self.window:
+            active = self.teacher.active
+            self.log({**columns, "teacher_loss": self.teacher.last_loss(self.state.teacher)} if active else {})
+        elif self.checkpoint_due():
+            self.checkpoint()
+        self.window = []
 
     def step(self, executor: Executor, space: object | None) -> None:
         """One meta-step: the executor's summed update, averaged, then the outer step."""
@@ -162,7 +194,8 @@ class TrainLoop:
         self.window.append({**update.mean_metrics(), **timing, "learner_time": t2 - t1, "step_time": t2 - t0})
 
     def checkpoint_due(self) -> bool:
-        return self.state.step % self.config.train.checkpoint_every == 0 or self.state.step == self.config.train.steps
+        tc = self.config.train
+        return self.state.step % tc.checkpoint_every == 0 or self.state.step == tc.steps or self.stopped is not None
 
     def checkpoint(self) -> Path:
         tc = self.config.train
@@ -176,13 +209,46 @@ class TrainLoop:
         row |= extra  # the teacher's omega at this step, its stage or centre, its latest meta-validation loss
         if tc.val_tasks:
             row |= self.validation_columns()
+        if tc.early_stop is not None:
+            self.track_best(row[tc.early_stop.metric])
         self.rows.append(row)
         write_metrics(self.run_dir, self.rows)  # before the checkpoint: a checkpoint's rows are always on disk
         ckpt = self.checkpoint() if self.checkpoint_due() else None
         publish(self.run_dir, self.config.output_dir)  # a URI output_dir: mirror the new rows and checkpoint
         self.say(progress_line(row, tc.steps))
-        if self.on_log is not None:
-            self.on_log(row, ckpt)
+        if self.on_log is not None:  # the last row of a run that stops early says so (a Tune trial's last report)
+            self.on_log(row | ({"stopped": 1.0} if self.stopped else {}), ckpt)
+
+    def track_best(self, value: float) -> None:
+        """Patience on the early-stopping column: a new best row writes best.pt; patience used up stops."""
+        stop, state = self.config.train.early_stop, self.state
+        state.best, new_best = after_row(state.best, float(value), state.step, stop)
+        if new_best:
+            state.best_params = {k: v.detach().clone() for k, v in state.params.items()}
+            save_best(self.run_dir, state.best_dict(self.config))
+        elif exhausted(state.best, stop) and self.stopped is None:
+            self.stopped = self.patience_note()
+
+    def patience_note(self) -> str:
+        stop, best = self.config.train.early_stop, self.state.best
+        return (
+            f"{stop.metric} has not improved for train.early_stop.patience={stop.patience} log rows; "
+            f"the best row is step {best.get('step')} ({stop.metric} {best.get('value', float('nan')):.4g})"
+        )
+
+    def sync_best(self) -> None:
+        """Make best.pt the resumed state's best (a best.pt written after its checkpoint is from a lost future)."""
+        path = best_path(self.run_dir)
+        if self.state.best_params is not None:
+            save_best(self.run_dir, self.state.best_dict(self.config))
+        elif path.is_file():
+            path.unlink()
+
+    def final_params(self) -> Params:
+        """The parameters the run hands on: the best validation row's with early stopping, else the last."""
+        if self.config.train.early_stop is not None and self.state.best_params is not None:
+            return self.state.best_params
+        return self.state.params
 
     def validation_columns(self) -> dict[str, float]:
         """val_<metric> after adaptation and, for learners that adapt by steps, val_<metric>_pre before it."""
@@ -212,8 +278,9 @@ class TrainLoop:
         ec = self.config.eval
         steps = protocol_steps(self.learner, ec.inner_steps)
         self.say(f"meta-test: {ec.episodes} held-out episodes")
+        params = self.final_params()
         curves = executor.evaluate(
-            self.state.params,
+            params,
             range(ec.episodes),
             steps,
             ec.curve,
@@ -227,8 +294,11 @@ class TrainLoop:
             "ci95": test.ci95,
             "episodes": test.episodes,
             "curve": test.curve,
+            "params_step": self.state.best["step"] if params is not self.state.params else self.state.step,
+            "trained_steps": self.state.step,
+            "stopped": self.stopped,
             **meta_test_record(self.config, self.distribution),
-        }  # batch-norm modes, overlap
+        }  # which parameters were tested, why training stopped, batch-norm modes, overlap
         (self.run_dir / "test.json").write_text(json.dumps(record, indent=2))
         return test
 
@@ -245,7 +315,8 @@ def train_loop(
     tensorboard: bool = True,
     keep_config: bool = False,
 ) -> TrainResult:
-    """Meta-train `config` to `train.steps`, writing the run directory; resume from its latest good checkpoint.
+    """Meta-train `config` to `train.steps` (or its budget or patience), writing the run directory; resume
+    from its latest good checkpoint.
 
     `executor` lends an already running executor (the caller keeps and closes it); by default one is
     made for `runtime.backend` and closed at the end. `tensorboard=False` skips the run's own
@@ -261,7 +332,9 @@ def train_loop(
         run_dir = new_run_dir(config) if run_dir is None else init_run_dir(run_dir, config)
     state, rows = initial_state(config, learner, run_dir if resume else None, teacher)
     loop = TrainLoop(config, learner, distribution, teacher, run_dir, state, rows, on_log, progress)
-    if resume and state.step >= config.train.steps:
+    if resume:
+        loop.sync_best()
+    if resume and state.step >= config.train.steps and loop.stopped is None:
         loop.say(resume_note(state.step, config.train.steps, final_eval))
     loop.say(
         f"run directory: {location(run_dir, config.output_dir)}"
@@ -286,7 +359,7 @@ def train_loop(
     if test is not None:
         metrics |= {f"test_{test.metric}": test.mean, f"test_{test.metric}_ci95": test.ci95}
         publish(run_dir, config.output_dir, final=True)  # a URI output_dir: mirror the finished run
-    return TrainResult(run_dir, state.params, metrics, test)
+    return TrainResult(run_dir, loop.final_params(), metrics, test, loop.stopped)
 
 
 def _also_to(board: TensorBoardLog, on_log: LogHook | None) -> LogHook:

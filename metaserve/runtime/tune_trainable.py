@@ -46,7 +46,7 @@ def run_trial(config: Config) -> None:
     last: dict = {}
 
     def on_log(row: dict, ckpt: Path | None) -> None:
-        if row["step"] >= config.train.steps:
+        if row["step"] >= config.train.steps or row.get("stopped"):  # budget or patience: the last row too
             last.update(ckpt=ckpt)  # reported below, with the meta-test result
             return
         tune.report({**row, "start_step": float(start), TIMESTEPS_TOTAL: row["step"]}, checkpoint=_as_checkpoint(ckpt))
@@ -54,8 +54,9 @@ def run_trial(config: Config) -> None:
     result = train_loop(
         config, run_dir=run_dir, resume=True, on_log=on_log, tensorboard=False
     )  # Tune's logger writes it
+    last_step = int(result.metrics.get("step", config.train.steps))
     tune.report(
-        {**result.metrics, "start_step": float(start), "done_training": 1.0, TIMESTEPS_TOTAL: config.train.steps},
+        {**result.metrics, "start_step": float(start), "done_training": 1.0, TIMESTEPS_TOTAL: last_step},
         checkpoint=_as_checkpoint(last.get("ckpt")),
     )
 

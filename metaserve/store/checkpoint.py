@@ -3,7 +3,9 @@
 A checkpoint is `checkpoints/<step>/state.pt`, holding only tensors and plain Python values, so it
 loads with `torch.load(..., weights_only=True)`. It is written into a temporary directory and renamed
 into place, so a crash mid-write never leaves a checkpoint that loads wrong; a damaged one found
-later is skipped, with a warning, for the previous good one.
+later is skipped, with a warning, for the previous good one. A run with early stopping also keeps
+`checkpoints/best.pt` (the best validation row's parameters, written the same atomic way), which is
+what loading the run directory gives; resuming always continues from the newest step checkpoint.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import torch
 
 STATE_FILE = "state.pt"
+BEST_FILE = "best.pt"  # checkpoints/best.pt: the best meta-validation row's parameters (early stopping)
 REQUIRED = ("params", "outer_state", "step", "config")
 
 
@@ -42,6 +45,23 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int =
     os.rename(tmp, final)
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def best_path(run_dir: Path) -> Path:
+    return checkpoint_dir(run_dir) / BEST_FILE
+
+
+def save_best(run_dir: Path, state: dict[str, Any]) -> Path:
+    """Write `state` as the run's best checkpoint atomically (a temporary file renamed over best.pt)."""
+    final = best_path(run_dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".tmp-{BEST_FILE}-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
     return final
 
 
@@ -103,10 +123,13 @@ def require_state(run_dir: Path, map_location: str | torch.device = "cpu") -> di
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A state.pt file, a checkpoints/<step> directory, or a run directory's newest good checkpoint."""
+    """A state.pt (or best.pt) file, a checkpoints/<step> directory, or a run directory's checkpoint: its
+    best one when the run kept one (early stopping), else its newest good one."""
     path = Path(path)
     if path.is_file() or (path / STATE_FILE).is_file():
         return load_state(path, map_location)
+    if best_path(path).is_file():
+        return load_state(best_path(path), map_location)
     state = latest_good_state(path, map_location)
     if state is None:
         raise FileNotFoundError(

@@ -1,12 +1,13 @@
 """What a resumed run may change, and the record of what it did change.
 
 A resumed run keeps its config: `config.yaml` is never rewritten. Only the keys in `SAFE_ON_RESUME`
-may be given again on resume; they say how long to train, how hard to test, and where the work
-runs (a run's parameters are the same on every backend and worker count), never what is learned.
-Each resume that changes one appends a line to `resume.jsonl` ({"time", "step", "changes": {key:
-[old, new]}}), and `read_run_config` replays those lines over `config.yaml`, so the run's effective
-config is always config.yaml plus its recorded train.steps and eval.episodes (runtime.* changes are
-recorded too, but hold for that resume only: where the next one runs is its own choice).
+may be given again on resume; they say how long to train (steps, or seconds per invocation), how
+hard to test, and where the work runs (a run's parameters are the same on every backend and worker
+count), never what is learned. Each resume that changes one appends a line to `resume.jsonl`
+({"time", "step", "changes": {key: [old, new]}}), and `read_run_config` replays those lines over
+`config.yaml`, so the run's effective config is always config.yaml plus its recorded train.steps,
+train.time_budget_s and eval.episodes (runtime.* changes are recorded too, but hold for that resume
+only: where the next one runs is its own choice).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from metaserve.config import Config, ConfigError, apply_overrides, config_to_dic
 RESUME_LOG = "resume.jsonl"
 SAFE_ON_RESUME = (
     "train.steps",
+    "train.time_budget_s",
     "eval.episodes",
     "runtime.backend",
     "runtime.address",
@@ -31,7 +33,11 @@ SAFE_ON_RESUME = (
     "runtime.worker_wait_s",
     "runtime.transport",
 )
-REPLAYED = ("train.steps", "eval.episodes")  # kept by later resumes; runtime.* changes hold for that resume only
+REPLAYED = (
+    "train.steps",
+    "train.time_budget_s",
+    "eval.episodes",
+)  # kept by later resumes; runtime.* changes hold for that resume only
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
